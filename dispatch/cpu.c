@@ -1,0 +1,92 @@
+/*
+ * CPU feature detection. x86: CPUID says what the core implements, XGETBV
+ * whether the OS saves the wider register state; both are needed. ARM:
+ * AArch64 has NEON as baseline; 32-bit ARM asks the kernel (AT_HWCAP).
+ * Compiled without any -m flag: nothing here may use the instructions it probes.
+ */
+#include "dispatch/cpu.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#  include <cpuid.h>
+#  include <stdint.h>
+
+static uint64_t xgetbv0(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile(".byte 0x0f, 0x01, 0xd0" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+void nk_cpu_detect(nk_cpu_info *info)
+{
+    unsigned a, b, c, d;
+    info->avx2 = info->avx512 = info->neon = 0;
+    info->neon_reason = "not an ARM CPU";
+    info->avx2_reason = "AVX2 or FMA not supported by the CPU";
+    info->avx512_reason = "AVX-512 F/BW/DQ/VL not supported by the CPU";
+    if (!__get_cpuid(1, &a, &b, &c, &d))
+        return;
+    int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
+        return;
+    int avx2 = (b >> 5) & 1;
+    int f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
+    uint64_t xcr0 = osxsave ? xgetbv0() : 0;
+    int os_ymm = (xcr0 & 0x6) == 0x6;
+    int os_zmm = os_ymm && (xcr0 & 0xe0) == 0xe0;
+
+    if (avx && avx2 && fma) {
+        if (os_ymm) {
+            info->avx2 = 1;
+            info->avx2_reason = "AVX2 and FMA supported by the CPU and the OS";
+        } else {
+            info->avx2_reason = "AVX2 supported by the CPU, but not the OS";
+        }
+    }
+    if (f && dq && bw && vl) {
+        if (!info->avx2) {
+            info->avx512_reason = "AVX-512 supported by the CPU, but AVX2 is not usable";
+        } else if (os_zmm) {
+            info->avx512 = 1;
+            info->avx512_reason = "AVX-512 F/BW/DQ/VL supported by the CPU and the OS";
+        } else {
+            info->avx512_reason = "AVX-512 supported by the CPU, but not the OS";
+        }
+    }
+}
+
+#elif defined(__aarch64__)
+
+void nk_cpu_detect(nk_cpu_info *info)
+{
+    info->avx2 = info->avx512 = 0;
+    info->avx2_reason = info->avx512_reason = "not an x86 CPU";
+    info->neon = 1;
+    info->neon_reason = "NEON (Advanced SIMD) is baseline on AArch64";
+}
+
+#elif defined(__arm__) && defined(__linux__)
+#  include <sys/auxv.h>
+#  ifndef HWCAP_NEON
+#    define HWCAP_NEON (1 << 12)
+#  endif
+
+void nk_cpu_detect(nk_cpu_info *info)
+{
+    info->avx2 = info->avx512 = 0;
+    info->avx2_reason = info->avx512_reason = "not an x86 CPU";
+    info->neon = (getauxval(AT_HWCAP) & HWCAP_NEON) != 0;
+    info->neon_reason = info->neon ? "NEON reported by the kernel (AT_HWCAP)"
+                                   : "NEON not reported by the kernel (AT_HWCAP)";
+}
+
+#else
+
+void nk_cpu_detect(nk_cpu_info *info)
+{
+    info->avx2 = info->avx512 = info->neon = 0;
+    info->avx2_reason = info->avx512_reason = info->neon_reason =
+        "no feature detection for this CPU";
+}
+
+#endif

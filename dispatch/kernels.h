@@ -1,0 +1,124 @@
+/*
+ * Internal kernel contract. Every operator in ops/ is a composition of these
+ * two families on a canonical view of the tensor:
+ *   moments:          count/mean/M2 of contiguous rows, or of columns across rows
+ *   normalize-scale:  y = act((x - m) * a + b) with m, a, b per row or per column
+ * One table per ISA; a new ISA supplies one file per family and fills a table.
+ */
+#ifndef NK_DISPATCH_KERNELS_H
+#define NK_DISPATCH_KERNELS_H
+
+#include <stddef.h>
+
+#include "nk_config.h"
+#include "normkit.h"
+
+/* Fused epilogue of the normalize kernels. */
+typedef struct nk_epilogue {
+    int act;     /* nk_activation */
+    float alpha; /* LeakyReLU slope */
+    int stream;  /* 1: output is not re-read soon; non-temporal stores allowed */
+} nk_epilogue;
+
+/*
+ * Moments of `rows` rows of `len` contiguous floats; row r starts at
+ * x + r * stride. out[r] = {len, mean, m2}. len >= 1.
+ * Accuracy contract: chunked two-pass (fp32 inside chunks of at most a few
+ * hundred elements per lane, fp64 Chan merge across chunks); a constant row
+ * gives its value as mean and m2 == 0 exactly. Non-finite results on finite
+ * input (fp32 overflow of squares) are recomputed in fp64 by the caller.
+ */
+typedef void (*nk_moments_rows_fn)(const float *x, size_t rows, size_t len, size_t stride,
+                                   nk_moments *out);
+
+/*
+ * Column moments: `rows` rows of `cols` contiguous floats, row r at
+ * x + r * stride. Merges (Chan) the moments of column c into acc[c];
+ * an acc entry with count 0 is empty. rows >= 1, cols >= 1.
+ */
+typedef void (*nk_moments_cols_fn)(const float *x, size_t rows, size_t cols, size_t stride,
+                                   nk_moments *acc);
+
+/* out[r] = sum of x^2 over row r (fp32 chunks, fp64 across chunks). */
+typedef void (*nk_sumsq_rows_fn)(const float *x, size_t rows, size_t len, size_t stride,
+                                 double *out);
+
+/*
+ * Row normalize: for r < rows, i < len:
+ *   y[r * ystride + i] = act((x[r * xstride + i] - m[r * ps]) * a[r * ps] + b[r * ps])
+ * ps (parameter stride) is 0 (one m, a, b for all rows) or 1.
+ */
+typedef void (*nk_norm_rows_fn)(const float *x, float *y, size_t rows, size_t len,
+                                size_t xstride, size_t ystride, const float *m, const float *a,
+                                const float *b, size_t ps, const nk_epilogue *ep);
+
+/*
+ * Column normalize: y[r][c] = act((x[r][c] - m[c]) * a[c] + b[c]), c < cols.
+ */
+typedef void (*nk_norm_cols_fn)(const float *x, float *y, size_t rows, size_t cols,
+                                size_t xstride, size_t ystride, const float *m, const float *a,
+                                const float *b, const nk_epilogue *ep);
+
+/*
+ * LayerNorm / RMSNorm normalize, per-row statistics and per-column affine:
+ *   y[r][i] = act(((x[r][i] - m[r]) * s[r]) * g[i] + b[i])
+ * m == NULL means 0 (RMSNorm), g == NULL means 1, b == NULL means 0.
+ */
+typedef void (*nk_norm_affine_fn)(const float *x, float *y, size_t rows, size_t len,
+                                  size_t xstride, size_t ystride, const float *m, const float *s,
+                                  const float *g, const float *b, const nk_epilogue *ep);
+
+typedef struct nk_kernels {
+    nk_isa isa;
+    nk_moments_rows_fn moments_rows;
+    nk_moments_cols_fn moments_cols;
+    nk_sumsq_rows_fn sumsq_rows;
+    nk_norm_rows_fn norm_rows;
+    nk_norm_cols_fn norm_cols;
+    nk_norm_affine_fn norm_affine;
+} nk_kernels;
+
+/* The table in use (forced or best). Never NULL. */
+const nk_kernels *nk_kernels_current(void);
+/* The table of one ISA, or NULL when this CPU / build cannot run it. */
+const nk_kernels *nk_kernels_for(nk_isa isa);
+
+/* Per-ISA table fillers, called in ascending order; each overwrites the
+ * entries it implements (dav1d's pattern). */
+void nk_kernels_init_ref(nk_kernels *k);
+#if NK_HAVE_AVX2
+void nk_kernels_init_avx2(nk_kernels *k);
+#endif
+#if NK_HAVE_AVX512
+void nk_kernels_init_avx512(nk_kernels *k);
+#endif
+#if NK_HAVE_NEON
+void nk_kernels_init_neon(nk_kernels *k);
+#endif
+
+/* Chan's merge, shared by every kernel and by ops/. */
+static inline void nk_moments_merge_inline(nk_moments *acc, double n, double mean, double m2)
+{
+    if (n <= 0.0)
+        return;
+    if (acc->count <= 0.0) {
+        acc->count = n;
+        acc->mean = mean;
+        acc->m2 = m2;
+        return;
+    }
+    double tot = acc->count + n;
+    double delta = mean - acc->mean;
+    acc->mean += delta * (n / tot);
+    acc->m2 += m2 + delta * delta * (acc->count * n / tot);
+    acc->count = tot;
+}
+
+/* fp64 reference moments of a strided sequence (fallback for fp32 overflow). */
+void nk_moments_f64(const float *x, size_t n, size_t step, nk_moments *out);
+double nk_sumsq_f64(const float *x, size_t n);
+
+/* Scalar activation, the reference for every vector epilogue. */
+float nk_act_ref(float v, const nk_epilogue *ep);
+
+#endif

@@ -1,0 +1,369 @@
+/*
+ * normkit: SIMD normalization kernels with every framework's semantics.
+ *
+ * The whole public API. Plain C11, fp32 tensors, caller-owned memory.
+ *
+ * Guarantees
+ *   - The functional API (nk_batch_norm_*, nk_instance_norm, nk_group_norm,
+ *     nk_layer_norm, nk_rms_norm, nk_moments_*) never allocates, never starts
+ *     threads and keeps no state besides the once-initialised dispatch table.
+ *   - Every entry point validates its arguments first. On error it returns a
+ *     status, sets a thread-local message (nk_last_error) and leaves every
+ *     output buffer and running statistic untouched.
+ *   - Every function is thread-safe when callers do not share output buffers.
+ *
+ * Tensor description
+ *   nk_shape { n, c, spatial, layout }: spatial is the product of the spatial
+ *   extents (1 for an (N, C) input). NK_CHANNELS_FIRST is NCL / NCHW / NCDHW,
+ *   NK_CHANNELS_LAST is NLC / NHWC / NDHWC. Element (n, c, s) lives at
+ *     channels-first: (n * C + c) * spatial + s
+ *     channels-last:  (n * spatial + s) * C + c
+ *   N == 0 or spatial == 0 is an empty tensor (valid, nothing is written);
+ *   C must be at least 1; negative extents and sizes whose element count
+ *   overflows are NK_ERR_BAD_SHAPE.
+ *
+ * Numerics
+ *   Moments use chunked two-pass Welford/Chan accumulation (fp32 inside a chunk,
+ *   fp64 across chunks), so mean-shifted data, constant rows and groups of
+ *   tens of millions of elements agree with a float64 reference. Outputs are
+ *   computed as act((x - mean) * (gamma * invstd) + beta): centring before
+ *   scaling keeps constant inputs at exactly beta and large means exact.
+ */
+#ifndef NORMKIT_H
+#define NORMKIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(NK_STATIC_DEFINE)
+#  define NK_API
+#elif defined(_WIN32)
+#  ifdef NK_BUILDING_LIBRARY
+#    define NK_API __declspec(dllexport)
+#  else
+#    define NK_API __declspec(dllimport)
+#  endif
+#elif defined(__GNUC__) && defined(NK_BUILDING_LIBRARY)
+#  define NK_API __attribute__((visibility("default")))
+#else
+#  define NK_API
+#endif
+
+#define NK_VERSION_MAJOR 0
+#define NK_VERSION_MINOR 1
+#define NK_VERSION_PATCH 0
+
+NK_API const char *nk_version(void);
+
+/* ------------------------------------------------------------------------ */
+/* Status codes                                                               */
+/* ------------------------------------------------------------------------ */
+
+typedef enum nk_status {
+    NK_OK = 0,
+    NK_ERR_NULL_POINTER = 1,   /* a required pointer is NULL */
+    NK_ERR_BAD_SHAPE = 2,      /* negative / zero / overflowing extent, rank or shape mismatch */
+    NK_ERR_BAD_PARAM = 3,      /* eps, momentum, groups, activation ... out of range */
+    NK_ERR_TOO_FEW_VALUES = 4, /* batch statistics over a single value */
+    NK_ERR_UNSUPPORTED = 5,    /* ISA not available, combination a framework does not offer */
+    NK_ERR_OUT_OF_MEMORY = 6   /* module creation only; the functional API never allocates */
+} nk_status;
+
+/* Static, never NULL: "ok", "null pointer", ... */
+NK_API const char *nk_status_string(nk_status status);
+
+/* Thread-local message describing the last error returned on this thread,
+ * e.g. "Expected more than 1 value per channel when training, got input size
+ * [1, 4]". Empty string after a successful call. */
+NK_API const char *nk_last_error(void);
+
+/* ------------------------------------------------------------------------ */
+/* Shapes, activations, options                                              */
+/* ------------------------------------------------------------------------ */
+
+typedef enum nk_layout {
+    NK_CHANNELS_FIRST = 0, /* NCL, NCHW, NCDHW */
+    NK_CHANNELS_LAST = 1   /* NLC, NHWC, NDHWC */
+} nk_layout;
+
+typedef struct nk_shape {
+    int64_t n;       /* batch */
+    int64_t c;       /* channels (features) */
+    int64_t spatial; /* product of spatial extents, 1 for (N, C) */
+    nk_layout layout;
+} nk_shape;
+
+typedef enum nk_activation {
+    NK_ACT_NONE = 0,
+    NK_ACT_RELU = 1,
+    NK_ACT_LEAKY_RELU = 2, /* x >= 0 ? x : alpha * x */
+    NK_ACT_SILU = 3,       /* x * sigmoid(x) */
+    NK_ACT_GELU_ERF = 4,   /* 0.5 x (1 + erf(x / sqrt 2)) */
+    NK_ACT_GELU_TANH = 5   /* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+} nk_activation;
+
+/* Trailing options of every operator; NULL means all defaults. */
+typedef struct nk_options {
+    nk_activation activation; /* fused after the affine transform */
+    float alpha;              /* LeakyReLU negative slope (finite) */
+} nk_options;
+
+#define NK_OPTIONS_DEFAULT {NK_ACT_NONE, 0.01f}
+
+/* ------------------------------------------------------------------------ */
+/* Partial moments (Welford/Chan): the basis of synchronized BatchNorm        */
+/* ------------------------------------------------------------------------ */
+
+/* count values, their mean and the sum of squared deviations from it. */
+typedef struct nk_moments {
+    double count;
+    double mean;
+    double m2;
+} nk_moments;
+
+/* Moments of n contiguous floats (best ISA). x may be NULL when n == 0. */
+NK_API nk_status nk_moments_compute(const float *x, int64_t n, nk_moments *out);
+
+/* acc <- acc (+) other, Chan's parallel formula; exact for any split. */
+NK_API void nk_moments_merge(nk_moments *acc, const nk_moments *other);
+
+/* Variance m2 / count (biased) or m2 / (count - 1) (unbiased); NaN when
+ * the divisor is 0. */
+NK_API double nk_moments_var(const nk_moments *m, int unbiased);
+
+/* ------------------------------------------------------------------------ */
+/* Running statistics (PyTorch momentum convention)                          */
+/* ------------------------------------------------------------------------ */
+
+typedef struct nk_running_stats {
+    float *mean;         /* C values, updated in place */
+    float *var;          /* C values, updated in place */
+    double momentum;     /* weight of the new batch, in [0, 1]; ignored when cumulative */
+    int cumulative;      /* PyTorch momentum=None: momentum = 1 / num_batches_tracked */
+    int unbiased;        /* 1: var * n/(n-1) as PyTorch/MegEngine; 0: biased as ONNX/Keras/Paddle */
+    int64_t num_batches_tracked; /* incremented by every training call (BatchNorm) */
+} nk_running_stats;
+
+/* ------------------------------------------------------------------------ */
+/* Functional API                                                             */
+/* ------------------------------------------------------------------------ */
+/*
+ * Common arguments
+ *   x, y          input and output, may alias exactly (in place), never partially
+ *   weight, bias  C (or normalized) values; NULL = 1 / 0 (affine off)
+ *   eps           finite, >= 0
+ *   save_mean, save_invstd  optional outputs (NULL = not wanted): the statistics
+ *                 a backward pass needs, one per reduced set
+ *   opts          NULL = no activation
+ */
+
+/* BatchNorm with batch statistics. running may be NULL (track_running_stats=False).
+ * Training needs more than one value per channel (N * spatial > 1) unless
+ * the tensor is empty: an empty batch still increments num_batches_tracked
+ * and leaves the running statistics as they are.
+ * save_mean / save_invstd: C values. invstd is 0 when var == 0 and eps == 0. */
+NK_API nk_status nk_batch_norm_train(const float *x, const nk_shape *shape,
+                                     const float *weight, const float *bias, double eps,
+                                     nk_running_stats *running, float *y,
+                                     float *save_mean, float *save_invstd,
+                                     const nk_options *opts);
+
+/* BatchNorm in inference: running_mean / running_var (C values each). */
+NK_API nk_status nk_batch_norm_infer(const float *x, const nk_shape *shape,
+                                     const float *weight, const float *bias,
+                                     const float *running_mean, const float *running_var,
+                                     double eps, float *y, const nk_options *opts);
+
+/* Per-channel moments of one shard (C entries), for synchronized BatchNorm:
+ * merge the shards' moments with nk_moments_merge, then call
+ * nk_batch_norm_apply_moments on each shard. */
+NK_API nk_status nk_batch_norm_stats(const float *x, const nk_shape *shape, nk_moments *per_channel);
+
+/* The training step given global moments (C entries): updates running (may be
+ * NULL) from them, normalizes x and writes y. Same checks as nk_batch_norm_train
+ * with the global count in place of N * spatial. */
+NK_API nk_status nk_batch_norm_apply_moments(const float *x, const nk_shape *shape,
+                                             const nk_moments *per_channel,
+                                             const float *weight, const float *bias, double eps,
+                                             nk_running_stats *running, float *y,
+                                             float *save_mean, float *save_invstd,
+                                             const nk_options *opts);
+
+/* InstanceNorm: statistics per (n, c) over the spatial positions.
+ * use_input_stats = 1: batch statistics (needs spatial > 1); when running is
+ * not NULL its statistics are updated as PyTorch does (per-(n, c) update, then
+ * the mean over n). num_batches_tracked is left as it is.
+ * use_input_stats = 0: running statistics (running must be given) as BatchNorm
+ * inference. save_mean / save_invstd: N * C values (use_input_stats only). */
+NK_API nk_status nk_instance_norm(const float *x, const nk_shape *shape,
+                                  const float *weight, const float *bias, double eps,
+                                  int use_input_stats, nk_running_stats *running, float *y,
+                                  float *save_mean, float *save_invstd,
+                                  const nk_options *opts);
+
+/* GroupNorm: statistics per (n, g) over the C / groups channels of group g and
+ * every spatial position. C must be divisible by groups. weight / bias have C
+ * values. save_mean / save_invstd: N * groups values. */
+NK_API nk_status nk_group_norm(const float *x, const nk_shape *shape, int64_t groups,
+                               const float *weight, const float *bias, double eps, float *y,
+                               float *save_mean, float *save_invstd,
+                               const nk_options *opts);
+
+/* LayerNorm over rows: x is rows x cols (cols = product of normalized_shape),
+ * weight / bias have cols values. save_mean / save_invstd: rows values. */
+NK_API nk_status nk_layer_norm(const float *x, int64_t rows, int64_t cols,
+                               const float *weight, const float *bias, double eps, float *y,
+                               float *save_mean, float *save_invstd,
+                               const nk_options *opts);
+
+/* RMSNorm over rows: y = x / sqrt(mean(x^2) + eps) * weight. PyTorch's
+ * eps=None is NK_RMS_EPS_DEFAULT (FLT_EPSILON). save_rstd: rows values. */
+#define NK_RMS_EPS_DEFAULT 1.1920928955078125e-07
+NK_API nk_status nk_rms_norm(const float *x, int64_t rows, int64_t cols, const float *weight,
+                             double eps, float *y, float *save_rstd, const nk_options *opts);
+
+/* ------------------------------------------------------------------------ */
+/* Dispatcher                                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef enum nk_isa {
+    NK_ISA_SCALAR = 0,
+    NK_ISA_AVX2 = 1,   /* AVX2 + FMA */
+    NK_ISA_AVX512 = 2, /* AVX-512 F/BW/DQ/VL */
+    NK_ISA_NEON = 3
+} nk_isa;
+
+/* The ISA whose kernels run now: the best one this CPU and build support,
+ * unless NORMKIT_ISA=scalar|avx2|avx512|neon or nk_set_isa chose another. */
+NK_API nk_isa nk_get_isa(void);
+/* "scalar", "avx2", "avx512", "neon"; "unknown" for other values. */
+NK_API const char *nk_isa_name(nk_isa isa);
+/* 1 when this CPU, its OS and this build can run isa. */
+NK_API int nk_isa_supported(nk_isa isa);
+/* Why isa is (not) available, e.g. "AVX2 supported by the CPU, but not the OS". */
+NK_API const char *nk_isa_reason(nk_isa isa);
+/* Selects isa process-wide. NK_ERR_UNSUPPORTED (and no change) when this CPU,
+ * OS or build lacks it. Not meant to race with running kernels. */
+NK_API nk_status nk_set_isa(nk_isa isa);
+
+/* ------------------------------------------------------------------------ */
+/* Framework modules: each framework's layer, executable                      */
+/* ------------------------------------------------------------------------ */
+
+typedef enum nk_framework {
+    NK_FW_PYTORCH = 0,
+    NK_FW_MINDSPORE = 1,
+    NK_FW_MEGENGINE = 2,
+    NK_FW_ONNX = 3,
+    NK_FW_KERAS = 4,
+    NK_FW_PADDLE = 5
+} nk_framework;
+
+typedef enum nk_layer {
+    NK_LAYER_BATCH_NORM = 0,    /* BatchNorm1d/2d/3d, ONNX BatchNormalization, Keras BatchNormalization */
+    NK_LAYER_INSTANCE_NORM = 1, /* InstanceNorm1d/2d/3d, MegEngine InstanceNorm, ONNX InstanceNormalization */
+    NK_LAYER_GROUP_NORM = 2,
+    NK_LAYER_LAYER_NORM = 3,
+    NK_LAYER_RMS_NORM = 4
+} nk_layer;
+
+/* Every field -1 (NK_DEFAULT) means "this framework's default"; set the fields
+ * by their framework's own names. Start from nk_module_config_init(). Fields a
+ * framework does not have must stay at NK_DEFAULT (else NK_ERR_BAD_PARAM). */
+#define NK_DEFAULT (-1)
+/* PyTorch BatchNorm momentum=None (cumulative moving average). */
+#define NK_MOMENTUM_NONE (-2.0)
+/* PyTorch RMSNorm eps=None. */
+#define NK_EPS_NONE (-2.0)
+#define NK_MAX_NORM_DIMS 8
+
+typedef struct nk_module_config {
+    /* all frameworks */
+    double eps;      /* eps / epsilon; NK_EPS_NONE for PyTorch RMSNorm eps=None */
+    double momentum; /* in the framework's own convention (MindSpore 0.9 == PyTorch 0.1) */
+    int affine;      /* affine / elementwise_affine / center+scale (Keras) */
+    /* PyTorch */
+    int track_running_stats;
+    int bias; /* LayerNorm bias=False */
+    /* MindSpore */
+    int use_batch_statistics; /* NK_DEFAULT = None, 0 = False, 1 = True */
+    double gamma_init, beta_init, moving_mean_init, moving_var_init; /* constant initialisers */
+    int begin_norm_axis, begin_params_axis; /* MindSpore LayerNorm */
+    /* MegEngine */
+    int freeze;
+    /* ONNX */
+    int training_mode;
+    int axis; /* ONNX LayerNormalization / RMSNormalization axis; Keras axis (-1 or 1) */
+    /* Keras */
+    int trainable;
+    /* Paddle */
+    int use_global_stats; /* NK_DEFAULT = None */
+    /* layout: MindSpore/Paddle data_format; Keras follows axis */
+    int data_format; /* NK_DEFAULT, NK_CHANNELS_FIRST or NK_CHANNELS_LAST */
+    /* GroupNorm */
+    int64_t num_groups;
+    /* LayerNorm / RMSNorm: normalized_shape (PyTorch); NK_DEFAULT = [num_features] */
+    int normalized_ndim;
+    int64_t normalized_shape[NK_MAX_NORM_DIMS];
+    /* Backend-dependent behaviour: MindSpore running variance unbiased on
+     * GPU/Ascend (default here), biased on CPU. NK_DEFAULT follows the table. */
+    int running_var_unbiased;
+    /* fused activation */
+    nk_options options;
+} nk_module_config;
+
+NK_API void nk_module_config_init(nk_module_config *cfg);
+
+typedef struct nk_module nk_module;
+
+/* spatial_rank: 1, 2 or 3 for BatchNorm1d/2d/3d and InstanceNorm1d/2d/3d
+ * (ignored for the other layers, where any rank the framework accepts goes).
+ * num_features: C, or the normalized size for LayerNorm / RMSNorm when
+ * cfg->normalized_ndim is NK_DEFAULT. cfg may be NULL (all defaults). The
+ * module owns its weight, bias and running statistics, initialised as the
+ * framework does, and starts in the framework's default mode (PyTorch,
+ * MegEngine, Paddle: training; MindSpore, ONNX, Keras: inference). */
+NK_API nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank,
+                                  int64_t num_features, const nk_module_config *cfg,
+                                  nk_module **out);
+NK_API void nk_module_destroy(nk_module *m);
+
+NK_API nk_status nk_module_set_training(nk_module *m, int training);
+NK_API int nk_module_training(const nk_module *m);
+
+/* Runs the layer on an ndim-dimensional input of extents dims (the framework's
+ * own layout: NCHW unless data_format / Keras says channels-last). Rejects the
+ * ranks the framework rejects. y has as many elements as x. */
+NK_API nk_status nk_module_forward(nk_module *m, const float *x, int ndim, const int64_t *dims,
+                                   float *y);
+
+/* Parameter and buffer access (NULL when the module has none). Writable, for
+ * loading checkpoints. */
+NK_API int64_t nk_module_param_size(const nk_module *m);
+NK_API float *nk_module_weight(nk_module *m);
+NK_API float *nk_module_bias(nk_module *m);
+NK_API float *nk_module_running_mean(nk_module *m);
+NK_API float *nk_module_running_var(nk_module *m);
+NK_API int64_t nk_module_num_batches_tracked(const nk_module *m);
+NK_API double nk_module_eps(const nk_module *m);
+/* Momentum in PyTorch's convention (weight of the new batch); NaN when cumulative. */
+NK_API double nk_module_momentum_torch(const nk_module *m);
+
+/* Conversions */
+NK_API double nk_momentum_to_torch(nk_framework fw, double momentum);
+NK_API double nk_momentum_from_torch(nk_framework fw, double momentum_torch);
+/* Default eps and momentum (own convention) of a framework's layer; NaN when
+ * the layer has none. */
+NK_API double nk_default_eps(nk_framework fw, nk_layer layer);
+NK_API double nk_default_momentum(nk_framework fw, nk_layer layer);
+NK_API const char *nk_framework_name(nk_framework fw);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NORMKIT_H */

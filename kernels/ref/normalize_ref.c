@@ -1,0 +1,86 @@
+/*
+ * Portable normalize-scale kernels: y = act((x - m) * a + b).
+ * Centring before scaling keeps x == mean at exactly b (constant inputs give
+ * beta) and keeps large means from costing output bits, which the folded
+ * x * a + (b - m * a) form does not.
+ */
+#include <math.h>
+
+#include "dispatch/kernels.h"
+
+float nk_act_ref(float v, const nk_epilogue *ep)
+{
+    switch (ep->act) {
+    case NK_ACT_RELU:
+        return v < 0.0f ? 0.0f : v;
+    case NK_ACT_LEAKY_RELU:
+        return v < 0.0f ? v * ep->alpha : v;
+    case NK_ACT_SILU:
+        return v / (1.0f + expf(-v));
+    case NK_ACT_GELU_ERF:
+        return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    case NK_ACT_GELU_TANH: {
+        float inner = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+        return 0.5f * v * (1.0f + tanhf(inner));
+    }
+    default:
+        return v;
+    }
+}
+
+static void norm_rows_ref(const float *x, float *y, size_t rows, size_t len, size_t xstride,
+                          size_t ystride, const float *m, const float *a, const float *b,
+                          size_t ps, const nk_epilogue *ep)
+{
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * xstride;
+        float *yr = y + r * ystride;
+        const float mr = m[r * ps], ar = a[r * ps], br = b[r * ps];
+        if (ep->act == NK_ACT_NONE) {
+            for (size_t i = 0; i < len; i++)
+                yr[i] = fmaf(xr[i] - mr, ar, br);
+        } else {
+            for (size_t i = 0; i < len; i++)
+                yr[i] = nk_act_ref(fmaf(xr[i] - mr, ar, br), ep);
+        }
+    }
+}
+
+static void norm_cols_ref(const float *x, float *y, size_t rows, size_t cols, size_t xstride,
+                          size_t ystride, const float *m, const float *a, const float *b,
+                          const nk_epilogue *ep)
+{
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * xstride;
+        float *yr = y + r * ystride;
+        for (size_t c = 0; c < cols; c++)
+            yr[c] = nk_act_ref(fmaf(xr[c] - m[c], a[c], b[c]), ep);
+    }
+}
+
+static void norm_affine_ref(const float *x, float *y, size_t rows, size_t len, size_t xstride,
+                            size_t ystride, const float *m, const float *s, const float *g,
+                            const float *b, const nk_epilogue *ep)
+{
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * xstride;
+        float *yr = y + r * ystride;
+        const float mr = m ? m[r] : 0.0f, sr = s[r];
+        for (size_t i = 0; i < len; i++) {
+            float v = (xr[i] - mr) * sr;
+            float gi = g ? g[i] : 1.0f, bi = b ? b[i] : 0.0f;
+            yr[i] = nk_act_ref(fmaf(v, gi, bi), ep);
+        }
+    }
+}
+
+void nk_kernels_init_ref_moments(nk_kernels *k);
+
+void nk_kernels_init_ref(nk_kernels *k)
+{
+    k->isa = NK_ISA_SCALAR;
+    nk_kernels_init_ref_moments(k);
+    k->norm_rows = norm_rows_ref;
+    k->norm_cols = norm_cols_ref;
+    k->norm_affine = norm_affine_ref;
+}

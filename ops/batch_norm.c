@@ -1,0 +1,242 @@
+/*
+ * BatchNorm: statistics per channel over the batch and every spatial position.
+ * Channels-first: one channel at a time, moments then normalize, so a channel
+ * that fits in L2 is read from DRAM once. Channels-last: blocks of channels,
+ * moments across all rows then normalize the block.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "ops/internal.h"
+
+typedef struct bn_ctx {
+    const float *weight, *bias;
+    double eps, momentum;
+    nk_running_stats *rs;
+    float *save_mean, *save_invstd;
+} bn_ctx;
+
+/* Statistics of channel c -> its m, a, b; running statistics and saves. */
+static void bn_finalize(const bn_ctx *cx, size_t c, const nk_moments *mo, float *m, float *a,
+                        float *b)
+{
+    double var = mo->count > 0.0 ? mo->m2 / mo->count : 0.0;
+    double inv = nk_invstd_bn(var, cx->eps);
+    double w = cx->weight ? cx->weight[c] : 1.0;
+    *m = (float)mo->mean;
+    *a = (float)(w * inv);
+    *b = cx->bias ? cx->bias[c] : 0.0f;
+    if (cx->save_mean)
+        cx->save_mean[c] = (float)mo->mean;
+    if (cx->save_invstd)
+        cx->save_invstd[c] = (float)inv;
+    if (cx->rs && mo->count > 0.0) {
+        double mom = cx->momentum;
+        double v = cx->rs->unbiased ? mo->m2 / (mo->count - 1.0) : var;
+        cx->rs->mean[c] = (float)(mom * mo->mean + (1.0 - mom) * (double)cx->rs->mean[c]);
+        cx->rs->var[c] = (float)(mom * v + (1.0 - mom) * (double)cx->rs->var[c]);
+    }
+}
+
+/* given == NULL: compute the moments from x; else use given[c]. */
+static void bn_run(const nk_kernels *k, const float *x, const nk_shape *s,
+                   const nk_moments *given, const bn_ctx *cx, float *y, const nk_epilogue *ep)
+{
+    const size_t N = (size_t)s->n, C = (size_t)s->c, S = (size_t)s->spatial;
+    if (s->layout == NK_CHANNELS_FIRST) {
+        nk_moments part[64];
+        for (size_t c = 0; c < C; c++) {
+            nk_moments acc = {0.0, 0.0, 0.0};
+            if (given) {
+                acc = given[c];
+            } else {
+                for (size_t n0 = 0; n0 < N; n0 += 64) {
+                    size_t nb = N - n0 < 64 ? N - n0 : 64;
+                    nk_rows_moments(k, x + (n0 * C + c) * S, nb, S, C * S, part);
+                    for (size_t i = 0; i < nb; i++)
+                        nk_moments_merge_inline(&acc, part[i].count, part[i].mean, part[i].m2);
+                }
+            }
+            float m, a, b;
+            bn_finalize(cx, c, &acc, &m, &a, &b);
+            if (N && S)
+                k->norm_rows(x + c * S, y + c * S, N, S, C * S, C * S, &m, &a, &b, 0, ep);
+        }
+        return;
+    }
+    const size_t rows = N * S;
+    for (size_t c0 = 0; c0 < C; c0 += NK_CBLK) {
+        size_t nc = C - c0 < NK_CBLK ? C - c0 : NK_CBLK;
+        nk_moments acc[NK_CBLK];
+        float m[NK_CBLK], a[NK_CBLK], b[NK_CBLK];
+        if (given) {
+            memcpy(acc, given + c0, nc * sizeof acc[0]);
+        } else {
+            memset(acc, 0, nc * sizeof acc[0]);
+            if (rows)
+                nk_channels_last_moments(k, x, rows, C, c0, nc, acc);
+        }
+        for (size_t c = 0; c < nc; c++)
+            bn_finalize(cx, c0 + c, &acc[c], &m[c], &a[c], &b[c]);
+        if (rows)
+            nk_channels_last_normalize(k, x, y, rows, C, c0, nc, m, a, b, ep);
+    }
+}
+
+static nk_status bn_check_common(const char *fn, const float *x, const nk_shape *s, const float *y,
+                                 double eps, nk_running_stats *rs, const nk_options *opts,
+                                 size_t *total, nk_epilogue *ep)
+{
+    nk_status st = nk_check_shape(s, fn, total);
+    if (st)
+        return st;
+    if ((!x || !y) && *total)
+        return nk_fail(NK_ERR_NULL_POINTER, "%s: %s is NULL", fn, x ? "output" : "input");
+    if ((st = nk_check_eps(eps, fn)))
+        return st;
+    if (rs && (st = nk_check_running(rs, fn, true)))
+        return st;
+    if ((st = nk_check_options(opts, fn, ep)))
+        return st;
+    ep->stream = *total * sizeof(float) > nk_stream_threshold();
+    return NK_OK;
+}
+
+nk_status nk_batch_norm_train(const float *x, const nk_shape *shape, const float *weight,
+                              const float *bias, double eps, nk_running_stats *running, float *y,
+                              float *save_mean, float *save_invstd, const nk_options *opts)
+{
+    static const char fn[] = "nk_batch_norm_train";
+    size_t total;
+    nk_epilogue ep;
+    nk_status st = bn_check_common(fn, x, shape, y, eps, running, opts, &total, &ep);
+    if (st)
+        return st;
+    if (total == 0) {
+        if (running)
+            nk_effective_momentum(running);
+        nk_clear_error();
+        return NK_OK;
+    }
+    if (shape->n * shape->spatial == 1) {
+        char sz[96];
+        nk_format_size(sz, sizeof sz, shape->n, shape->c, shape->spatial);
+        return nk_fail(NK_ERR_TOO_FEW_VALUES,
+                       "Expected more than 1 value per channel when training, got input size %s", sz);
+    }
+    bn_ctx cx = {weight, bias, eps, 0.0, running, save_mean, save_invstd};
+    if (running)
+        cx.momentum = nk_effective_momentum(running);
+    bn_run(nk_kernels_current(), x, shape, NULL, &cx, y, &ep);
+    nk_clear_error();
+    return NK_OK;
+}
+
+nk_status nk_batch_norm_stats(const float *x, const nk_shape *shape, nk_moments *per_channel)
+{
+    static const char fn[] = "nk_batch_norm_stats";
+    size_t total;
+    nk_status st = nk_check_shape(shape, fn, &total);
+    if (st)
+        return st;
+    if (!per_channel || (!x && total))
+        return nk_fail(NK_ERR_NULL_POINTER, "%s: %s is NULL", fn, x ? "per_channel" : "input");
+    const nk_kernels *k = nk_kernels_current();
+    const size_t N = (size_t)shape->n, C = (size_t)shape->c, S = (size_t)shape->spatial;
+    memset(per_channel, 0, C * sizeof per_channel[0]);
+    if (!total) {
+        nk_clear_error();
+        return NK_OK;
+    }
+    if (shape->layout == NK_CHANNELS_FIRST) {
+        nk_moments part[64];
+        for (size_t c = 0; c < C; c++)
+            for (size_t n0 = 0; n0 < N; n0 += 64) {
+                size_t nb = N - n0 < 64 ? N - n0 : 64;
+                nk_rows_moments(k, x + (n0 * C + c) * S, nb, S, C * S, part);
+                for (size_t i = 0; i < nb; i++)
+                    nk_moments_merge_inline(&per_channel[c], part[i].count, part[i].mean, part[i].m2);
+            }
+    } else {
+        for (size_t c0 = 0; c0 < C; c0 += NK_CBLK) {
+            size_t nc = C - c0 < NK_CBLK ? C - c0 : NK_CBLK;
+            nk_channels_last_moments(k, x, N * S, C, c0, nc, per_channel + c0);
+        }
+    }
+    nk_clear_error();
+    return NK_OK;
+}
+
+nk_status nk_batch_norm_apply_moments(const float *x, const nk_shape *shape,
+                                      const nk_moments *per_channel, const float *weight,
+                                      const float *bias, double eps, nk_running_stats *running,
+                                      float *y, float *save_mean, float *save_invstd,
+                                      const nk_options *opts)
+{
+    static const char fn[] = "nk_batch_norm_apply_moments";
+    size_t total;
+    nk_epilogue ep;
+    nk_status st = bn_check_common(fn, x, shape, y, eps, running, opts, &total, &ep);
+    if (st)
+        return st;
+    if (!per_channel)
+        return nk_fail(NK_ERR_NULL_POINTER, "%s: per_channel moments are NULL", fn);
+    for (int64_t c = 0; c < shape->c; c++) {
+        double cnt = per_channel[c].count;
+        if (!(cnt >= 0.0) || isinf(cnt) || cnt != floor(cnt))
+            return nk_fail(NK_ERR_BAD_PARAM, "%s: moments of channel %lld have invalid count %g", fn,
+                           (long long)c, cnt);
+        if (cnt == 1.0)
+            return nk_fail(NK_ERR_TOO_FEW_VALUES,
+                           "Expected more than 1 value per channel when training, got %g value(s) "
+                           "for channel %lld",
+                           cnt, (long long)c);
+        if (cnt == 0.0 && total)
+            return nk_fail(NK_ERR_BAD_PARAM, "%s: channel %lld has no values but the input is not empty",
+                           fn, (long long)c);
+    }
+    bn_ctx cx = {weight, bias, eps, 0.0, running, save_mean, save_invstd};
+    if (running)
+        cx.momentum = nk_effective_momentum(running);
+    bn_run(nk_kernels_current(), x, shape, per_channel, &cx, y, &ep);
+    nk_clear_error();
+    return NK_OK;
+}
+
+nk_status nk_batch_norm_infer(const float *x, const nk_shape *shape, const float *weight,
+                              const float *bias, const float *running_mean,
+                              const float *running_var, double eps, float *y,
+                              const nk_options *opts)
+{
+    static const char fn[] = "nk_batch_norm_infer";
+    size_t total;
+    nk_epilogue ep;
+    nk_status st = bn_check_common(fn, x, shape, y, eps, NULL, opts, &total, &ep);
+    if (st)
+        return st;
+    if (!running_mean || !running_var)
+        return nk_fail(NK_ERR_NULL_POINTER, "%s: running_%s is NULL", fn,
+                       running_mean ? "var" : "mean");
+    const nk_kernels *k = nk_kernels_current();
+    const size_t N = (size_t)shape->n, C = (size_t)shape->c, S = (size_t)shape->spatial;
+    float m[NK_CBLK], a[NK_CBLK], b[NK_CBLK];
+    for (size_t c0 = 0; c0 < C && total; c0 += NK_CBLK) {
+        size_t nc = C - c0 < NK_CBLK ? C - c0 : NK_CBLK;
+        for (size_t c = 0; c < nc; c++) {
+            double inv = 1.0 / sqrt((double)running_var[c0 + c] + eps);
+            m[c] = running_mean[c0 + c];
+            a[c] = (float)((weight ? weight[c0 + c] : 1.0) * inv);
+            b[c] = bias ? bias[c0 + c] : 0.0f;
+        }
+        if (shape->layout == NK_CHANNELS_FIRST) {
+            for (size_t n = 0; n < N; n++) {
+                size_t off = (n * C + c0) * S;
+                k->norm_rows(x + off, y + off, nc, S, S, S, m, a, b, 1, &ep);
+            }
+        } else {
+            nk_channels_last_normalize(k, x, y, N * S, C, c0, nc, m, a, b, &ep);
+        }
+    }
+    nk_clear_error();
+    return NK_OK;
+}

@@ -1,0 +1,63 @@
+/* Shared by the operators in ops/: error reporting, validation, statistics. */
+#ifndef NK_OPS_INTERNAL_H
+#define NK_OPS_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dispatch/kernels.h"
+#include "normkit.h"
+
+/* Channel block for per-column parameter arrays kept on the stack. */
+#define NK_CBLK 256
+
+#if defined(__GNUC__)
+#  define NK_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#  define NK_PRINTF(a, b)
+#endif
+
+/* Records the thread-local message and returns st. */
+nk_status nk_fail(nk_status st, const char *fmt, ...) NK_PRINTF(2, 3);
+void nk_clear_error(void);
+
+/* Element count of shape, checked: extents >= 0, c >= 1, no overflow. */
+nk_status nk_check_shape(const nk_shape *shape, const char *fn, size_t *total);
+nk_status nk_check_eps(double eps, const char *fn);
+/* Validates opts (NULL = defaults) and fills the kernel epilogue. */
+nk_status nk_check_options(const nk_options *opts, const char *fn, nk_epilogue *ep);
+nk_status nk_check_running(const nk_running_stats *rs, const char *fn, bool need_momentum);
+nk_status nk_check_product(int64_t a, int64_t b, const char *fn, size_t *out);
+
+/* Writes "[n, c]" or "[n, c, spatial]" into buf. */
+void nk_format_size(char *buf, size_t len, int64_t a, int64_t b, int64_t spatial);
+
+/* Moments of rows with the current kernels, fp64 recompute when fp32 overflowed. */
+void nk_rows_moments(const nk_kernels *k, const float *x, size_t rows, size_t len, size_t stride,
+                     nk_moments *out);
+void nk_cols_moments(const nk_kernels *k, const float *x, size_t rows, size_t cols, size_t stride,
+                     nk_moments *acc);
+
+/* Channels-last per-channel moments over `rows` rows of C channels (one image or
+ * the whole batch), channels [c0, c0 + cols). Small C uses a widened view. */
+void nk_channels_last_moments(const nk_kernels *k, const float *x, size_t rows, size_t C,
+                              size_t c0, size_t cols, nk_moments *acc);
+/* Channels-last normalize of channels [c0, c0 + cols) given per-channel m/a/b
+ * (indexed from c0). */
+void nk_channels_last_normalize(const nk_kernels *k, const float *x, float *y, size_t rows,
+                                size_t C, size_t c0, size_t cols, const float *m, const float *a,
+                                const float *b, const nk_epilogue *ep);
+
+/* 1 / sqrt(var + eps), with PyTorch's batch_norm rule invstd = 0 when var == 0 and eps == 0. */
+double nk_invstd_bn(double var, double eps);
+/* 1 / sqrt(max(var, 0) + eps) (LayerNorm / GroupNorm: NaN path for eps == 0 kept). */
+double nk_rstd(double var, double eps);
+
+/* Output size in bytes above which stores may bypass the cache. */
+size_t nk_stream_threshold(void);
+
+/* momentum after bumping num_batches_tracked when cumulative (BatchNorm rule). */
+double nk_effective_momentum(nk_running_stats *rs);
+
+#endif
