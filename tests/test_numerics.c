@@ -1,3 +1,497 @@
+/*
+ * Every operator against a float64 oracle (tests/nk_test.c) on the ISA in use:
+ * random shapes including every length 1..70 and primes, both layouts, with and
+ * without affine, every activation, groups of more than 1e6 elements, and the
+ * robustness cases of SEMANTICS.md section 4.
+ * Tolerance: 1e-5 absolute for unit-scale data. For data with |mean| >> std the
+ * fp32 output cannot be closer than half an ulp of the mean divided by std (the
+ * mean itself is a float), so those cases add that term.
+ */
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "nk_test.h"
-static void placeholder(void **s) { (void)s; assert_true(1); }
-int main(void) { const struct CMUnitTest t[] = { cmocka_unit_test(placeholder) }; return cmocka_run_group_tests(t, NULL, NULL); }
+
+#define ATOL 1e-5
+
+static const nk_options acts[] = {
+    {NK_ACT_NONE, 0.0f},     {NK_ACT_RELU, 0.0f},      {NK_ACT_LEAKY_RELU, 0.2f},
+    {NK_ACT_SILU, 0.0f},     {NK_ACT_GELU_ERF, 0.0f},  {NK_ACT_GELU_TANH, 0.0f},
+};
+
+typedef struct bufs {
+    float *x, *y, *w, *b;
+    double *ref;
+} bufs;
+
+static bufs alloc_bufs(size_t n, size_t c, nkt_rng *r, double mean, double std)
+{
+    bufs B;
+    B.x = malloc(n * sizeof(float));
+    B.y = malloc(n * sizeof(float));
+    B.ref = malloc(n * sizeof(double));
+    B.w = malloc(c * sizeof(float));
+    B.b = malloc(c * sizeof(float));
+    assert_true(B.x && B.y && B.ref && B.w && B.b);
+    nkt_fill(r, B.x, n, mean, std);
+    nkt_fill(r, B.w, c, 1.0, 0.5);
+    nkt_fill(r, B.b, c, 0.0, 0.5);
+    return B;
+}
+
+static void free_bufs(bufs *B)
+{
+    free(B->x);
+    free(B->y);
+    free(B->ref);
+    free(B->w);
+    free(B->b);
+}
+
+/* One channel operator case against the oracle. kind: NKT_BN / NKT_IN / NKT_GN;
+ * infer runs BatchNorm inference with made-up running statistics. */
+static void check_channel_op(int kind, int infer, const nk_shape *s, int64_t groups, int affine,
+                             const nk_options *o, nkt_rng *r, double atol)
+{
+    size_t n = (size_t)(s->n * s->c * s->spatial);
+    bufs B = alloc_bufs(n, (size_t)s->c, r, 0.3, 1.0);
+    const float *w = affine ? B.w : NULL, *b = affine ? B.b : NULL;
+    nk_status st;
+    char what[160];
+    snprintf(what, sizeof what, "kind %d%s [%lld, %lld, %lld] %s groups %lld affine %d act %d", kind,
+             infer ? " infer" : "", (long long)s->n, (long long)s->c, (long long)s->spatial,
+             s->layout == NK_CHANNELS_LAST ? "NHWC" : "NCHW", (long long)groups, affine,
+             (int)o->activation);
+    if (infer) {
+        float *rm = malloc((size_t)s->c * sizeof(float)), *rv = malloc((size_t)s->c * sizeof(float));
+        for (int64_t c = 0; c < s->c; c++) {
+            rm[c] = (float)(0.1 * (double)(c % 7) - 0.2);
+            rv[c] = (float)(0.5 + 0.01 * (double)(c % 11));
+        }
+        st = nk_batch_norm_infer(B.x, s, w, b, rm, rv, 1e-5, B.y, o);
+        assert_int_equal(st, NK_OK);
+        for (int64_t nn = 0; nn < s->n; nn++)
+            for (int64_t c = 0; c < s->c; c++)
+                for (int64_t p = 0; p < s->spatial; p++) {
+                    size_t i = s->layout == NK_CHANNELS_FIRST ? (size_t)((nn * s->c + c) * s->spatial + p)
+                                                              : (size_t)((nn * s->spatial + p) * s->c + c);
+                    double v = (B.x[i] - (double)rm[c]) / sqrt((double)rv[c] + 1e-5);
+                    B.ref[i] = nkt_act(v * (w ? w[c] : 1.0) + (b ? b[c] : 0.0), o);
+                }
+        free(rm);
+        free(rv);
+    } else {
+        if (kind == NKT_BN)
+            st = nk_batch_norm_train(B.x, s, w, b, 1e-5, NULL, B.y, NULL, NULL, o);
+        else if (kind == NKT_IN)
+            st = nk_instance_norm(B.x, s, w, b, 1e-5, 1, NULL, B.y, NULL, NULL, o);
+        else
+            st = nk_group_norm(B.x, s, groups, w, b, 1e-5, B.y, NULL, NULL, o);
+        if (st != NK_OK)
+            print_error("%s: %s\n", what, nk_last_error());
+        assert_int_equal(st, NK_OK);
+        nkt_oracle_norm(B.x, s, kind, groups, w, b, 1e-5, o, B.ref);
+    }
+    nkt_assert_close(B.y, B.ref, n, atol, 0.0, what);
+    free_bufs(&B);
+}
+
+static void channel_ops_lengths(void **state)
+{
+    (void)state;
+    nkt_rng r;
+    nkt_seed(&r, 1);
+    for (int64_t len = 1; len <= 70; len++) {
+        for (int lay = 0; lay < 2; lay++) {
+            const nk_options *o = &acts[len % 6];
+            int affine = (int)(len & 1);
+            /* spatial = len */
+            nk_shape s = {2, 3, len, (nk_layout)lay};
+            check_channel_op(NKT_BN, 0, &s, 0, affine, o, &r, ATOL);
+            check_channel_op(NKT_BN, 1, &s, 0, affine, o, &r, ATOL);
+            if (len > 1)
+                check_channel_op(NKT_IN, 0, &s, 0, affine, o, &r, ATOL);
+            /* channels = len: every channels-last width, incl. the widened view */
+            nk_shape sc = {2, len, 7, (nk_layout)lay};
+            check_channel_op(NKT_BN, 0, &sc, 0, !affine, o, &r, ATOL);
+            check_channel_op(NKT_IN, 0, &sc, 0, !affine, o, &r, ATOL);
+            int64_t g = len % 3 == 0 ? 3 : len % 2 == 0 ? 2 : 1;
+            check_channel_op(NKT_GN, 0, &sc, g, affine, o, &r, ATOL);
+            check_channel_op(NKT_GN, 0, &sc, len, affine, o, &r, ATOL);
+        }
+    }
+}
+
+static void channel_ops_primes_and_wide(void **state)
+{
+    (void)state;
+    nkt_rng r;
+    nkt_seed(&r, 2);
+    const int64_t primes[] = {97, 127, 251, 257, 509, 1021, 4099};
+    for (size_t i = 0; i < sizeof primes / sizeof primes[0]; i++)
+        for (int lay = 0; lay < 2; lay++) {
+            const nk_options *o = &acts[i % 6];
+            nk_shape s = {3, 5, primes[i], (nk_layout)lay};
+            check_channel_op(NKT_BN, 0, &s, 0, 1, o, &r, ATOL);
+            check_channel_op(NKT_IN, 0, &s, 0, 1, o, &r, ATOL);
+            nk_shape sc = {2, primes[i], 3, (nk_layout)lay};
+            check_channel_op(NKT_BN, 0, &sc, 0, 1, o, &r, ATOL);
+            check_channel_op(NKT_BN, 1, &sc, 0, 1, o, &r, ATOL);
+            check_channel_op(NKT_GN, 0, &sc, 1, 1, o, &r, ATOL);
+        }
+    /* more channels than one stack block, groups spanning blocks */
+    for (int lay = 0; lay < 2; lay++) {
+        nk_shape s = {2, 1040, 9, (nk_layout)lay};
+        check_channel_op(NKT_BN, 0, &s, 0, 1, &acts[0], &r, ATOL);
+        check_channel_op(NKT_IN, 0, &s, 0, 1, &acts[3], &r, ATOL);
+        check_channel_op(NKT_GN, 0, &s, 2, 1, &acts[4], &r, ATOL);
+        check_channel_op(NKT_GN, 0, &s, 130, 1, &acts[1], &r, ATOL);
+        check_channel_op(NKT_BN, 1, &s, 0, 1, &acts[2], &r, ATOL);
+        nk_shape many = {70, 3, 5, (nk_layout)lay}; /* more images than a row block */
+        check_channel_op(NKT_BN, 0, &many, 0, 1, &acts[5], &r, ATOL);
+    }
+}
+
+static void check_rows(int rms, int64_t rows, int64_t cols, int affine, const nk_options *o, nkt_rng *r,
+                       double mean, double std, double atol)
+{
+    size_t n = (size_t)(rows * cols);
+    bufs B = alloc_bufs(n, (size_t)cols, r, mean, std);
+    const float *w = affine ? B.w : NULL, *b = affine ? B.b : NULL;
+    nk_status st;
+    if (rms) {
+        st = nk_rms_norm(B.x, rows, cols, w, 1e-6, B.y, NULL, o);
+        nkt_oracle_rms_norm(B.x, rows, cols, w, 1e-6, o, B.ref);
+    } else {
+        st = nk_layer_norm(B.x, rows, cols, w, b, 1e-5, B.y, NULL, NULL, o);
+        nkt_oracle_layer_norm(B.x, rows, cols, w, b, 1e-5, o, B.ref);
+    }
+    assert_int_equal(st, NK_OK);
+    char what[96];
+    snprintf(what, sizeof what, "%s %lldx%lld affine %d act %d", rms ? "RMSNorm" : "LayerNorm",
+             (long long)rows, (long long)cols, affine, (int)o->activation);
+    nkt_assert_close(B.y, B.ref, n, atol, 0.0, what);
+    free_bufs(&B);
+}
+
+static void row_ops_lengths(void **state)
+{
+    (void)state;
+    nkt_rng r;
+    nkt_seed(&r, 3);
+    for (int64_t len = 1; len <= 70; len++)
+        for (int rms = 0; rms < 2; rms++) {
+            if (!rms && len == 1)
+                continue; /* a single value has no spread: covered by the constant tests */
+            check_rows(rms, 5, len, (int)(len & 1), &acts[len % 6], &r, 0.0, 1.0, ATOL);
+        }
+    const int64_t primes[] = {97, 127, 251, 257, 509, 769, 1021, 4099, 65537};
+    for (size_t i = 0; i < sizeof primes / sizeof primes[0]; i++)
+        for (int rms = 0; rms < 2; rms++)
+            check_rows(rms, 3, primes[i], 1, &acts[i % 6], &r, 0.0, 1.0, ATOL);
+    check_rows(0, 300, 33, 1, &acts[0], &r, 0.0, 1.0, ATOL); /* many short rows */
+    check_rows(1, 300, 33, 1, &acts[3], &r, 0.0, 1.0, ATOL);
+}
+
+static void large_groups(void **state)
+{
+    (void)state;
+    nkt_rng r;
+    nkt_seed(&r, 5);
+    /* groups of more than 1e6 elements */
+    nk_shape in = {1, 2, (1 << 20) + 3, NK_CHANNELS_FIRST};
+    check_channel_op(NKT_IN, 0, &in, 0, 1, &acts[0], &r, ATOL);
+    nk_shape bn = {2, 3, 600001, NK_CHANNELS_LAST};
+    check_channel_op(NKT_BN, 0, &bn, 0, 1, &acts[1], &r, ATOL);
+    nk_shape gn = {1, 4, 300007, NK_CHANNELS_FIRST};
+    check_channel_op(NKT_GN, 0, &gn, 1, 1, &acts[3], &r, ATOL);
+    check_rows(0, 1, 1100003, 1, &acts[0], &r, 0.0, 1.0, ATOL);
+    check_rows(1, 1, 1100003, 1, &acts[0], &r, 0.0, 1.0, ATOL);
+}
+
+/* pytorch#54293: GroupNorm over tens of millions of elements agrees with float64,
+ * here with a mean of 1000 where sequential fp32 sums drift badly. */
+static void groupnorm_tens_of_millions(void **state)
+{
+    (void)state;
+    nkt_rng r;
+    nkt_seed(&r, 6);
+    const nk_shape s = {1, 4, 5000000, NK_CHANNELS_FIRST};
+    const size_t n = 20000000;
+    bufs B = alloc_bufs(n, 4, &r, 1000.0, 1.0);
+    float save_mean, save_invstd;
+    assert_int_equal(nk_group_norm(B.x, &s, 1, NULL, NULL, 1e-5, B.y, &save_mean, &save_invstd, NULL), NK_OK);
+    double sum = 0, m2 = 0;
+    for (size_t i = 0; i < n; i++)
+        sum += B.x[i];
+    double mean = sum / (double)n;
+    for (size_t i = 0; i < n; i++)
+        m2 += (B.x[i] - mean) * (B.x[i] - mean);
+    double var = m2 / (double)n;
+    assert_true(fabs(save_mean - mean) <= 0.5 * 6.2e-5);                       /* within half an ulp */
+    assert_true(fabs(save_invstd - 1.0 / sqrt(var + 1e-5)) <= 1e-6 / sqrt(var)); /* relative 1e-6 */
+    nkt_oracle_norm(B.x, &s, NKT_GN, 1, NULL, NULL, 1e-5, NULL, B.ref);
+    nkt_assert_close(B.y, B.ref, n, ATOL + 0.5 * 6.2e-5, 0.0, "GroupNorm 20M elements, mean 1000");
+    free_bufs(&B);
+}
+
+/* SEMANTICS.md section 4 */
+static void mean_shifted_rows(void **state)
+{
+    (void)state;
+    nkt_rng r;
+    nkt_seed(&r, 7);
+    /* pytorch#51102: a row shifted by +2000; the mean is a float, ulp(2000) = 1.2e-4
+     * (no affine, so the weight does not scale that term) */
+    check_rows(0, 8, 1000, 0, &acts[0], &r, 2000.0, 1.0, ATOL + 0.5 * 1.23e-4);
+    /* burn#5607: E[x^2] - E[x]^2 fails at mean 100 */
+    check_rows(0, 8, 4096, 0, &acts[0], &r, 100.0, 1.0, ATOL + 0.5 * 7.7e-6);
+    for (int lay = 0; lay < 2; lay++) {
+        nk_shape s = {4, 3, 999, (nk_layout)lay};
+        size_t n = 4 * 3 * 999;
+        bufs B = alloc_bufs(n, 3, &r, 100.0, 0.01);
+        assert_int_equal(nk_batch_norm_train(B.x, &s, NULL, NULL, 1e-5, NULL, B.y, NULL, NULL, NULL), NK_OK);
+        nkt_oracle_norm(B.x, &s, NKT_BN, 0, NULL, NULL, 1e-5, NULL, B.ref);
+        /* std 0.01: half an ulp of 100 is 3.8e-6, times invstd 100 */
+        nkt_assert_close(B.y, B.ref, n, ATOL + 3.9e-4, 0.0, "BatchNorm mean 100 std 0.01");
+        free_bufs(&B);
+    }
+}
+
+static void row_40000(void **state)
+{
+    (void)state;
+    /* onnxruntime#28463 */
+    const float x[4] = {40000.0f, 40001.0f, 40002.0f, 40003.0f};
+    float y[4];
+    double ref[4];
+    assert_int_equal(nk_layer_norm(x, 1, 4, NULL, NULL, 1e-5, y, NULL, NULL, NULL), NK_OK);
+    nkt_oracle_layer_norm(x, 1, 4, NULL, NULL, 1e-5, NULL, ref);
+    nkt_assert_close(y, ref, 4, ATOL, 0.0, "LayerNorm [40000 .. 40003]");
+    const nk_shape s = {1, 1, 4, NK_CHANNELS_FIRST};
+    assert_int_equal(nk_instance_norm(x, &s, NULL, NULL, 1e-5, 1, NULL, y, NULL, NULL, NULL), NK_OK);
+    nkt_assert_close(y, ref, 4, ATOL, 0.0, "InstanceNorm [40000 .. 40003]");
+}
+
+static void constant_rows_every_length(void **state)
+{
+    (void)state;
+    /* onnxruntime#21935 and the mean-rounding trap: every length, exactly beta */
+    const float values[] = {1234.0f, 0.1f, -3.3e-3f, 7.0e5f, 1.0e-20f};
+    enum { MAXLEN = 1100 };
+    float *x = malloc(MAXLEN * 3 * sizeof(float)), *y = malloc(MAXLEN * 3 * sizeof(float));
+    float w[3] = {1.5f, -2.0f, 0.75f}, b[3] = {0.25f, -1.0f, 3.5f};
+    float *g = malloc(MAXLEN * sizeof(float)), *bb = malloc(MAXLEN * sizeof(float));
+    for (int i = 0; i < MAXLEN; i++) {
+        g[i] = 1.0f + (float)(i % 5);
+        bb[i] = 0.125f * (float)(i % 9) - 0.5f;
+    }
+    for (size_t v = 0; v < sizeof values / sizeof values[0]; v++)
+        for (int len = 1; len <= MAXLEN; len += (len < 300 ? 1 : 97)) {
+            for (int i = 0; i < 3 * len; i++)
+                x[i] = values[v];
+            assert_int_equal(nk_layer_norm(x, 1, len, g, bb, 1e-5, y, NULL, NULL, NULL), NK_OK);
+            for (int i = 0; i < len; i++)
+                if (y[i] != bb[i]) {
+                    print_error("LayerNorm constant %g len %d: y[%d] = %.9g, beta %.9g\n",
+                                (double)values[v], len, i, (double)y[i], (double)bb[i]);
+                    fail();
+                }
+            for (int lay = 0; lay < 2; lay++) {
+                const nk_shape s = {1, 3, len, (nk_layout)lay};
+                if (len > 1) {
+                    assert_int_equal(nk_instance_norm(x, &s, w, b, 1e-5, 1, NULL, y, NULL, NULL, NULL), NK_OK);
+                    for (int i = 0; i < 3 * len; i++)
+                        assert_true(y[i] == b[lay ? i % 3 : i / len]);
+                    assert_int_equal(nk_batch_norm_train(x, &s, w, b, 1e-5, NULL, y, NULL, NULL, NULL), NK_OK);
+                    for (int i = 0; i < 3 * len; i++)
+                        assert_true(y[i] == b[lay ? i % 3 : i / len]);
+                }
+                const nk_shape gs = {1, 3, len, (nk_layout)lay};
+                if (len > 1 || lay) {
+                    nk_status st = nk_group_norm(x, &gs, 1, w, b, 1e-5, y, NULL, NULL, NULL);
+                    assert_int_equal(st, NK_OK);
+                    for (int i = 0; i < 3 * len; i++)
+                        assert_true(y[i] == b[lay ? i % 3 : i / len]);
+                }
+            }
+        }
+    free(x);
+    free(y);
+    free(g);
+    free(bb);
+}
+
+static void huge_magnitudes(void **state)
+{
+    (void)state;
+    /* pytorch#162489: |x| near 1e30 must not silently give zeros; the fp32
+     * squares overflow, the fp64 recompute keeps the statistics exact */
+    const float x[4] = {1e30f, 2e30f, 3e30f, 4e30f};
+    float y[4];
+    double ref[4];
+    assert_int_equal(nk_layer_norm(x, 1, 4, NULL, NULL, 1e-5, y, NULL, NULL, NULL), NK_OK);
+    nkt_oracle_layer_norm(x, 1, 4, NULL, NULL, 1e-5, NULL, ref);
+    nkt_assert_close(y, ref, 4, ATOL, 0.0, "LayerNorm 1e30");
+    assert_true(fabs(ref[0] + 1.3416407) < 1e-6);
+    for (int lay = 0; lay < 2; lay++) {
+        const nk_shape s = {4, 1, 1, (nk_layout)lay};
+        assert_int_equal(nk_batch_norm_train(x, &s, NULL, NULL, 1e-5, NULL, y, NULL, NULL, NULL), NK_OK);
+        nkt_assert_close(y, ref, 4, ATOL, 0.0, "BatchNorm 1e30");
+    }
+    const nk_shape gs = {1, 2, 2, NK_CHANNELS_FIRST};
+    assert_int_equal(nk_group_norm(x, &gs, 1, NULL, NULL, 1e-5, y, NULL, NULL, NULL), NK_OK);
+    nkt_assert_close(y, ref, 4, ATOL, 0.0, "GroupNorm 1e30");
+    assert_int_equal(nk_rms_norm(x, 1, 4, NULL, 1e-6, y, NULL, NULL), NK_OK);
+    nkt_oracle_rms_norm(x, 1, 4, NULL, 1e-6, NULL, ref);
+    nkt_assert_close(y, ref, 4, ATOL, 0.0, "RMSNorm 1e30");
+    /* a long channels-last case through the column kernels */
+    enum { L = 5000 };
+    float *xl = malloc(L * 2 * sizeof(float)), *yl = malloc(L * 2 * sizeof(float));
+    double *rl = malloc(L * 2 * sizeof(double));
+    nkt_rng r;
+    nkt_seed(&r, 8);
+    nkt_fill(&r, xl, L * 2, 0.0, 1e30);
+    const nk_shape cl = {1, 2, L, NK_CHANNELS_LAST};
+    assert_int_equal(nk_instance_norm(xl, &cl, NULL, NULL, 1e-5, 1, NULL, yl, NULL, NULL, NULL), NK_OK);
+    nkt_oracle_norm(xl, &cl, NKT_IN, 0, NULL, NULL, 1e-5, NULL, rl);
+    nkt_assert_close(yl, rl, L * 2, ATOL, 0.0, "InstanceNorm channels-last 1e30");
+    free(xl);
+    free(yl);
+    free(rl);
+}
+
+static void moments_and_sync_batch_norm(void **state)
+{
+    (void)state;
+    nkt_rng r;
+    nkt_seed(&r, 9);
+    enum { N = 100003 };
+    float *x = malloc(N * sizeof(float));
+    nkt_fill(&r, x, N, 5.0, 2.0);
+    nk_moments whole, a = {0, 0, 0}, part;
+    assert_int_equal(nk_moments_compute(x, N, &whole), NK_OK);
+    double sum = 0, m2 = 0;
+    for (int i = 0; i < N; i++)
+        sum += x[i];
+    for (int i = 0; i < N; i++)
+        m2 += (x[i] - sum / N) * (x[i] - sum / N);
+    assert_true(whole.count == N);
+    assert_true(fabs(whole.mean - sum / N) < 1e-6 * fabs(sum / N));
+    assert_true(fabs(whole.m2 - m2) < 1e-6 * m2);
+    const int cuts[] = {0, 1, 17, 4096, 50001, 99999, N};
+    for (int k = 0; k + 1 < 7; k++) {
+        assert_int_equal(nk_moments_compute(x + cuts[k], cuts[k + 1] - cuts[k], &part), NK_OK);
+        nk_moments_merge(&a, &part);
+    }
+    assert_true(a.count == N);
+    assert_true(fabs(a.mean - whole.mean) < 1e-9 * fabs(whole.mean));
+    assert_true(fabs(a.m2 - whole.m2) < 1e-6 * whole.m2);
+    assert_true(fabs(nk_moments_var(&a, 1) - m2 / (N - 1)) < 1e-6 * m2 / N);
+    assert_true(fabs(nk_moments_var(&a, 0) - m2 / N) < 1e-6 * m2 / N);
+    nk_moments one = {1, 3, 0};
+    assert_true(isnan(nk_moments_var(&one, 1)));
+    free(x);
+
+    /* synchronized BatchNorm: two shards == one batch, in both layouts */
+    for (int lay = 0; lay < 2; lay++) {
+        const int64_t C = 6, S = 37;
+        const nk_shape whole_s = {5, C, S, (nk_layout)lay}, s1 = {2, C, S, (nk_layout)lay},
+                       s2 = {3, C, S, (nk_layout)lay};
+        size_t n = (size_t)(5 * C * S), n1 = (size_t)(2 * C * S);
+        float *xb = malloc(n * sizeof(float)), *ya = malloc(n * sizeof(float)), *yb = malloc(n * sizeof(float));
+        float w[6], b[6], rm1[6], rv1[6], rm2[6], rv2[6];
+        nkt_fill(&r, xb, n, 1.0, 3.0);
+        nkt_fill(&r, w, 6, 1.0, 0.3);
+        nkt_fill(&r, b, 6, 0.0, 0.3);
+        for (int c = 0; c < 6; c++) {
+            rm1[c] = rm2[c] = 0.5f;
+            rv1[c] = rv2[c] = 1.5f;
+        }
+        /* NHWC shards: the batch dimension is outermost in both layouts */
+        nk_running_stats rs1 = {rm1, rv1, 0.1, 0, 1, 0}, rs2 = {rm2, rv2, 0.1, 0, 1, 0};
+        assert_int_equal(nk_batch_norm_train(xb, &whole_s, w, b, 1e-5, &rs1, ya, NULL, NULL, NULL), NK_OK);
+        nk_moments m1[6], m2s[6];
+        assert_int_equal(nk_batch_norm_stats(xb, &s1, m1), NK_OK);
+        assert_int_equal(nk_batch_norm_stats(xb + n1, &s2, m2s), NK_OK);
+        for (int c = 0; c < 6; c++)
+            nk_moments_merge(&m1[c], &m2s[c]);
+        nk_running_stats rs_copy = rs2;
+        assert_int_equal(nk_batch_norm_apply_moments(xb, &s1, m1, w, b, 1e-5, &rs2, yb, NULL, NULL, NULL), NK_OK);
+        /* the second shard updates its own copy of the running statistics identically */
+        float rm3[6], rv3[6];
+        memcpy(rm3, rs_copy.mean, sizeof rm3);
+        memcpy(rv3, rs_copy.var, sizeof rv3);
+        assert_int_equal(nk_batch_norm_apply_moments(xb + n1, &s2, m1, w, b, 1e-5, NULL, yb + n1, NULL, NULL, NULL), NK_OK);
+        double *ref = malloc(n * sizeof(double));
+        for (size_t i = 0; i < n; i++)
+            ref[i] = ya[i];
+        nkt_assert_close(yb, ref, n, 1e-6, 1e-6, "sync BatchNorm output");
+        for (int c = 0; c < 6; c++) {
+            assert_true(fabsf(rm1[c] - rm2[c]) <= 1e-6f * (1.0f + fabsf(rm1[c])));
+            assert_true(fabsf(rv1[c] - rv2[c]) <= 1e-6f * (1.0f + fabsf(rv1[c])));
+        }
+        assert_int_equal(rs1.num_batches_tracked, 1);
+        assert_int_equal(rs2.num_batches_tracked, 1);
+        free(ref);
+        free(xb);
+        free(ya);
+        free(yb);
+    }
+}
+
+static void running_stats_updates(void **state)
+{
+    (void)state;
+    /* BatchNorm: momentum, cumulative average, biased / unbiased, checked in double */
+    nkt_rng r;
+    nkt_seed(&r, 10);
+    const nk_shape s = {4, 2, 9, NK_CHANNELS_FIRST};
+    float x[72], y[72], rm[2] = {0.3f, -0.2f}, rv[2] = {1.2f, 0.8f};
+    for (int mode = 0; mode < 3; mode++) {
+        float m[2] = {rm[0], rm[1]}, v[2] = {rv[0], rv[1]};
+        nk_running_stats rs = {m, v, 0.25, mode == 1, mode != 2, 3};
+        double em[2] = {rm[0], rm[1]}, ev[2] = {rv[0], rv[1]};
+        for (int step = 0; step < 3; step++) {
+            nkt_fill(&r, x, 72, 0.5 * step, 1.0 + step);
+            assert_int_equal(nk_batch_norm_train(x, &s, NULL, NULL, 1e-5, &rs, y, NULL, NULL, NULL), NK_OK);
+            double mom = mode == 1 ? 1.0 / (4 + step) : 0.25;
+            for (int c = 0; c < 2; c++) {
+                double sum = 0, m2 = 0;
+                for (int n = 0; n < 4; n++)
+                    for (int p = 0; p < 9; p++)
+                        sum += x[(n * 2 + c) * 9 + p];
+                double mean = sum / 36;
+                for (int n = 0; n < 4; n++)
+                    for (int p = 0; p < 9; p++)
+                        m2 += pow(x[(n * 2 + c) * 9 + p] - mean, 2);
+                em[c] = (float)((1 - mom) * em[c] + mom * mean);
+                ev[c] = (float)((1 - mom) * ev[c] + mom * (mode == 2 ? m2 / 36 : m2 / 35));
+            }
+            assert_int_equal(rs.num_batches_tracked, 4 + step);
+            nkt_assert_close(m, em, 2, 1e-6, 1e-6, "running mean");
+            nkt_assert_close(v, ev, 2, 1e-6, 1e-6, "running var");
+        }
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(channel_ops_lengths),
+        cmocka_unit_test(channel_ops_primes_and_wide),
+        cmocka_unit_test(row_ops_lengths),
+        cmocka_unit_test(large_groups),
+        cmocka_unit_test(groupnorm_tens_of_millions),
+        cmocka_unit_test(mean_shifted_rows),
+        cmocka_unit_test(row_40000),
+        cmocka_unit_test(constant_rows_every_length),
+        cmocka_unit_test(huge_magnitudes),
+        cmocka_unit_test(moments_and_sync_batch_norm),
+        cmocka_unit_test(running_stats_updates),
+    };
+    return cmocka_run_group_tests_name("numerics", tests, NULL, NULL);
+}
