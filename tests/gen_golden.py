@@ -102,10 +102,8 @@ ACT_FN = {None: lambda y: y, "relu": F.relu, "leaky": lambda y: F.leaky_relu(y, 
 
 def emit_case(w, name, layer, mod, steps_spec, *, spatial_rank=0, layout="first", C=0,
               groups=0, norm_shape=(), act=None, cumulative=False, momentum=0.1):
-    """Runs steps_spec = [(training, x or None for error-case, shape)] through mod.
-
-    Each entry is (training, x). x is NCHW (torch layout). Records outputs.
-    """
+    """Runs steps_spec = [(training, x), ...] through mod (x in torch's NC... layout)
+    and records each step: input, output or torch's error, running statistics."""
     assert name not in w.names
     w.names.add(name)
     ident = "g_" + name
