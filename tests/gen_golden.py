@@ -4,7 +4,6 @@
 Regenerate (needs Debian's python3-torch 1.13 and numpy; CI only uses the
 committed header and never needs torch):
 
-    cd /work/wt-golden   # the repository root
     /usr/bin/python3 tests/gen_golden.py            # writes tests/golden/torch_golden.h
 
 Every case seeds torch with its own fixed seed (crc32 of its name), so the
