@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Checks what a user of the installed library sees: `meson install` puts the
+# header, both libraries and normkit.pc in place, the README example builds
+# with pkg-config against them, and normkit works as a Meson subproject.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+meson setup "$tmp/build" "$root" --prefix=/usr -Dtests=false -Dbench=disabled >/dev/null
+ninja -C "$tmp/build" >/dev/null
+DESTDIR="$tmp/dest" meson install -C "$tmp/build" --quiet
+pcdir=$(dirname "$(find "$tmp/dest" -name normkit.pc | head -n 1)")
+for f in usr/include/normkit.h; do test -f "$tmp/dest/$f"; done
+ls "$tmp/dest"/usr/lib/*/libnormkit.a "$tmp/dest"/usr/lib/*/libnormkit.so >/dev/null
+
+export PKG_CONFIG_PATH="$pcdir" PKG_CONFIG_SYSROOT_DIR="$tmp/dest"
+cc -std=c11 -Werror -o "$tmp/example" "$root/tests/readme_example.c" $(pkg-config --cflags --libs normkit)
+LD_LIBRARY_PATH=$(dirname "$(ls "$tmp"/dest/usr/lib/*/libnormkit.so)") "$tmp/example"
+echo "install + pkg-config: ok"
+
+mkdir -p "$tmp/sub/subprojects"
+ln -s "$root" "$tmp/sub/subprojects/normkit"
+cp "$root/tests/readme_example.c" "$tmp/sub/main.c"
+cat > "$tmp/sub/meson.build" <<'MESON'
+project('normkit-user', 'c', default_options : ['c_std=c11'])
+normkit = dependency('normkit', fallback : ['normkit', 'normkit_dep'],
+  default_options : ['tests=false', 'bench=disabled'])
+executable('user', 'main.c', dependencies : normkit)
+MESON
+meson setup "$tmp/sub/build" "$tmp/sub" --wrap-mode=forcefallback >/dev/null
+ninja -C "$tmp/sub/build" >/dev/null
+"$tmp/sub/build/user"
+echo "meson subproject: ok"
