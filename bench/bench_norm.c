@@ -1,0 +1,781 @@
+/*
+ * normkit-bench: every operator and layout on every ISA the dispatcher
+ * offers at run time (forced with nk_set_isa; the others are skipped with
+ * the dispatcher's reason), as a channels x spatial sweep and on real model
+ * shapes, next to memcpy of the same bytes and, where built, oneDNN and
+ * PyTorch ATen.
+ *
+ * Usage: normkit-bench [--models] [--sweep] [--quick] [--table]
+ *                      [--min-time=SECONDS] [--train-batch=N] [--max-mb=MB]
+ *                      [Google Benchmark flags: --benchmark_filter=...,
+ *                       --benchmark_out=FILE --benchmark_out_format=json ...]
+ * Without --models / --sweep both run. --table sends the per-benchmark
+ * lines to stderr and prints the headline table of the model shapes on
+ * stdout.
+ *
+ * Counters of every row
+ *   bytes_per_second  input read once + output written once (memcpy traffic)
+ *   items_per_second  elements normalized
+ *   memcpy_ratio      memcpy time of the same bytes / our time: the fraction
+ *                     of the physical limit reached (memcpy measured in this
+ *                     process, per size)
+ *   vs_onednn, vs_aten  (model rows of normkit) their time / ours: > 1 = faster
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ext.h"
+#include "nkb.h"
+#include "normkit.h"
+
+#ifndef NKB_HAVE_ONEDNN
+#define NKB_HAVE_ONEDNN 0
+#endif
+#ifndef NKB_HAVE_ATEN
+#define NKB_HAVE_ATEN 0
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Settings                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static double g_min_time = 0;   /* 0: Google Benchmark's own (--benchmark_min_time) */
+static double g_ref_time = 0.1; /* seconds spent timing a reference measured ad hoc */
+static int64_t g_train_batch = 8;
+static int64_t g_max_mb = 1024; /* cap on x + y of a sweep cell */
+
+static double cpu_seconds(void)
+{
+    /* process CPU time, the clock Google Benchmark divides rates by */
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Buffers: allocated once per shape, outside every timed loop               */
+/* ------------------------------------------------------------------------ */
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+
+static float rnd(void)
+{
+    g_rng ^= g_rng >> 12;
+    g_rng ^= g_rng << 25;
+    g_rng ^= g_rng >> 27;
+    uint64_t r = g_rng * 0x2545f4914f6cdd1dull;
+    return (float)((double)(r >> 40) * (1.0 / 16777216.0)) * 4.0f - 1.5f; /* [-1.5, 2.5) */
+}
+
+static void *xalloc(size_t bytes)
+{
+    void *p = NULL;
+    if (bytes == 0)
+        bytes = 64;
+    if (posix_memalign(&p, 64, (bytes + 63) & ~(size_t)63)) {
+        fprintf(stderr, "normkit-bench: out of memory (%zu bytes)\n", bytes);
+        exit(1);
+    }
+    return p;
+}
+
+/* One slot: consecutive rows of one shape (every ISA, the references) share
+ * the same random input. */
+static struct {
+    size_t elems;
+    float *x, *y;
+} g_buf;
+
+static void buffers(size_t elems, float **x, float **y)
+{
+    if (g_buf.elems != elems || !g_buf.x) {
+        free(g_buf.x);
+        free(g_buf.y);
+        g_buf.x = xalloc(elems * sizeof(float));
+        g_buf.y = xalloc(elems * sizeof(float));
+        for (size_t i = 0; i < elems; i++)
+            g_buf.x[i] = rnd();
+        memset(g_buf.y, 0, elems * sizeof(float)); /* fault the pages in */
+        g_buf.elems = elems;
+    }
+    *x = g_buf.x;
+    *y = g_buf.y;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Reference times, cached per key for the whole run                          */
+/* ------------------------------------------------------------------------ */
+
+#define REF_MAX 512
+static struct {
+    char key[128];
+    double sec; /* CPU seconds per iteration; < 0: not available */
+    char why[160];
+} g_ref[REF_MAX];
+static int g_nref;
+
+static int ref_find(const char *key)
+{
+    for (int i = 0; i < g_nref; i++)
+        if (!strcmp(g_ref[i].key, key))
+            return i;
+    return -1;
+}
+
+static void ref_store(const char *key, double sec, const char *why)
+{
+    int i = ref_find(key);
+    if (i < 0) {
+        if (g_nref == REF_MAX)
+            return;
+        i = g_nref++;
+        snprintf(g_ref[i].key, sizeof g_ref[i].key, "%s", key);
+    }
+    g_ref[i].sec = sec;
+    snprintf(g_ref[i].why, sizeof g_ref[i].why, "%s", why ? why : "");
+}
+
+typedef void (*run_fn)(void *ctx);
+
+/* Median of 5 batches, each at least g_ref_time / 5 seconds of CPU time. */
+static double time_it(run_fn fn, void *ctx)
+{
+    double med[5];
+    fn(ctx); /* warm: caches, page faults, lazy initialisation */
+    long reps = 1;
+    for (;;) {
+        double t0 = cpu_seconds();
+        for (long r = 0; r < reps; r++)
+            fn(ctx);
+        double t = cpu_seconds() - t0;
+        if (t >= g_ref_time / 5 || reps > (1L << 30))
+            break;
+        reps = t > 0 ? (long)((double)reps * (g_ref_time / 5) / t * 1.2) + 1 : reps * 10;
+    }
+    for (int b = 0; b < 5; b++) {
+        double t0 = cpu_seconds();
+        for (long r = 0; r < reps; r++)
+            fn(ctx);
+        med[b] = (cpu_seconds() - t0) / (double)reps;
+    }
+    for (int i = 1; i < 5; i++) /* insertion sort, 5 values */
+        for (int j = i; j > 0 && med[j] < med[j - 1]; j--) {
+            double t = med[j];
+            med[j] = med[j - 1];
+            med[j - 1] = t;
+        }
+    return med[2];
+}
+
+struct copy_ctx {
+    void *dst;
+    const void *src;
+    size_t bytes;
+};
+
+static void run_copy(void *p)
+{
+    struct copy_ctx *c = p;
+    memcpy(c->dst, c->src, c->bytes);
+    nkb_do_not_optimize(c->dst);
+}
+
+/* Seconds per memcpy of bytes (read bytes + write bytes), cached per size. */
+static double memcpy_seconds(size_t bytes)
+{
+    char key[64];
+    snprintf(key, sizeof key, "memcpy:%zu", bytes);
+    int i = ref_find(key);
+    if (i >= 0)
+        return g_ref[i].sec;
+    struct copy_ctx c = {xalloc(bytes), xalloc(bytes), bytes};
+    memset(c.dst, 0, bytes);
+    memset((void *)c.src, 1, bytes);
+    double t = time_it(run_copy, &c);
+    free(c.dst);
+    free((void *)c.src);
+    ref_store(key, t, NULL);
+    return t;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Cases                                                                      */
+/* ------------------------------------------------------------------------ */
+
+static const char *const op_names[] = {"bn_train", "bn_infer", "in", "gn", "ln", "rms"};
+
+static int64_t case_elems(const nkb_case *cs) { return cs->n * cs->c * cs->spatial; }
+
+/* Parameters of one case: C-sized vectors and the statistics outputs. */
+struct params {
+    float *w, *b, *rmean, *rvar, *smean, *sinv;
+    nk_running_stats running;
+};
+
+static void params_init(struct params *p, const nkb_case *cs)
+{
+    size_t c = (size_t)cs->c, nc = (size_t)(cs->n * cs->c);
+    p->w = xalloc(c * sizeof(float));
+    p->b = xalloc(c * sizeof(float));
+    p->rmean = xalloc(c * sizeof(float));
+    p->rvar = xalloc(c * sizeof(float));
+    p->smean = xalloc((nc > c ? nc : c) * sizeof(float));
+    p->sinv = xalloc((nc > c ? nc : c) * sizeof(float));
+    for (size_t i = 0; i < c; i++) {
+        p->w[i] = 0.5f + 0.5f * (rnd() + 1.5f) / 4.0f;
+        p->b[i] = 0.1f * rnd();
+        p->rmean[i] = 0.1f * rnd();
+        p->rvar[i] = 1.0f + 0.25f * (rnd() + 1.5f);
+    }
+    p->running.mean = p->rmean;
+    p->running.var = p->rvar;
+    p->running.momentum = 0.1;
+    p->running.cumulative = 0;
+    p->running.unbiased = 1;
+    p->running.num_batches_tracked = 0;
+}
+
+static void params_free(struct params *p)
+{
+    free(p->w);
+    free(p->b);
+    free(p->rmean);
+    free(p->rvar);
+    free(p->smean);
+    free(p->sinv);
+}
+
+static nk_status run_ours(const nkb_case *cs, struct params *p, const float *x, float *y)
+{
+    nk_shape sh = {cs->n, cs->c, cs->spatial, cs->layout};
+    nk_options o = {cs->act, 0.01f};
+    switch (cs->op) {
+    case NKB_OP_BN_TRAIN:
+        /* as PyTorch training: running statistics and saved statistics */
+        return nk_batch_norm_train(x, &sh, p->w, p->b, cs->eps, &p->running, y, p->smean, p->sinv, &o);
+    case NKB_OP_BN_INFER:
+        return nk_batch_norm_infer(x, &sh, p->w, p->b, p->rmean, p->rvar, cs->eps, y, &o);
+    case NKB_OP_IN:
+        return nk_instance_norm(x, &sh, p->w, p->b, cs->eps, 1, NULL, y, p->smean, p->sinv, &o);
+    case NKB_OP_GN:
+        return nk_group_norm(x, &sh, cs->groups, p->w, p->b, cs->eps, y, p->smean, p->sinv, &o);
+    case NKB_OP_LN:
+        return nk_layer_norm(x, cs->n * cs->spatial, cs->c, p->w, p->b, cs->eps, y, NULL, NULL, &o);
+    case NKB_OP_RMS:
+        return nk_rms_norm(x, cs->n * cs->spatial, cs->c, p->w, cs->eps, y, NULL, &o);
+    }
+    return NK_ERR_BAD_PARAM;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Implementations: the ISAs, then the other libraries                       */
+/* ------------------------------------------------------------------------ */
+
+enum impl { IMPL_SCALAR, IMPL_AVX2, IMPL_AVX512, IMPL_NEON, IMPL_MEMCPY, IMPL_ONEDNN, IMPL_ATEN, IMPL_COUNT };
+static const char *const impl_names[IMPL_COUNT] = {"scalar", "avx2", "avx512", "neon", "memcpy", "onednn", "aten"};
+static const nk_isa impl_isa[4] = {NK_ISA_SCALAR, NK_ISA_AVX2, NK_ISA_AVX512, NK_ISA_NEON};
+
+typedef struct ext_api {
+    nkb_ext *(*create)(const nkb_case *, const float *, char *, size_t);
+    void (*run)(nkb_ext *);
+    void (*destroy)(nkb_ext *);
+} ext_api;
+
+static int ext_of(enum impl im, ext_api *api)
+{
+#if NKB_HAVE_ONEDNN
+    if (im == IMPL_ONEDNN) {
+        api->create = nkb_onednn_create;
+        api->run = nkb_onednn_run;
+        api->destroy = nkb_onednn_destroy;
+        return 1;
+    }
+#endif
+#if NKB_HAVE_ATEN
+    if (im == IMPL_ATEN) {
+        api->create = nkb_aten_create;
+        api->run = nkb_aten_run;
+        api->destroy = nkb_aten_destroy;
+        return 1;
+    }
+#endif
+    (void)im;
+    (void)api;
+    return 0;
+}
+
+/* One registered row */
+struct item {
+    nkb_case cs;
+    enum impl impl;
+    char model[48]; /* "" for sweep rows */
+    char label[96];
+};
+
+static void ext_key(char *key, size_t len, enum impl im, const struct item *it)
+{
+    const nkb_case *cs = &it->cs;
+    snprintf(key, len, "%s:%d:%d:%lld:%lld:%lld:%lld:%d", impl_names[im], (int)cs->op, (int)cs->layout,
+             (long long)cs->n, (long long)cs->c, (long long)cs->spatial, (long long)cs->groups,
+             (int)cs->act);
+}
+
+static void run_ext_adapter(void *p)
+{
+    const ext_api *api = ((void **)p)[0];
+    api->run(((void **)p)[1]);
+}
+
+/* The other library's seconds per iteration on this case: from its own row
+ * when that ran earlier in this process, else measured now. < 0: none. */
+static double ext_seconds(enum impl im, const struct item *it, const float *x)
+{
+    char key[128];
+    ext_key(key, sizeof key, im, it);
+    int i = ref_find(key);
+    if (i >= 0)
+        return g_ref[i].sec;
+    ext_api api;
+    if (!ext_of(im, &api))
+        return -1;
+    char why[160] = "";
+    nkb_ext *e = api.create(&it->cs, x, why, sizeof why);
+    if (!e) {
+        ref_store(key, -1, why);
+        return -1;
+    }
+    void *ctx[2] = {&api, e};
+    double t = time_it(run_ext_adapter, ctx);
+    api.destroy(e);
+    ref_store(key, t, NULL);
+    return t;
+}
+
+/* sec: our CPU seconds per iteration, timed around the loop with the clock
+ * Google Benchmark uses, so that ratios print as plain numbers. */
+static void common_counters(nkb_state *st, const nkb_case *cs, double sec)
+{
+    int64_t elems = case_elems(cs);
+    int64_t bytes = 2 * elems * (int64_t)sizeof(float);
+    nkb_set_bytes(st, bytes);
+    nkb_set_items(st, elems);
+    /* memcpy of the input: reads and writes exactly these bytes */
+    if (sec > 0)
+        nkb_counter(st, "memcpy_ratio", memcpy_seconds((size_t)elems * sizeof(float)) / sec, NKB_VALUE);
+}
+
+static double loop_seconds(nkb_state *st, double t0)
+{
+    double t = cpu_seconds() - t0;
+    int64_t it = nkb_iterations(st);
+    return it > 0 ? t / (double)it : 0;
+}
+
+static void bm_ours(nkb_state *st)
+{
+    struct item *it = nkb_ctx(st);
+    nk_isa isa = impl_isa[it->impl];
+    if (!nk_isa_supported(isa)) {
+        nkb_skip(st, nk_isa_reason(isa));
+        return;
+    }
+    int64_t elems = case_elems(&it->cs);
+    if (it->model[0] == 0 && 2 * elems * 4 > g_max_mb * 1024 * 1024) {
+        char why[96];
+        snprintf(why, sizeof why, "x + y over the %lld MiB cap (--max-mb)", (long long)g_max_mb);
+        nkb_skip(st, why);
+        return;
+    }
+    nk_set_isa(isa);
+    float *x, *y;
+    buffers((size_t)elems, &x, &y);
+    struct params p;
+    params_init(&p, &it->cs);
+    nk_status s = run_ours(&it->cs, &p, x, y);
+    if (s != NK_OK) {
+        char why[256];
+        snprintf(why, sizeof why, "%s: %s", nk_status_string(s), nk_last_error());
+        nkb_skip(st, why);
+        params_free(&p);
+        return;
+    }
+    /* references first: their timing must not sit inside our loop */
+    double ref[2] = {-1, -1};
+    if (it->model[0]) {
+        ref[0] = ext_seconds(IMPL_ONEDNN, it, x);
+        ref[1] = ext_seconds(IMPL_ATEN, it, x);
+    }
+    (void)memcpy_seconds((size_t)elems * sizeof(float));
+    nk_set_isa(isa);
+    double t0 = cpu_seconds();
+    while (nkb_keep_running(st))
+        run_ours(&it->cs, &p, x, y);
+    double sec = loop_seconds(st, t0);
+    nkb_do_not_optimize(y);
+    common_counters(st, &it->cs, sec);
+    if (ref[0] > 0 && sec > 0)
+        nkb_counter(st, "vs_onednn", ref[0] / sec, NKB_VALUE);
+    if (ref[1] > 0 && sec > 0)
+        nkb_counter(st, "vs_aten", ref[1] / sec, NKB_VALUE);
+    nkb_set_label(st, it->label);
+    params_free(&p);
+}
+
+static void bm_ext(nkb_state *st)
+{
+    struct item *it = nkb_ctx(st);
+    ext_api api;
+    char key[128];
+    ext_key(key, sizeof key, it->impl, it);
+    if (!ext_of(it->impl, &api)) {
+        nkb_skip(st, "not built (library not found at configure time)");
+        return;
+    }
+    float *x, *y;
+    buffers((size_t)case_elems(&it->cs), &x, &y);
+    char why[160] = "";
+    nkb_ext *e = api.create(&it->cs, x, why, sizeof why);
+    if (!e) {
+        ref_store(key, -1, why);
+        nkb_skip(st, why);
+        return;
+    }
+    (void)memcpy_seconds((size_t)case_elems(&it->cs) * sizeof(float));
+    api.run(e); /* warm */
+    double t0 = cpu_seconds();
+    while (nkb_keep_running(st))
+        api.run(e);
+    double sec = loop_seconds(st, t0);
+    api.destroy(e);
+    /* the last call of this function is the measured one: it wins */
+    if (sec > 0)
+        ref_store(key, sec, NULL);
+    common_counters(st, &it->cs, sec);
+    nkb_set_label(st, it->label);
+}
+
+static void bm_memcpy(nkb_state *st)
+{
+    struct item *it = nkb_ctx(st);
+    size_t bytes = (size_t)case_elems(&it->cs) * sizeof(float);
+    float *x, *y;
+    buffers((size_t)case_elems(&it->cs), &x, &y);
+    double t0 = cpu_seconds();
+    while (nkb_keep_running(st)) {
+        memcpy(y, x, bytes);
+        nkb_do_not_optimize(y);
+    }
+    double sec = loop_seconds(st, t0);
+    char key[64];
+    snprintf(key, sizeof key, "memcpy:%zu", bytes);
+    if (sec > 0)
+        ref_store(key, sec, NULL);
+    nkb_set_bytes(st, 2 * (int64_t)bytes);
+    nkb_set_items(st, case_elems(&it->cs));
+    nkb_set_label(st, it->label);
+}
+
+/* ------------------------------------------------------------------------ */
+/* What runs                                                                  */
+/* ------------------------------------------------------------------------ */
+
+struct model {
+    const char *name, *what;
+    nkb_op op;
+    nk_layout layout;
+    int64_t n, c, spatial, groups;
+    nk_activation act;
+};
+
+#define CF NK_CHANNELS_FIRST
+#define CL NK_CHANNELS_LAST
+static const struct model models[] = {
+    {"style_in2d", "InstanceNorm2d 1x64x256x256", NKB_OP_IN, CF, 1, 64, 256 * 256, 0, NK_ACT_NONE},
+    {"nnunet_in3d", "InstanceNorm3d 2x32x64x128x128", NKB_OP_IN, CF, 2, 32, 64 * 128 * 128, 0, NK_ACT_NONE},
+    {"sd_gn_silu", "GroupNorm(32)+SiLU 2x320x64x64", NKB_OP_GN, CF, 2, 320, 64 * 64, 32, NK_ACT_SILU},
+    {"resnet_bn_eval_relu", "BatchNorm2d eval+ReLU 1x256x56x56", NKB_OP_BN_INFER, CF, 1, 256, 56 * 56, 0, NK_ACT_RELU},
+    {"resnet_bn_train", "BatchNorm2d train 32x64x56x56", NKB_OP_BN_TRAIN, CF, 32, 64, 56 * 56, 0, NK_ACT_NONE},
+    {"audio_in1d", "InstanceNorm1d 8x80x1000", NKB_OP_IN, CF, 8, 80, 1000, 0, NK_ACT_NONE},
+    {"bert_ln", "LayerNorm 4096x768", NKB_OP_LN, CL, 4096, 768, 1, 0, NK_ACT_NONE},
+    {"llama_rms", "RMSNorm 512x4096", NKB_OP_RMS, CL, 512, 4096, 1, 0, NK_ACT_NONE},
+    /* issue #3 targets */
+    {"i3_in2d", "InstanceNorm2d 1x32x56x56", NKB_OP_IN, CF, 1, 32, 56 * 56, 0, NK_ACT_NONE},
+    {"i3_gn32", "GroupNorm(32) 2x320x64x64", NKB_OP_GN, CF, 2, 320, 64 * 64, 32, NK_ACT_NONE},
+    {"i3_ln_2048x768", "LayerNorm 2048x768", NKB_OP_LN, CL, 2048, 768, 1, 0, NK_ACT_NONE},
+    {"i3_ln_512x4096", "LayerNorm 512x4096", NKB_OP_LN, CL, 512, 4096, 1, 0, NK_ACT_NONE},
+    {"i3_in3d", "InstanceNorm3d 1x32x64x64x64", NKB_OP_IN, CF, 1, 32, 64 * 64 * 64, 0, NK_ACT_NONE},
+    {"i3_bn_train_nhwc", "BatchNorm2d train 32x64x56x56 NHWC", NKB_OP_BN_TRAIN, CL, 32, 64, 56 * 56, 0, NK_ACT_NONE},
+};
+#define N_MODELS (sizeof models / sizeof models[0])
+
+static const int64_t sweep_c[] = {3, 16, 64, 256, 1024};
+static const int64_t sweep_s[] = {1, 49, 196, 3136, 12544, 50176};
+static const int64_t quick_c[] = {16, 256};
+static const int64_t quick_s[] = {49, 3136};
+
+static struct item *g_items;
+static size_t g_nitems, g_capitems;
+
+static struct item *new_item(void)
+{
+    if (g_nitems == g_capitems) {
+        g_capitems = g_capitems ? 2 * g_capitems : 256;
+        /* items are referenced by registered benchmarks: never moved, so
+         * allocate blocks and chain them instead of realloc */
+        g_items = xalloc(g_capitems * sizeof *g_items);
+        g_nitems = 0;
+    }
+    struct item *it = &g_items[g_nitems++];
+    memset(it, 0, sizeof *it);
+    return it;
+}
+
+static int64_t sweep_groups(int64_t c) { return c % 32 == 0 ? 32 : c % 8 == 0 ? 8 : 1; }
+
+static void register_sweep(int quick)
+{
+    const int64_t *cs = quick ? quick_c : sweep_c, *ss = quick ? quick_s : sweep_s;
+    size_t ncs = quick ? 2 : 5, nss = quick ? 2 : 6;
+    static const char *const names[] = {"c", "s", "n"};
+    for (int op = 0; op <= NKB_OP_RMS; op++)
+        for (int lay = 0; lay < 2; lay++) {
+            int rows = op == NKB_OP_LN || op == NKB_OP_RMS;
+            if (rows && lay == CF)
+                continue;
+            for (int im = IMPL_SCALAR; im <= IMPL_NEON; im++) {
+                char name[96];
+                snprintf(name, sizeof name, "sweep/%s/%s/%s", op_names[op], rows ? "rows" : lay == CF ? "cf" : "cl",
+                         impl_names[im]);
+                for (size_t i = 0; i < ncs; i++)
+                    for (size_t j = 0; j < nss; j++) {
+                        struct item *it = new_item();
+                        it->impl = (enum impl)im;
+                        it->cs.op = (nkb_op)op;
+                        it->cs.layout = (nk_layout)lay;
+                        it->cs.n = op == NKB_OP_BN_TRAIN ? g_train_batch : 1;
+                        it->cs.c = cs[i];
+                        it->cs.spatial = ss[j];
+                        it->cs.groups = sweep_groups(cs[i]);
+                        it->cs.act = NK_ACT_NONE;
+                        it->cs.eps = op == NKB_OP_RMS ? 1e-6 : 1e-5;
+                        int64_t args[3] = {cs[i], ss[j], it->cs.n};
+                        nkb_register(name, bm_ours, it, 3, args, names, g_min_time);
+                    }
+            }
+        }
+}
+
+static void register_models(void)
+{
+    for (size_t m = 0; m < N_MODELS; m++) {
+        const struct model *md = &models[m];
+        /* memcpy and the other libraries first: our rows reuse their times */
+        static const int order[IMPL_COUNT] = {IMPL_MEMCPY, IMPL_ONEDNN, IMPL_ATEN, IMPL_SCALAR,
+                                              IMPL_AVX2,   IMPL_AVX512, IMPL_NEON};
+        for (int k = 0; k < IMPL_COUNT; k++) {
+            enum impl im = (enum impl)order[k];
+            ext_api api;
+            if ((im == IMPL_ONEDNN || im == IMPL_ATEN) && !ext_of(im, &api))
+                continue;
+            struct item *it = new_item();
+            it->impl = im;
+            it->cs.op = md->op;
+            it->cs.layout = md->layout;
+            it->cs.n = md->n;
+            it->cs.c = md->c;
+            it->cs.spatial = md->spatial;
+            it->cs.groups = md->groups;
+            it->cs.act = md->act;
+            it->cs.eps = md->op == NKB_OP_RMS ? 1e-6 : 1e-5;
+            snprintf(it->model, sizeof it->model, "%s", md->name);
+            snprintf(it->label, sizeof it->label, "%s", md->what);
+            char name[96];
+            snprintf(name, sizeof name, "model/%s/%s", md->name, impl_names[im]);
+            nkb_fn fn = im == IMPL_MEMCPY ? bm_memcpy : im >= IMPL_ONEDNN ? bm_ext : bm_ours;
+            nkb_register(name, fn, it, 0, NULL, NULL, g_min_time);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Headline table                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* name, or name followed by what Google Benchmark appends ("/min_time:...") */
+static long find_result(const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; i < nkb_result_count(); i++) {
+        const char *r = nkb_result_name(i);
+        if (!strncmp(r, name, n) && (r[n] == 0 || r[n] == '/'))
+            return (long)i;
+    }
+    return -1;
+}
+
+static void ratio_cell(char *buf, size_t len, long row, const char *counter, enum impl im, const struct model *md)
+{
+    double v;
+    ext_api api;
+    if (!ext_of(im, &api)) {
+        snprintf(buf, len, "not built");
+        return;
+    }
+    if (row >= 0 && nkb_result_counter((size_t)row, counter, &v) && v > 0) {
+        snprintf(buf, len, "%.2fx", v);
+        return;
+    }
+    char name[96];
+    snprintf(name, sizeof name, "model/%s/%s", md->name, impl_names[im]);
+    long r = find_result(name);
+    snprintf(buf, len, "%s", r >= 0 && nkb_result_skipped((size_t)r) ? "n/a" : "-");
+}
+
+static void print_table(void)
+{
+    printf("\nnormkit %s, one thread; ratio columns: their time / ours (> 1: normkit faster)\n", nk_version());
+    printf("%-20s %-36s %-7s %8s %7s %10s %9s\n", "model", "shape", "best", "GB/s", "memcpy", "vs oneDNN",
+           "vs ATen");
+    int any_na = 0;
+    for (size_t m = 0; m < N_MODELS; m++) {
+        const struct model *md = &models[m];
+        long best = -1;
+        double best_bps = 0;
+        int best_impl = -1;
+        for (int im = IMPL_SCALAR; im <= IMPL_NEON; im++) {
+            char name[96];
+            snprintf(name, sizeof name, "model/%s/%s", md->name, impl_names[im]);
+            long r = find_result(name);
+            double bps;
+            if (r < 0 || nkb_result_skipped((size_t)r) || !nkb_result_counter((size_t)r, "bytes_per_second", &bps))
+                continue;
+            if (bps > best_bps) {
+                best_bps = bps;
+                best = r;
+                best_impl = im;
+            }
+        }
+        if (best < 0) {
+            printf("%-20s %-36s %-7s\n", md->name, md->what, "(not run)");
+            continue;
+        }
+        double ratio = 0;
+        nkb_result_counter((size_t)best, "memcpy_ratio", &ratio);
+        char dn[32], at[32];
+        ratio_cell(dn, sizeof dn, best, "vs_onednn", IMPL_ONEDNN, md);
+        ratio_cell(at, sizeof at, best, "vs_aten", IMPL_ATEN, md);
+        any_na |= !strcmp(dn, "n/a") || !strcmp(at, "n/a");
+        printf("%-20s %-36s %-7s %8.2f %7.2f %10s %9s\n", md->name, md->what, impl_names[best_impl], best_bps / 1e9,
+               ratio, dn, at);
+    }
+    if (any_na) {
+        printf("\nn/a: the library has no equivalent\n");
+        for (int i = 0; i < g_nref; i++)
+            if (g_ref[i].sec < 0 && g_ref[i].why[0]) {
+                /* one line per distinct reason */
+                int seen = 0;
+                for (int j = 0; j < i; j++)
+                    seen |= g_ref[j].sec < 0 && !strcmp(g_ref[j].why, g_ref[i].why);
+                if (!seen)
+                    printf("  %s\n", g_ref[i].why);
+            }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+
+static int opt_value(const char *arg, const char *name, const char **val)
+{
+    size_t n = strlen(name);
+    if (strncmp(arg, name, n) || arg[n] != '=')
+        return 0;
+    *val = arg + n + 1;
+    return 1;
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: normkit-bench [--models] [--sweep] [--quick] [--table] [--min-time=S]\n"
+            "                     [--train-batch=N] [--max-mb=MB] [--benchmark_* flags]\n"
+            "  --models       model shapes with memcpy, oneDNN and ATen rows\n"
+            "  --sweep        channels x spatial sweep of every operator and layout\n"
+            "                 (neither: both)\n"
+            "  --quick        2x2 sweep, min time 0.02 s (about a minute in all)\n"
+            "  --table        per-benchmark lines to stderr, headline table to stdout\n"
+            "  --min-time=S   minimum time per benchmark (default: Google Benchmark's)\n"
+            "  --train-batch  BatchNorm training batch of the sweep (default 8)\n"
+            "  --max-mb       skip sweep cells whose x + y exceed this (default 1024)\n");
+}
+
+int main(int argc, char **argv)
+{
+    int models_on = 0, sweep_on = 0, quick = 0, table = 0;
+    int out = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        if (!strcmp(a, "--models"))
+            models_on = 1;
+        else if (!strcmp(a, "--sweep"))
+            sweep_on = 1;
+        else if (!strcmp(a, "--quick"))
+            quick = 1;
+        else if (!strcmp(a, "--table"))
+            table = 1;
+        else if (opt_value(a, "--min-time", &v))
+            g_min_time = strtod(v, NULL);
+        else if (opt_value(a, "--train-batch", &v))
+            g_train_batch = strtoll(v, NULL, 10);
+        else if (opt_value(a, "--max-mb", &v))
+            g_max_mb = strtoll(v, NULL, 10);
+        else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage();
+            return 0;
+        } else
+            argv[out++] = argv[i]; /* Google Benchmark's */
+    }
+    argc = out;
+    argv[argc] = NULL;
+    if (!models_on && !sweep_on)
+        models_on = sweep_on = 1;
+    if (quick && g_min_time == 0)
+        g_min_time = 0.02;
+    if (g_min_time > 0)
+        g_ref_time = g_min_time < 0.1 ? (g_min_time > 0.02 ? g_min_time : 0.02) : 0.1;
+    if (g_train_batch < 2)
+        g_train_batch = 2;
+
+    nkb_init(&argc, argv);
+    if (argc > 1) {
+        fprintf(stderr, "normkit-bench: unknown argument %s\n", argv[1]);
+        usage();
+        return 2;
+    }
+    fprintf(stderr, "normkit-bench: normkit %s, ISA default %s; oneDNN %s, ATen %s\n", nk_version(),
+            nk_isa_name(nk_get_isa()),
+#if NKB_HAVE_ONEDNN
+            nkb_onednn_version(),
+#else
+            "not built",
+#endif
+#if NKB_HAVE_ATEN
+            nkb_aten_version()
+#else
+            "not built"
+#endif
+    );
+    if (models_on)
+        register_models();
+    if (sweep_on)
+        register_sweep(quick);
+    nkb_run(table);
+    if (table && models_on)
+        print_table();
+    nkb_shutdown();
+    free(g_buf.x);
+    free(g_buf.y);
+    return 0;
+}

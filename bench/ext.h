@@ -1,0 +1,57 @@
+/*
+ * C interface of the adapters to the libraries users would pick instead of
+ * normkit (ext_onednn.cc, ext_aten.cc). Each adapter is optional at build
+ * time: NKB_HAVE_ONEDNN / NKB_HAVE_ATEN are 1 when it is compiled in.
+ *
+ * create() copies the input into memory the library owns, prepares
+ * everything that can be prepared once (primitives, parameters) and returns
+ * NULL with a reason in why when the library has no equivalent of the case.
+ * run() is one forward pass, the work that is timed.
+ */
+#ifndef NKB_EXT_H
+#define NKB_EXT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "normkit.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum nkb_op {
+    NKB_OP_BN_TRAIN = 0,
+    NKB_OP_BN_INFER = 1,
+    NKB_OP_IN = 2,
+    NKB_OP_GN = 3,
+    NKB_OP_LN = 4, /* rows = n * spatial, cols = c (normalizes over channels) */
+    NKB_OP_RMS = 5 /* as NKB_OP_LN */
+} nkb_op;
+
+typedef struct nkb_case {
+    nkb_op op;
+    nk_layout layout; /* LN / RMS: always channels-last (rows of c values) */
+    int64_t n, c, spatial;
+    int64_t groups; /* GroupNorm only */
+    nk_activation act;
+    double eps;
+} nkb_case;
+
+typedef struct nkb_ext nkb_ext;
+
+nkb_ext *nkb_onednn_create(const nkb_case *cs, const float *x, char *why, size_t why_len);
+void nkb_onednn_run(nkb_ext *e);
+void nkb_onednn_destroy(nkb_ext *e);
+const char *nkb_onednn_version(void);
+
+nkb_ext *nkb_aten_create(const nkb_case *cs, const float *x, char *why, size_t why_len);
+void nkb_aten_run(nkb_ext *e);
+void nkb_aten_destroy(nkb_ext *e);
+const char *nkb_aten_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NKB_EXT_H */

@@ -1,0 +1,151 @@
+// oneDNN (2.x) adapter for the benchmark suite: batch normalization forward
+// (training with batch statistics, inference with global statistics; NCHW
+// and NHWC) and layer normalization. InstanceNorm channels-first is run as
+// batch normalization of a 1 x (N*C) x S tensor, the way frameworks map it
+// onto oneDNN. No GroupNorm / RMSNorm primitive exists in oneDNN 2.x.
+#include "ext.h"
+
+#include <oneapi/dnnl/dnnl.hpp>
+#if DNNL_CPU_RUNTIME == DNNL_RUNTIME_OMP
+#include <omp.h>
+#endif
+
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+struct nkb_ext {
+    dnnl::engine eng;
+    dnnl::stream strm;
+    dnnl::primitive prim;
+    std::unordered_map<int, dnnl::memory> args;
+};
+
+namespace {
+
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+using nf = dnnl::normalization_flags;
+
+void say(char *why, size_t len, const std::string &s)
+{
+    if (why && len)
+        std::snprintf(why, len, "%s", s.c_str());
+}
+
+dnnl::memory filled(const dnnl::memory::desc &md, const dnnl::engine &eng, float v)
+{
+    dnnl::memory m(md, eng);
+    float *p = static_cast<float *>(m.get_data_handle());
+    size_t n = md.get_size() / sizeof(float);
+    for (size_t i = 0; i < n; i++)
+        p[i] = v;
+    return m;
+}
+
+} // namespace
+
+extern "C" {
+
+const char *nkb_onednn_version(void)
+{
+    static char buf[32];
+    const dnnl_version_t *v = dnnl_version();
+    std::snprintf(buf, sizeof buf, "%d.%d.%d", v->major, v->minor, v->patch);
+    return buf;
+}
+
+nkb_ext *nkb_onednn_create(const nkb_case *cs, const float *x, char *why, size_t why_len)
+{
+#if DNNL_CPU_RUNTIME == DNNL_RUNTIME_OMP
+    omp_set_num_threads(1); // single thread, as every row of the suite
+#endif
+    try {
+        const float eps = static_cast<float>(cs->eps);
+        int64_t n = cs->n, c = cs->c, s = cs->spatial;
+        nf flags = nf::use_scale | nf::use_shift;
+        if (cs->op == NKB_OP_GN || cs->op == NKB_OP_RMS) {
+            say(why, why_len, cs->op == NKB_OP_GN ? "no group normalization primitive in oneDNN 2.x"
+                                                  : "no RMS normalization primitive in oneDNN 2.x");
+            return nullptr;
+        }
+        if (cs->act == NK_ACT_RELU && cs->op == NKB_OP_BN_INFER) {
+            flags = flags | nf::fuse_norm_relu;
+        } else if (cs->act != NK_ACT_NONE) {
+            say(why, why_len, "oneDNN 2.x normalization fuses ReLU only (batch norm inference here)");
+            return nullptr;
+        }
+        std::unique_ptr<nkb_ext> e(new nkb_ext);
+        e->eng = dnnl::engine(dnnl::engine::kind::cpu, 0);
+        e->strm = dnnl::stream(e->eng);
+        dnnl::memory::desc data_md;
+        int64_t channels = c;
+        switch (cs->op) {
+        case NKB_OP_BN_TRAIN:
+        case NKB_OP_BN_INFER:
+            data_md = dnnl::memory::desc({n, c, s, 1}, dt::f32,
+                                         cs->layout == NK_CHANNELS_LAST ? tag::nhwc : tag::nchw);
+            break;
+        case NKB_OP_IN:
+            if (cs->layout == NK_CHANNELS_LAST) {
+                say(why, why_len, "no instance normalization in oneDNN 2.x; NHWC does not fold into batch norm");
+                return nullptr;
+            }
+            channels = n * c;
+            data_md = dnnl::memory::desc({1, n * c, s, 1}, dt::f32, tag::nchw);
+            break;
+        case NKB_OP_LN:
+            channels = c;
+            data_md = dnnl::memory::desc({n * s, c}, dt::f32, tag::ab);
+            break;
+        default:
+            return nullptr; /* GN / RMS: answered above */
+        }
+        dnnl::memory src(data_md, e->eng), dst(data_md, e->eng);
+        // the library's own layout equals ours, so the bytes copy as they are
+        std::memcpy(src.get_data_handle(), x, data_md.get_size());
+        std::memset(dst.get_data_handle(), 0, data_md.get_size());
+        dnnl::memory::desc vec_md({channels}, dt::f32, tag::a);
+        e->args[DNNL_ARG_SRC] = src;
+        e->args[DNNL_ARG_DST] = dst;
+        e->args[DNNL_ARG_SCALE] = filled(vec_md, e->eng, 1.0f);
+        e->args[DNNL_ARG_SHIFT] = filled(vec_md, e->eng, 0.0f);
+        if (cs->op == NKB_OP_LN) {
+            dnnl::layer_normalization_forward::desc d(dnnl::prop_kind::forward_inference, data_md,
+                                                      eps, flags);
+            dnnl::layer_normalization_forward::primitive_desc pd(d, e->eng);
+            e->prim = dnnl::layer_normalization_forward(pd);
+        } else {
+            bool train = cs->op != NKB_OP_BN_INFER;
+            if (!train)
+                flags = flags | nf::use_global_stats;
+            dnnl::batch_normalization_forward::desc d(
+                train ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference,
+                data_md, eps, flags);
+            dnnl::batch_normalization_forward::primitive_desc pd(d, e->eng);
+            e->prim = dnnl::batch_normalization_forward(pd);
+            e->args[DNNL_ARG_MEAN] = filled(vec_md, e->eng, 0.0f);
+            e->args[DNNL_ARG_VARIANCE] = filled(vec_md, e->eng, 1.0f);
+            if (pd.workspace_desc().get_size() > 0)
+                e->args[DNNL_ARG_WORKSPACE] = dnnl::memory(pd.workspace_desc(), e->eng);
+        }
+        return e.release();
+    } catch (const std::exception &ex) {
+        say(why, why_len, std::string("oneDNN: ") + ex.what());
+        return nullptr;
+    }
+}
+
+void nkb_onednn_run(nkb_ext *e)
+{
+    e->prim.execute(e->strm, e->args);
+    e->strm.wait();
+}
+
+void nkb_onednn_destroy(nkb_ext *e) { delete e; }
+
+} // extern "C"
