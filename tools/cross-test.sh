@@ -46,8 +46,8 @@ apt_update() {
     if $SUDO apt-get update -qq; then
       return 0
     fi
-    echo "apt-get update: an index failed (try $try of 3), retrying in $((try * 5)) s" >&2
-    sleep $((try * 5))
+    echo "apt-get update: an index failed (try $try of 3)" >&2
+    [ "$try" = 3 ] || sleep $((try * 5))
   done
   echo "apt-get update: still failing; continuing with the indexes that were fetched" >&2
   return 0
