@@ -1,11 +1,10 @@
 /*
  * Public API contract: bad input on every entry point gives its status and
  * message and leaves every output untouched; the edge cases of SEMANTICS.md
- * section 3; status strings; the dispatcher's public face.
+ * section 3; status strings. The dispatcher has its own suite (test_dispatch.c).
  */
 #include <float.h>
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -374,45 +373,8 @@ static void status_strings(void **state)
     assert_string_equal(nk_version(), "0.1.0");
 }
 
-static void isa_public_face(void **state)
-{
-    (void)state;
-    const nk_isa all[] = {NK_ISA_SCALAR, NK_ISA_AVX2, NK_ISA_AVX512, NK_ISA_NEON};
-    nk_isa start = nk_get_isa();
-    assert_true(nk_isa_supported(NK_ISA_SCALAR));
-    assert_true(nk_isa_supported(start));
-    int refused = 0;
-    for (size_t i = 0; i < 4; i++) {
-        assert_non_null(nk_isa_reason(all[i]));
-        if (nk_isa_supported(all[i])) {
-            assert_int_equal(nk_set_isa(all[i]), NK_OK);
-            assert_int_equal(nk_get_isa(), all[i]);
-        } else {
-            refused++;
-            nk_isa before = nk_get_isa();
-            expect(nk_set_isa(all[i]), NK_ERR_UNSUPPORTED, nk_isa_name(all[i]));
-            assert_int_equal(nk_get_isa(), before);
-        }
-    }
-    assert_true(refused >= 1); /* no CPU has both x86 and ARM vector units */
-    expect(nk_set_isa((nk_isa)42), NK_ERR_UNSUPPORTED, "unknown");
-    assert_string_equal(nk_isa_name((nk_isa)42), "unknown");
-    assert_int_equal(nk_set_isa(start), NK_OK);
-}
-
 int main(void)
 {
-    /* the environment override: when it names a supported ISA, that one runs */
-    const char *env = getenv("NORMKIT_ISA");
-    if (env && *env) {
-        const nk_isa all[] = {NK_ISA_SCALAR, NK_ISA_AVX2, NK_ISA_AVX512, NK_ISA_NEON};
-        for (size_t i = 0; i < 4; i++)
-            if (!strcmp(env, nk_isa_name(all[i])) && nk_isa_supported(all[i]) && nk_get_isa() != all[i]) {
-                fprintf(stderr, "NORMKIT_ISA=%s not honoured (running %s)\n", env,
-                        nk_isa_name(nk_get_isa()));
-                return 1;
-            }
-    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bad_shapes_every_op),
         cmocka_unit_test(bad_params_every_op),
@@ -423,7 +385,6 @@ int main(void)
         cmocka_unit_test(empty_tensors),
         cmocka_unit_test(nan_inf_propagation),
         cmocka_unit_test(status_strings),
-        cmocka_unit_test(isa_public_face),
     };
     return cmocka_run_group_tests_name("api", tests, NULL, NULL);
 }
