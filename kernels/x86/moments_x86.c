@@ -17,6 +17,10 @@
 /* rows processed together: amortises the horizontal sums and the scalar
  * fp64 finalisation of short rows, and gives independent add chains */
 #define ROW_GROUP 4
+/* software prefetch distance in floats: about one chunk ahead */
+#ifndef PF_DIST
+#  define PF_DIST 1024
+#endif
 
 /* Chunk finalisation, fp64 exactly as the reference. */
 NK_INLINE void chunk_merge(nk_moments *acc, size_t n, float m0, float s1, float s2)
@@ -42,9 +46,14 @@ NK_INLINE void rows_chunk(const float *const *p, const int R, size_t n, nk_momen
         for (int u = 0; u < U; u++)
             a[r][u] = vf_zero();
     for (; i + (size_t)U * NK_VL <= n; i += (size_t)U * NK_VL)
-        for (int r = 0; r < R; r++)
+        for (int r = 0; r < R; r++) {
+            /* the next chunk streams in while this one's second pass runs
+             * from L1 (prefetches past the row end are harmless) */
+            for (size_t o = 0; o < (size_t)U * NK_VL; o += 64 / sizeof(float))
+                _mm_prefetch((const char *)(p[r] + i + o + PF_DIST), _MM_HINT_T0);
             for (int u = 0; u < U; u++)
                 a[r][u] = vf_add(a[r][u], vf_loadu(p[r] + i + (size_t)u * NK_VL));
+        }
     for (; i + NK_VL <= n; i += NK_VL)
         for (int r = 0; r < R; r++)
             a[r][0] = vf_add(a[r][0], vf_loadu(p[r] + i));
@@ -143,6 +152,9 @@ NK_INLINE void sumsq_group(const float *x, const int R, size_t len, size_t strid
         for (; i + (size_t)U * NK_VL <= n; i += (size_t)U * NK_VL)
             for (int r = 0; r < R; r++)
                 for (int u = 0; u < U; u++) {
+                    if (u * NK_VL % 16 == 0)
+                        _mm_prefetch((const char *)(p[r] + i + (size_t)u * NK_VL + PF_DIST),
+                                     _MM_HINT_T0);
                     vf v = vf_loadu(p[r] + i + (size_t)u * NK_VL);
                     a[r][u] = vf_fma(v, v, a[r][u]);
                 }
@@ -196,9 +208,13 @@ NK_INLINE void cols_chunk(const float *p, size_t nr, size_t stride, const int V,
     for (int v = 0; v < V; v++)
         a[v] = t1[v] = t2[v] = vf_zero();
     const float *q = p;
-    for (size_t r = 0; r < nr; r++, q += stride)
+    for (size_t r = 0; r < nr; r++, q += stride) {
+        /* same columns one chunk further down: streams in during pass 2 */
+        for (int v = 0; v < V; v += 64 / (int)NK_VBYTES ? 64 / (int)NK_VBYTES : 1)
+            _mm_prefetch((const char *)(q + nr * stride + v * NK_VL), _MM_HINT_T0);
         for (int v = 0; v < V; v++)
             a[v] = vf_add(a[v], tail ? vf_load_n(q, tail) : vf_loadu(q + v * NK_VL));
+    }
     const vf inv = vf_set1(1.0f / (float)nr);
     for (int v = 0; v < V; v++)
         vm[v] = vf_mul(a[v], inv);
