@@ -4,7 +4,7 @@
  * operator) and prints memcpy_time / op_time per ISA. Op and memcpy runs are
  * interleaved and the median of each is taken, so machine noise hits both.
  *
- *   normkit-speed [reps] [shape-substring]
+ *   normkit-speed [reps] [shape-substring] [isa]
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -95,7 +95,8 @@ static void run_op(const shape_case *sc, const bufs *B)
 int main(int argc, char **argv)
 {
     int reps = argc > 1 ? atoi(argv[1]) : 21;
-    const char *filter = argc > 2 ? argv[2] : NULL;
+    const char *filter = argc > 2 && *argv[2] ? argv[2] : NULL;
+    const char *only = argc > 3 ? argv[3] : NULL;
     if (reps < 1)
         reps = 1;
     const nk_isa isas[] = {NK_ISA_SCALAR, NK_ISA_AVX2, NK_ISA_AVX512, NK_ISA_NEON};
@@ -134,6 +135,8 @@ int main(int argc, char **argv)
             B.rv[c] = 1.0f + 0.1f * (float)(c % 4);
         }
         for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
+            if (only && strcmp(only, nk_isa_name(isas[ii])))
+                continue;
             if (nk_set_isa(isas[ii]) != NK_OK)
                 continue;
             /* inner repetitions so one sample takes a few milliseconds */

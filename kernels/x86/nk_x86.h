@@ -57,6 +57,11 @@
 #  endif
 
 typedef __m512 vf;
+#  if defined(NK_SIMDE)
+typedef simde__mmask16 vmask; /* SIMDe 0.7.4 aliases __mmask16 only with -mavx2 */
+#  else
+typedef __mmask16 vmask;
+#  endif
 
 NK_INLINE vf vf_zero(void) { return _mm512_setzero_ps(); }
 NK_INLINE vf vf_set1(float v) { return _mm512_set1_ps(v); }
@@ -72,13 +77,13 @@ NK_INLINE vf vf_relu(vf v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }
 /* v < 0 ? v * alpha : v */
 NK_INLINE vf vf_leaky(vf v, vf alpha)
 {
-    __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+    vmask neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
     return _mm512_mask_mul_ps(v, neg, v, alpha);
 }
 /* x - m on the first n lanes (n < 16), 0 elsewhere */
 NK_INLINE vf vf_sub_n(vf x, vf m, size_t n)
 {
-    return _mm512_maskz_sub_ps((__mmask16)((1u << n) - 1u), x, m);
+    return _mm512_maskz_sub_ps((vmask)((1u << n) - 1u), x, m);
 }
 
 #  if defined(NK_SIMDE)
@@ -115,11 +120,11 @@ NK_INLINE float vf_hsum(vf v)
 #  else
 NK_INLINE vf vf_load_n(const float *p, size_t n)
 {
-    return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
+    return _mm512_maskz_loadu_ps((vmask)((1u << n) - 1u), p);
 }
 NK_INLINE void vf_store_n(float *p, vf v, size_t n)
 {
-    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), v);
+    _mm512_mask_storeu_ps(p, (vmask)((1u << n) - 1u), v);
 }
 NK_INLINE void vf_stream(float *p, vf v) { _mm512_stream_ps(p, v); }
 NK_INLINE float vf_hsum(vf v)
