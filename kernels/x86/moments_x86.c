@@ -35,11 +35,11 @@ NK_INLINE void chunk_merge(nk_moments *acc, size_t n, float m0, float s1, float 
 
 /*
  * One chunk of n elements of R rows (R = 1, 2 or 4, a constant after
- * inlining). U accumulators per row keep 4 add chains in flight whatever R.
+ * inlining). U accumulators per row keep 4 to 8 add chains in flight.
  */
 NK_INLINE void rows_chunk(const float *const *p, const int R, size_t n, nk_moments *acc)
 {
-    const int U = 4 / R;
+    const int U = R == 1 ? 4 : 2; /* >= 16 floats per row per step: one prefetch per line */
     vf a[4][4];
     size_t i = 0;
     for (int r = 0; r < R; r++)
@@ -136,7 +136,7 @@ static void NK_FN(moments_rows)(const float *x, size_t rows, size_t len, size_t 
 
 NK_INLINE void sumsq_group(const float *x, const int R, size_t len, size_t stride, double *out)
 {
-    const int U = 4 / R;
+    const int U = R == 1 ? 4 : 2; /* >= 16 floats per row per step: one prefetch per line */
     const float *p[4];
     for (int r = 0; r < R; r++) {
         out[r] = 0.0;
