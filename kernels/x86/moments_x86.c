@@ -65,18 +65,21 @@ NK_INLINE void rows_chunk(const float *const *p, const int R, size_t n, nk_momen
     const float inv = 1.0f / (float)n;
     float m0[4];
     vf vm[4], s1[4][4], s2[4][4];
+    /* pass 2 holds 2 * R * U2 sums + R means: with 16 ymm registers (AVX2)
+     * four rows get one pair each, or the sums spill to the stack */
+    const int U2 = NK_VL == 8 && R == 4 ? 1 : U;
     for (int r = 0; r < R; r++) {
         vf t = a[r][0];
         for (int u = 1; u < U; u++)
             t = vf_add(t, a[r][u]);
         m0[r] = vf_hsum(t) * inv;
         vm[r] = vf_set1(m0[r]);
-        for (int u = 0; u < U; u++)
+        for (int u = 0; u < U2; u++)
             s1[r][u] = s2[r][u] = vf_zero();
     }
-    for (i = 0; i + (size_t)U * NK_VL <= n; i += (size_t)U * NK_VL)
+    for (i = 0; i + (size_t)U2 * NK_VL <= n; i += (size_t)U2 * NK_VL)
         for (int r = 0; r < R; r++)
-            for (int u = 0; u < U; u++) {
+            for (int u = 0; u < U2; u++) {
                 vf d = vf_sub(vf_loadu(p[r] + i + (size_t)u * NK_VL), vm[r]);
                 s1[r][u] = vf_add(s1[r][u], d);
                 s2[r][u] = vf_fma(d, d, s2[r][u]);
@@ -95,7 +98,7 @@ NK_INLINE void rows_chunk(const float *const *p, const int R, size_t n, nk_momen
         }
     for (int r = 0; r < R; r++) {
         vf t1 = s1[r][0], t2 = s2[r][0];
-        for (int u = 1; u < U; u++) {
+        for (int u = 1; u < U2; u++) {
             t1 = vf_add(t1, s1[r][u]);
             t2 = vf_add(t2, s2[r][u]);
         }
