@@ -45,8 +45,7 @@ static void gn_channels_first(const nk_kernels *k, const float *x, const nk_shap
 {
     const size_t N = (size_t)s->n, C = (size_t)s->c, S = (size_t)s->spatial, G = cx->G;
     const size_t cpg = C / G, glen = cpg * S;
-    size_t gb = (size_t)(64 * 1024) / glen;
-    gb = gb < 1 ? 1 : gb > 64 ? 64 : gb;
+    const size_t gb = nk_row_block(glen);
     nk_moments mo[64];
     float m[NK_CBLK], a[NK_CBLK], b[NK_CBLK];
     const size_t groups = N * G;

@@ -40,17 +40,11 @@ static void in_finalize(const in_ctx *cx, size_t n, size_t c, const nk_moments *
     }
 }
 
-static size_t row_block(size_t S)
-{
-    size_t rb = (size_t)(64 * 1024) / (S ? S : 1);
-    return rb < 1 ? 1 : rb > 64 ? 64 : rb;
-}
-
 static void in_channels_first(const nk_kernels *k, const float *x, const nk_shape *s,
                               const in_ctx *cx, float *y, const nk_epilogue *ep)
 {
     const size_t N = (size_t)s->n, C = (size_t)s->c, S = (size_t)s->spatial;
-    const size_t rb = row_block(S);
+    const size_t rb = nk_row_block(S);
     nk_moments mo[64];
     float m[64], a[64], b[64];
     if (!cx->rs) {

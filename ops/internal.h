@@ -54,6 +54,22 @@ double nk_invstd_bn(double var, double eps);
 /* 1 / sqrt(max(var, 0) + eps) (LayerNorm / GroupNorm: NaN path for eps == 0 kept). */
 double nk_rstd(double var, double eps);
 
+/*
+ * Rows (or groups) per block of the fused statistics + normalize passes. A
+ * block of about NK_BLOCK_FLOATS floats is still in L1 when the normalize
+ * pass re-reads it, so each element is read from memory (or L2/L3) once and
+ * the second read is nearly free; longer rows go one per block and are
+ * re-read from L2. Measured with normkit-speed (tools/speed.c).
+ */
+#ifndef NK_BLOCK_FLOATS
+#  define NK_BLOCK_FLOATS 4096
+#endif
+static inline size_t nk_row_block(size_t len)
+{
+    size_t rb = (size_t)NK_BLOCK_FLOATS / (len ? len : 1);
+    return rb < 1 ? 1 : rb > 64 ? 64 : rb;
+}
+
 /* Output size in bytes above which stores may bypass the cache. */
 size_t nk_stream_threshold(void);
 

@@ -7,12 +7,6 @@
 
 #include "ops/internal.h"
 
-static size_t row_block(size_t cols)
-{
-    size_t rb = (size_t)(64 * 1024) / cols;
-    return rb < 1 ? 1 : rb > 64 ? 64 : rb;
-}
-
 static nk_status rows_check(const char *fn, const float *x, int64_t rows, int64_t cols,
                             const float *y, double eps, const nk_options *opts, size_t *total,
                             nk_epilogue *ep)
@@ -44,7 +38,7 @@ nk_status nk_layer_norm(const float *x, int64_t rows, int64_t cols, const float 
     if (st)
         return st;
     const nk_kernels *k = nk_kernels_current();
-    const size_t R = (size_t)rows, D = (size_t)cols, rb = row_block(D);
+    const size_t R = (size_t)rows, D = (size_t)cols, rb = nk_row_block(D);
     nk_moments mo[64];
     float m[64], s[64];
     for (size_t r0 = 0; r0 < R; r0 += rb) {
@@ -75,7 +69,7 @@ nk_status nk_rms_norm(const float *x, int64_t rows, int64_t cols, const float *w
     if (st)
         return st;
     const nk_kernels *k = nk_kernels_current();
-    const size_t R = (size_t)rows, D = (size_t)cols, rb = row_block(D);
+    const size_t R = (size_t)rows, D = (size_t)cols, rb = nk_row_block(D);
     double ss[64];
     float s[64];
     for (size_t r0 = 0; r0 < R; r0 += rb) {

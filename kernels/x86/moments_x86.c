@@ -1,0 +1,291 @@
+/*
+ * Moments kernels (moments_rows, moments_cols, sumsq_rows), written once and
+ * compiled per ISA through nk_x86.h. Same algorithm as kernels/ref: each
+ * chunk is reduced two-pass in fp32 (sum -> provisional mean m0 -> sums of
+ * d = x - m0 and d^2), its mean is m0 + sum(d)/n and its M2 is
+ * sum(d^2) - sum(d)^2/n, and chunks are merged in fp64 with Chan's formula.
+ * A constant chunk gives d == 0 or one rounding step of m0 in every lane;
+ * those sums are exact, so mean == value and M2 == 0 exactly.
+ *
+ * Chunks are small enough that the second pass reads L1, so a row costs one
+ * read from memory: ROW_CHUNK elements per row (64 per lane with AVX-512, 128
+ * with AVX2), COL_CHUNK rows per column block.
+ */
+#include "kernels/x86/nk_x86.h"
+
+#define ROW_CHUNK 1024
+/* rows processed together: amortises the horizontal sums and the scalar
+ * fp64 finalisation of short rows, and gives independent add chains */
+#define ROW_GROUP 4
+/* software prefetch distance in floats: about one chunk ahead */
+#ifndef PF_DIST
+#  define PF_DIST 1024
+#endif
+
+/* Chunk finalisation, fp64 exactly as the reference. */
+NK_INLINE void chunk_merge(nk_moments *acc, size_t n, float m0, float s1, float s2)
+{
+    const double dn = (double)n;
+    double mean = (double)m0 + (double)s1 / dn;
+    double m2 = (double)s2 - (double)s1 * (double)s1 / dn;
+    if (m2 < 0.0)
+        m2 = 0.0;
+    nk_moments_merge_inline(acc, dn, mean, m2);
+}
+
+/*
+ * One chunk of n elements of R rows (R = 1, 2 or 4, a constant after
+ * inlining). U accumulators per row keep 4 to 8 add chains in flight.
+ */
+NK_INLINE void rows_chunk(const float *const *p, const int R, size_t n, nk_moments *acc)
+{
+    const int U = R == 1 ? 4 : 2; /* >= 16 floats per row per step: one prefetch per line */
+    vf a[4][4];
+    size_t i = 0;
+    for (int r = 0; r < R; r++)
+        for (int u = 0; u < U; u++)
+            a[r][u] = vf_zero();
+    for (; i + (size_t)U * NK_VL <= n; i += (size_t)U * NK_VL)
+        for (int r = 0; r < R; r++) {
+            /* the next chunk streams in while this one's second pass runs
+             * from L1 (prefetches past the row end are harmless) */
+            for (size_t o = 0; o < (size_t)U * NK_VL; o += 64 / sizeof(float))
+                _mm_prefetch((const char *)(p[r] + i + o + PF_DIST), _MM_HINT_T0);
+            for (int u = 0; u < U; u++)
+                a[r][u] = vf_add(a[r][u], vf_loadu(p[r] + i + (size_t)u * NK_VL));
+        }
+    for (; i + NK_VL <= n; i += NK_VL)
+        for (int r = 0; r < R; r++)
+            a[r][0] = vf_add(a[r][0], vf_loadu(p[r] + i));
+    const size_t tail = n - i;
+    if (tail)
+        for (int r = 0; r < R; r++)
+            a[r][0] = vf_add(a[r][0], vf_load_n(p[r] + i, tail));
+
+    const float inv = 1.0f / (float)n;
+    float m0[4];
+    vf vm[4], s1[4][4], s2[4][4];
+    /* pass 2 holds 2 * R * U2 sums + R means: with 16 ymm registers (AVX2)
+     * four rows get one pair each, or the sums spill to the stack */
+    const int U2 = NK_VL == 8 && R == 4 ? 1 : U;
+    for (int r = 0; r < R; r++) {
+        vf t = a[r][0];
+        for (int u = 1; u < U; u++)
+            t = vf_add(t, a[r][u]);
+        m0[r] = vf_hsum(t) * inv;
+        vm[r] = vf_set1(m0[r]);
+        for (int u = 0; u < U2; u++)
+            s1[r][u] = s2[r][u] = vf_zero();
+    }
+    for (i = 0; i + (size_t)U2 * NK_VL <= n; i += (size_t)U2 * NK_VL)
+        for (int r = 0; r < R; r++)
+            for (int u = 0; u < U2; u++) {
+                vf d = vf_sub(vf_loadu(p[r] + i + (size_t)u * NK_VL), vm[r]);
+                s1[r][u] = vf_add(s1[r][u], d);
+                s2[r][u] = vf_fma(d, d, s2[r][u]);
+            }
+    for (; i + NK_VL <= n; i += NK_VL)
+        for (int r = 0; r < R; r++) {
+            vf d = vf_sub(vf_loadu(p[r] + i), vm[r]);
+            s1[r][0] = vf_add(s1[r][0], d);
+            s2[r][0] = vf_fma(d, d, s2[r][0]);
+        }
+    if (tail)
+        for (int r = 0; r < R; r++) {
+            vf d = vf_sub_n(vf_load_n(p[r] + i, tail), vm[r], tail);
+            s1[r][0] = vf_add(s1[r][0], d);
+            s2[r][0] = vf_fma(d, d, s2[r][0]);
+        }
+    for (int r = 0; r < R; r++) {
+        vf t1 = s1[r][0], t2 = s2[r][0];
+        for (int u = 1; u < U2; u++) {
+            t1 = vf_add(t1, s1[r][u]);
+            t2 = vf_add(t2, s2[r][u]);
+        }
+        chunk_merge(&acc[r], n, m0[r], vf_hsum(t1), vf_hsum(t2));
+    }
+}
+
+NK_INLINE void rows_group(const float *x, const int R, size_t len, size_t stride, nk_moments *out)
+{
+    const float *p[4];
+    for (int r = 0; r < R; r++) {
+        out[r].count = out[r].mean = out[r].m2 = 0.0;
+        p[r] = x + (size_t)r * stride;
+    }
+    for (size_t c = 0; c < len; c += ROW_CHUNK) {
+        const size_t n = len - c < ROW_CHUNK ? len - c : ROW_CHUNK;
+        rows_chunk(p, R, n, out);
+        for (int r = 0; r < R; r++)
+            p[r] += n;
+    }
+}
+
+static void NK_FN(moments_rows)(const float *x, size_t rows, size_t len, size_t stride,
+                                nk_moments *out)
+{
+    size_t r = 0;
+    for (; r + ROW_GROUP <= rows; r += ROW_GROUP)
+        rows_group(x + r * stride, 4, len, stride, out + r);
+    if (rows - r >= 2) {
+        rows_group(x + r * stride, 2, len, stride, out + r);
+        r += 2;
+    }
+    if (r < rows)
+        rows_group(x + r * stride, 1, len, stride, out + r);
+}
+
+/* ---- sumsq_rows: fp32 sums of squares per chunk, fp64 across chunks ---- */
+
+NK_INLINE void sumsq_group(const float *x, const int R, size_t len, size_t stride, double *out)
+{
+    const int U = R == 1 ? 4 : 2; /* >= 16 floats per row per step: one prefetch per line */
+    const float *p[4];
+    for (int r = 0; r < R; r++) {
+        out[r] = 0.0;
+        p[r] = x + (size_t)r * stride;
+    }
+    for (size_t c = 0; c < len; c += ROW_CHUNK) {
+        const size_t n = len - c < ROW_CHUNK ? len - c : ROW_CHUNK;
+        vf a[4][4];
+        for (int r = 0; r < R; r++)
+            for (int u = 0; u < U; u++)
+                a[r][u] = vf_zero();
+        size_t i = 0;
+        for (; i + (size_t)U * NK_VL <= n; i += (size_t)U * NK_VL)
+            for (int r = 0; r < R; r++)
+                for (int u = 0; u < U; u++) {
+                    if (u * NK_VL % 16 == 0)
+                        _mm_prefetch((const char *)(p[r] + i + (size_t)u * NK_VL + PF_DIST),
+                                     _MM_HINT_T0);
+                    vf v = vf_loadu(p[r] + i + (size_t)u * NK_VL);
+                    a[r][u] = vf_fma(v, v, a[r][u]);
+                }
+        for (; i + NK_VL <= n; i += NK_VL)
+            for (int r = 0; r < R; r++) {
+                vf v = vf_loadu(p[r] + i);
+                a[r][0] = vf_fma(v, v, a[r][0]);
+            }
+        if (i < n)
+            for (int r = 0; r < R; r++) {
+                vf v = vf_load_n(p[r] + i, n - i);
+                a[r][0] = vf_fma(v, v, a[r][0]);
+            }
+        for (int r = 0; r < R; r++) {
+            vf t = a[r][0];
+            for (int u = 1; u < U; u++)
+                t = vf_add(t, a[r][u]);
+            out[r] += (double)vf_hsum(t);
+            p[r] += n;
+        }
+    }
+}
+
+static void NK_FN(sumsq_rows)(const float *x, size_t rows, size_t len, size_t stride, double *out)
+{
+    size_t r = 0;
+    for (; r + ROW_GROUP <= rows; r += ROW_GROUP)
+        sumsq_group(x + r * stride, 4, len, stride, out + r);
+    if (rows - r >= 2) {
+        sumsq_group(x + r * stride, 2, len, stride, out + r);
+        r += 2;
+    }
+    if (r < rows)
+        sumsq_group(x + r * stride, 1, len, stride, out + r);
+}
+
+/* ---- moments_cols: lanes are columns, chunks are runs of rows ---- */
+
+#define COL_BLOCK (4 * NK_VL)             /* columns per register block */
+#define COL_CHUNK (4096 / COL_BLOCK)      /* rows per chunk: 64 or 128 per lane */
+#define COL_SUPER 256                     /* columns with fp64 accumulators on the stack */
+
+/*
+ * Chunk of nr rows of V vectors of columns (V = 4 full vectors, or V = 1
+ * with `tail` valid lanes when tail != 0). Writes m0, s1, s2 per column.
+ */
+NK_INLINE void cols_chunk(const float *p, size_t nr, size_t stride, const int V, size_t tail,
+                          float *m0, float *s1, float *s2)
+{
+    vf a[4], vm[4], t1[4], t2[4];
+    for (int v = 0; v < V; v++)
+        a[v] = t1[v] = t2[v] = vf_zero();
+    const float *q = p;
+    for (size_t r = 0; r < nr; r++, q += stride) {
+        /* same columns one chunk further down: streams in during pass 2 */
+        for (int v = 0; v < V; v += 64 / (int)NK_VBYTES ? 64 / (int)NK_VBYTES : 1)
+            _mm_prefetch((const char *)(q + nr * stride + v * NK_VL), _MM_HINT_T0);
+        for (int v = 0; v < V; v++)
+            a[v] = vf_add(a[v], tail ? vf_load_n(q, tail) : vf_loadu(q + v * NK_VL));
+    }
+    const vf inv = vf_set1(1.0f / (float)nr);
+    for (int v = 0; v < V; v++)
+        vm[v] = vf_mul(a[v], inv);
+    q = p;
+    for (size_t r = 0; r < nr; r++, q += stride)
+        for (int v = 0; v < V; v++) {
+            vf d = tail ? vf_sub_n(vf_load_n(q, tail), vm[v], tail)
+                        : vf_sub(vf_loadu(q + v * NK_VL), vm[v]);
+            t1[v] = vf_add(t1[v], d);
+            t2[v] = vf_fma(d, d, t2[v]);
+        }
+    /* the local arrays hold COL_BLOCK columns; lanes past tail are unused */
+    for (int v = 0; v < V; v++) {
+        vf_storeu(m0 + v * NK_VL, vm[v]);
+        vf_storeu(s1 + v * NK_VL, t1[v]);
+        vf_storeu(s2 + v * NK_VL, t2[v]);
+    }
+}
+
+static void NK_FN(moments_cols)(const float *x, size_t rows, size_t cols, size_t stride,
+                                nk_moments *acc)
+{
+    /* fp64 accumulators per column (SoA so the merge loop vectorises);
+     * +COL_BLOCK: full-vector stores of a partial last block */
+    double am[COL_SUPER], aq[COL_SUPER];
+    float m0[COL_SUPER + COL_BLOCK], s1[COL_SUPER + COL_BLOCK], s2[COL_SUPER + COL_BLOCK];
+    for (size_t c0 = 0; c0 < cols; c0 += COL_SUPER) {
+        const size_t nc = cols - c0 < COL_SUPER ? cols - c0 : COL_SUPER;
+        double cnt = 0.0;
+        for (size_t r0 = 0; r0 < rows; r0 += COL_CHUNK) {
+            const size_t nr = rows - r0 < COL_CHUNK ? rows - r0 : COL_CHUNK;
+            const float *p = x + r0 * stride + c0;
+            size_t j = 0;
+            for (; j + COL_BLOCK <= nc; j += COL_BLOCK)
+                cols_chunk(p + j, nr, stride, 4, 0, m0 + j, s1 + j, s2 + j);
+            for (; j + NK_VL <= nc; j += NK_VL)
+                cols_chunk(p + j, nr, stride, 1, 0, m0 + j, s1 + j, s2 + j);
+            if (j < nc)
+                cols_chunk(p + j, nr, stride, 1, nc - j, m0 + j, s1 + j, s2 + j);
+
+            /* Chan merge; every column of the block has the same counts */
+            const double dn = (double)nr, tot = cnt + dn;
+            const double wa = dn / tot, wb = cnt * dn / tot;
+            if (cnt == 0.0) {
+                for (size_t c = 0; c < nc; c++) {
+                    double m2 = (double)s2[c] - (double)s1[c] * (double)s1[c] / dn;
+                    am[c] = (double)m0[c] + (double)s1[c] / dn;
+                    aq[c] = m2 < 0.0 ? 0.0 : m2;
+                }
+            } else {
+                for (size_t c = 0; c < nc; c++) {
+                    double m2 = (double)s2[c] - (double)s1[c] * (double)s1[c] / dn;
+                    double mean = (double)m0[c] + (double)s1[c] / dn;
+                    double delta = mean - am[c];
+                    am[c] += delta * wa;
+                    aq[c] += (m2 < 0.0 ? 0.0 : m2) + delta * delta * wb;
+                }
+            }
+            cnt = tot;
+        }
+        for (size_t c = 0; c < nc; c++)
+            nk_moments_merge_inline(&acc[c0 + c], cnt, am[c], aq[c]);
+    }
+}
+
+void NK_FN(kernels_init_moments)(nk_kernels *k)
+{
+    k->moments_rows = NK_FN(moments_rows);
+    k->moments_cols = NK_FN(moments_cols);
+    k->sumsq_rows = NK_FN(sumsq_rows);
+}

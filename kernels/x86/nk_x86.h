@@ -1,0 +1,252 @@
+/*
+ * Per-ISA vector helpers for the x86 kernels (SLEEF's helper-header pattern):
+ * the algorithm files (moments_x86.c, normalize_x86.c) are written once
+ * against this small vocabulary and compiled once per ISA.
+ *
+ *   NK_X86_AVX512 defined: 16 float lanes, AVX-512 F/BW/DQ/VL (+FMA)
+ *   otherwise:             8 float lanes, AVX2 + FMA
+ *   NK_SIMDE defined:      the AVX-512 algorithm built against SIMDe, a
+ *                          test-only copy that runs on CPUs without AVX-512
+ *                          (symbols get an _emu suffix).
+ *   NK_HAVE_SLEEF:         exp/erf/tanh from SLEEF; without it the vector
+ *                          activations fall back to a per-lane libm loop
+ *                          (correct, slower; only the fused activations pay).
+ *
+ * Tail handling uses masked loads that read nothing past the end and masked
+ * stores that write nothing past it, so no kernel touches memory outside
+ * its rows.
+ */
+#ifndef NK_KERNELS_X86_NK_X86_H
+#define NK_KERNELS_X86_NK_X86_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "dispatch/kernels.h"
+
+#if defined(NK_SIMDE)
+#  if !defined(NK_X86_AVX512)
+#    error "NK_SIMDE emulates the AVX-512 kernels only"
+#  endif
+#  define SIMDE_ENABLE_NATIVE_ALIASES
+#  include <simde/x86/avx512.h>
+#else
+#  include <immintrin.h>
+#endif
+
+#if defined(NK_HAVE_SLEEF) && NK_HAVE_SLEEF
+#  include <sleef.h>
+#  define NK_USE_SLEEF 1
+#else
+#  define NK_USE_SLEEF 0
+#endif
+
+#define NK_INLINE static inline __attribute__((always_inline))
+
+/* ------------------------------------------------------------------------ */
+#if defined(NK_X86_AVX512)
+
+#  define NK_VL 16
+#  if defined(NK_SIMDE)
+#    define NK_FN(name) nk_##name##__avx512_emu
+#    define NK_INIT nk_kernels_init_avx512_emu
+#  else
+#    define NK_FN(name) nk_##name##__avx512
+#    define NK_INIT nk_kernels_init_avx512
+#  endif
+
+typedef __m512 vf;
+#  if defined(NK_SIMDE)
+typedef simde__mmask16 vmask; /* SIMDe 0.7.4 aliases __mmask16 only with -mavx2 */
+#  else
+typedef __mmask16 vmask;
+#  endif
+
+NK_INLINE vf vf_zero(void) { return _mm512_setzero_ps(); }
+NK_INLINE vf vf_set1(float v) { return _mm512_set1_ps(v); }
+NK_INLINE vf vf_loadu(const float *p) { return _mm512_loadu_ps(p); }
+NK_INLINE void vf_storeu(float *p, vf v) { _mm512_storeu_ps(p, v); }
+NK_INLINE vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+NK_INLINE vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+NK_INLINE vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+NK_INLINE vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
+NK_INLINE vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
+/* max(0, v) with 0 first: NaN in v propagates, -0 stays -0 (as the ref). */
+NK_INLINE vf vf_relu(vf v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }
+/* v < 0 ? v * alpha : v */
+NK_INLINE vf vf_leaky(vf v, vf alpha)
+{
+    vmask neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+    return _mm512_mask_mul_ps(v, neg, v, alpha);
+}
+/* x - m on the first n lanes (n < 16), 0 elsewhere */
+NK_INLINE vf vf_sub_n(vf x, vf m, size_t n)
+{
+    return _mm512_maskz_sub_ps((vmask)((1u << n) - 1u), x, m);
+}
+
+#  if defined(NK_SIMDE)
+/* SIMDe 0.7.4 lacks masked loads/stores, reductions and streaming stores;
+ * these stand-ins behave the same (no access past n) and check alignment
+ * where the real instruction would fault. */
+NK_INLINE vf vf_load_n(const float *p, size_t n)
+{
+    float t[16] = {0};
+    memcpy(t, p, n * sizeof(float));
+    return _mm512_loadu_ps(t);
+}
+NK_INLINE void vf_store_n(float *p, vf v, size_t n)
+{
+    float t[16];
+    _mm512_storeu_ps(t, v);
+    memcpy(p, t, n * sizeof(float));
+}
+NK_INLINE void vf_stream(float *p, vf v)
+{
+    if ((uintptr_t)p % 64)
+        __builtin_trap(); /* vmovntps would fault */
+    _mm512_store_ps(p, v);
+}
+NK_INLINE float vf_hsum(vf v)
+{
+    float t[16];
+    _mm512_storeu_ps(t, v);
+    for (int w = 8; w >= 1; w /= 2)
+        for (int i = 0; i < w; i++)
+            t[i] += t[i + w];
+    return t[0];
+}
+#  else
+NK_INLINE vf vf_load_n(const float *p, size_t n)
+{
+    return _mm512_maskz_loadu_ps((vmask)((1u << n) - 1u), p);
+}
+NK_INLINE void vf_store_n(float *p, vf v, size_t n)
+{
+    _mm512_mask_storeu_ps(p, (vmask)((1u << n) - 1u), v);
+}
+NK_INLINE void vf_stream(float *p, vf v) { _mm512_stream_ps(p, v); }
+NK_INLINE float vf_hsum(vf v)
+{
+    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+}
+#  endif
+
+/* exp / erf / tanh, u10 (1.0 ulp) like libm's float versions */
+#  if NK_USE_SLEEF && !defined(NK_SIMDE)
+NK_INLINE vf vf_exp(vf v) { return Sleef_expf16_u10avx512f(v); }
+NK_INLINE vf vf_erf(vf v) { return Sleef_erff16_u10avx512f(v); }
+NK_INLINE vf vf_tanh(vf v) { return Sleef_tanhf16_u10avx512f(v); }
+#  elif NK_USE_SLEEF && defined(__AVX2__) && defined(__FMA__)
+/* Emulated build: SLEEF's AVX-512 code cannot run without AVX-512, so the
+ * two 8-lane halves go through SLEEF's AVX2 functions instead. */
+#    define NK_HALVES(v8)                                                  \
+        do {                                                                   \
+            float t_[16];                                                      \
+            _mm512_storeu_ps(t_, v);                                           \
+            _mm256_storeu_ps(t_, v8(_mm256_loadu_ps(t_)));                     \
+            _mm256_storeu_ps(t_ + 8, v8(_mm256_loadu_ps(t_ + 8)));             \
+            return _mm512_loadu_ps(t_);                                        \
+        } while (0)
+NK_INLINE vf vf_exp(vf v) { NK_HALVES(Sleef_expf8_u10avx2); }
+NK_INLINE vf vf_erf(vf v) { NK_HALVES(Sleef_erff8_u10avx2); }
+NK_INLINE vf vf_tanh(vf v) { NK_HALVES(Sleef_tanhf8_u10avx2); }
+#  else
+#    define NK_LANES(fn)                                                       \
+        do {                                                                   \
+            float t_[16];                                                      \
+            _mm512_storeu_ps(t_, v);                                           \
+            for (int i_ = 0; i_ < 16; i_++)                                    \
+                t_[i_] = fn(t_[i_]);                                           \
+            return _mm512_loadu_ps(t_);                                        \
+        } while (0)
+NK_INLINE vf vf_exp(vf v) { NK_LANES(expf); }
+NK_INLINE vf vf_erf(vf v) { NK_LANES(erff); }
+NK_INLINE vf vf_tanh(vf v) { NK_LANES(tanhf); }
+#  endif
+
+/* ------------------------------------------------------------------------ */
+#else /* AVX2 + FMA */
+
+#  define NK_VL 8
+#  define NK_FN(name) nk_##name##__avx2
+#  define NK_INIT nk_kernels_init_avx2
+
+typedef __m256 vf;
+
+/* maskload/maskstore lane masks: the first n lanes of load(nk_x86_mask + 8 - n) */
+static const int32_t nk_x86_mask[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+NK_INLINE __m256i vm_first(size_t n)
+{
+    return _mm256_loadu_si256((const __m256i *)(const void *)(nk_x86_mask + 8 - n));
+}
+
+NK_INLINE vf vf_zero(void) { return _mm256_setzero_ps(); }
+NK_INLINE vf vf_set1(float v) { return _mm256_set1_ps(v); }
+NK_INLINE vf vf_loadu(const float *p) { return _mm256_loadu_ps(p); }
+NK_INLINE void vf_storeu(float *p, vf v) { _mm256_storeu_ps(p, v); }
+NK_INLINE vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
+NK_INLINE vf vf_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+NK_INLINE vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+NK_INLINE vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
+NK_INLINE vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
+NK_INLINE vf vf_relu(vf v) { return _mm256_max_ps(_mm256_setzero_ps(), v); }
+NK_INLINE vf vf_leaky(vf v, vf alpha)
+{
+    vf neg = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
+    return _mm256_blendv_ps(v, _mm256_mul_ps(v, alpha), neg);
+}
+NK_INLINE vf vf_sub_n(vf x, vf m, size_t n)
+{
+    return _mm256_and_ps(_mm256_sub_ps(x, m), _mm256_castsi256_ps(vm_first(n)));
+}
+NK_INLINE vf vf_load_n(const float *p, size_t n) { return _mm256_maskload_ps(p, vm_first(n)); }
+NK_INLINE void vf_store_n(float *p, vf v, size_t n) { _mm256_maskstore_ps(p, vm_first(n), v); }
+NK_INLINE void vf_stream(float *p, vf v) { _mm256_stream_ps(p, v); }
+NK_INLINE float vf_hsum(vf v)
+{
+    __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_movehdup_ps(q));
+    return _mm_cvtss_f32(q);
+}
+
+#  if NK_USE_SLEEF
+NK_INLINE vf vf_exp(vf v) { return Sleef_expf8_u10avx2(v); }
+NK_INLINE vf vf_erf(vf v) { return Sleef_erff8_u10avx2(v); }
+NK_INLINE vf vf_tanh(vf v) { return Sleef_tanhf8_u10avx2(v); }
+#  else
+#    define NK_LANES(fn)                                                       \
+        do {                                                                   \
+            float t_[8];                                                       \
+            _mm256_storeu_ps(t_, v);                                           \
+            for (int i_ = 0; i_ < 8; i_++)                                     \
+                t_[i_] = fn(t_[i_]);                                           \
+            return _mm256_loadu_ps(t_);                                        \
+        } while (0)
+NK_INLINE vf vf_exp(vf v) { NK_LANES(expf); }
+NK_INLINE vf vf_erf(vf v) { NK_LANES(erff); }
+NK_INLINE vf vf_tanh(vf v) { NK_LANES(tanhf); }
+#  endif
+
+#endif
+
+/* Streaming stores need a vector-aligned destination. */
+#define NK_VBYTES (NK_VL * sizeof(float))
+NK_INLINE int nk_aligned(const float *p) { return ((uintptr_t)p % NK_VBYTES) == 0; }
+/* Floats before p reaches vector alignment (p must be float-aligned). */
+NK_INLINE size_t nk_head(const float *p)
+{
+    size_t mis = ((uintptr_t)p % NK_VBYTES) / sizeof(float);
+    return mis ? NK_VL - mis : 0;
+}
+
+void NK_INIT(nk_kernels *k);
+void NK_FN(kernels_init_moments)(nk_kernels *k);
+
+#endif

@@ -1,0 +1,659 @@
+/*
+ * checkasm-style kernel tests: every SIMD table (AVX2, AVX-512 where the CPU
+ * has it, and the AVX-512 algorithm built against SIMDe so it runs on any
+ * AVX2 machine) is compared with the scalar reference kernels over a sweep
+ * of lengths, row counts, strides, misaligned pointers, activations and
+ * streaming on/off, with guard zones around every output. Moments are also
+ * checked against a float64 oracle, and the SEMANTICS.md section 4 cases run
+ * on every table and, through the public API, on every ISA.
+ */
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dispatch/kernels.h"
+#include "nk_test.h"
+
+#if defined(NKT_HAVE_EMU) && NKT_HAVE_EMU
+void nk_kernels_init_avx512_emu(nk_kernels *k);
+#endif
+
+/* ---------------------------------------------------------------- tables */
+
+typedef struct tbl {
+    const char *name;
+    nk_kernels k;
+} tbl;
+
+static tbl tables[4];
+static int ntables;
+static const nk_kernels *ref;
+
+static void load_tables(void)
+{
+    ref = nk_kernels_for(NK_ISA_SCALAR);
+    assert_non_null(ref);
+    ntables = 0;
+    tables[ntables].name = "scalar";
+    tables[ntables++].k = *ref;
+    const nk_kernels *t;
+    if ((t = nk_kernels_for(NK_ISA_AVX2))) {
+        tables[ntables].name = "avx2";
+        tables[ntables++].k = *t;
+    }
+    if ((t = nk_kernels_for(NK_ISA_AVX512))) {
+        tables[ntables].name = "avx512";
+        tables[ntables++].k = *t;
+    }
+#if defined(NKT_HAVE_EMU) && NKT_HAVE_EMU
+    /* the emulated build is compiled with -mavx2 -mfma (SIMDe runs its
+     * 512-bit vectors as AVX2 halves), so it needs an AVX2 CPU */
+    if (nk_kernels_for(NK_ISA_AVX2)) {
+        nk_kernels e;
+        memset(&e, 0, sizeof e);
+        nk_kernels_init_avx512_emu(&e);
+        e.isa = NK_ISA_AVX512;
+        tables[ntables].name = "avx512-emu";
+        tables[ntables++].k = e;
+    }
+#endif
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    load_tables();
+    return 0;
+}
+
+static void test_tables(void **state)
+{
+    (void)state;
+    const nk_kernels *s = nk_kernels_for(NK_ISA_SCALAR);
+    assert_non_null(s);
+    assert_int_equal(s->isa, NK_ISA_SCALAR);
+    int expect[3] = {1, 0, 0};
+#if defined(__x86_64__) && NK_HAVE_AVX2
+    __builtin_cpu_init();
+    expect[1] = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#  if NK_HAVE_AVX512
+    expect[2] = expect[1] && __builtin_cpu_supports("avx512f") &&
+                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                __builtin_cpu_supports("avx512vl");
+#  endif
+#endif
+    for (int i = 0; i < 3; i++) {
+        const nk_kernels *t = nk_kernels_for((nk_isa)i);
+        if (!expect[i])
+            continue;
+        assert_non_null(t);
+        assert_int_equal(t->isa, i);
+        assert_non_null(t->moments_rows);
+        assert_non_null(t->moments_cols);
+        assert_non_null(t->sumsq_rows);
+        assert_non_null(t->norm_rows);
+        assert_non_null(t->norm_cols);
+        assert_non_null(t->norm_affine);
+        if (i > 0) {
+            /* every entry is this ISA's own kernel, not the inherited scalar one */
+            assert_ptr_not_equal(t->moments_rows, s->moments_rows);
+            assert_ptr_not_equal(t->moments_cols, s->moments_cols);
+            assert_ptr_not_equal(t->sumsq_rows, s->sumsq_rows);
+            assert_ptr_not_equal(t->norm_rows, s->norm_rows);
+            assert_ptr_not_equal(t->norm_cols, s->norm_cols);
+            assert_ptr_not_equal(t->norm_affine, s->norm_affine);
+        }
+    }
+#if defined(NKT_HAVE_EMU) && NKT_HAVE_EMU
+    if (expect[1])
+        assert_string_equal(tables[ntables - 1].name, "avx512-emu");
+#endif
+    print_message("kernel tables under test:");
+    for (int i = 0; i < ntables; i++)
+        print_message(" %s", tables[i].name);
+    print_message("\n");
+}
+
+/* ---------------------------------------------------------- moments */
+
+static void oracle_moments(const float *x, size_t n, size_t step, nk_moments *o)
+{
+    double s = 0.0;
+    for (size_t i = 0; i < n; i++)
+        s += x[i * step];
+    double mean = s / (double)n, m2 = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = x[i * step] - mean;
+        m2 += d * d;
+    }
+    o->count = (double)n;
+    o->mean = mean;
+    o->m2 = m2;
+}
+
+/* |mean - mean*| <= 2.5e-7 |mean*| + 1e-5 std*, |m2 - m2*| <= 2e-4 m2* (times tolf) */
+static void check_moments(const nk_moments *got, const nk_moments *want, double tolf,
+                          const char *what, size_t a, size_t b)
+{
+    double sd = want->count > 0 ? sqrt(want->m2 / want->count) : 0.0;
+    double tm = tolf * (2.5e-7 * fabs(want->mean) + 1e-5 * sd) + 1e-30;
+    double tq = tolf * 2e-4 * want->m2 + 1e-30;
+    if (got->count != want->count || !(fabs(got->mean - want->mean) <= tm) ||
+        !(fabs(got->m2 - want->m2) <= tq)) {
+        print_error("%s (%zu, %zu): got {%g, %.17g, %.17g} want {%g, %.17g, %.17g}\n", what, a, b,
+                    got->count, got->mean, got->m2, want->count, want->mean, want->m2);
+        fail();
+    }
+}
+
+static void run_moments_rows(const tbl *t, nkt_rng *rng, size_t rows, size_t len, size_t pad,
+                             size_t shift, double mu, double sd)
+{
+    const size_t stride = len + pad;
+    nkt_buf xb = nkt_alloc(rows * stride, shift);
+    nkt_fill(rng, xb.p, rows * stride, mu, sd);
+    nk_moments out[1 + 9 + 1], want[9], r[9];
+    const nk_moments canary = {-7.0, -7.0, -7.0};
+    out[0] = out[rows + 1] = canary;
+    t->k.moments_rows(xb.p, rows, len, stride, out + 1);
+    ref->moments_rows(xb.p, rows, len, stride, r);
+    assert_memory_equal(&out[0], &canary, sizeof canary);
+    assert_memory_equal(&out[rows + 1], &canary, sizeof canary);
+    for (size_t i = 0; i < rows; i++) {
+        oracle_moments(xb.p + i * stride, len, 1, &want[i]);
+        check_moments(&out[1 + i], &want[i], 1.0, t->name, rows, len);
+        check_moments(&out[1 + i], &r[i], 2.0, t->name, rows, len);
+    }
+    assert_true(nkt_guard_ok(&xb));
+    nkt_free(&xb);
+}
+
+static void test_moments_rows(void **state)
+{
+    (void)state;
+    static const size_t nrows[] = {1, 2, 3, 4, 5, 9};
+    static const size_t big[] = {1000, 1023, 1024, 1025, 4099, 65537};
+    for (int ti = 0; ti < ntables; ti++) {
+        nkt_rng rng;
+        nkt_seed(&rng, 11);
+        for (size_t len = 1; len <= 257; len++)
+            for (size_t k = 0; k < sizeof nrows / sizeof nrows[0]; k++)
+                run_moments_rows(&tables[ti], &rng, nrows[k], len, (len + k) % 5, (len + k) % 4,
+                                 (double)(len % 7) * 300.0 - 900.0, 0.5 + (double)(len % 3));
+        for (size_t k = 0; k < sizeof big / sizeof big[0]; k++)
+            run_moments_rows(&tables[ti], &rng, k % 2 ? 5 : 1, big[k], k, k % 4, 2000.0, 1.0);
+    }
+}
+
+static void run_moments_cols(const tbl *t, nkt_rng *rng, size_t rows, size_t cols, size_t pad,
+                             size_t shift, int preload)
+{
+    const size_t stride = cols + pad;
+    nkt_buf xb = nkt_alloc(rows * stride, shift);
+    nkt_fill(rng, xb.p, rows * stride, 100.0, 3.0);
+    nk_moments *acc = calloc(cols + 2, sizeof *acc), *racc = calloc(cols, sizeof *racc);
+    assert_non_null(acc);
+    assert_non_null(racc);
+    const nk_moments canary = {-7.0, -7.0, -7.0};
+    acc[0] = acc[cols + 1] = canary;
+    for (size_t c = 0; c < cols && preload; c++) {
+        nk_moments pre = {(double)(c % 4 + 1), 95.0 + (double)(c % 9), (double)(c % 5)};
+        acc[1 + c] = racc[c] = pre;
+    }
+    t->k.moments_cols(xb.p, rows, cols, stride, acc + 1);
+    ref->moments_cols(xb.p, rows, cols, stride, racc);
+    assert_memory_equal(&acc[0], &canary, sizeof canary);
+    assert_memory_equal(&acc[cols + 1], &canary, sizeof canary);
+    for (size_t c = 0; c < cols; c++) {
+        nk_moments want;
+        oracle_moments(xb.p + c, rows, stride, &want);
+        if (!preload)
+            check_moments(&acc[1 + c], &want, 1.0, t->name, rows, cols);
+        check_moments(&acc[1 + c], &racc[c], 2.0, t->name, rows, cols);
+    }
+    free(acc);
+    free(racc);
+    nkt_free(&xb);
+}
+
+static void test_moments_cols(void **state)
+{
+    (void)state;
+    static const size_t ncols[] = {1, 7, 16, 17, 64, 129};
+    static const size_t nrows[] = {1, 5, 130};
+    static const size_t wide[] = {255, 256, 257, 300, 600};
+    for (int ti = 0; ti < ntables; ti++) {
+        nkt_rng rng;
+        nkt_seed(&rng, 12);
+        for (size_t rows = 1; rows <= 257; rows++)
+            for (size_t k = 0; k < sizeof ncols / sizeof ncols[0]; k++)
+                run_moments_cols(&tables[ti], &rng, rows, ncols[k], rows % 3, (rows + k) % 4,
+                                 (int)((rows + k) % 2));
+        for (size_t cols = 1; cols <= 257; cols++)
+            for (size_t k = 0; k < sizeof nrows / sizeof nrows[0]; k++)
+                run_moments_cols(&tables[ti], &rng, nrows[k], cols, cols % 2, cols % 4, 0);
+        for (size_t k = 0; k < sizeof wide / sizeof wide[0]; k++)
+            run_moments_cols(&tables[ti], &rng, 70, wide[k], k, k % 4, (int)(k % 2));
+        run_moments_cols(&tables[ti], &rng, 4099, 33, 0, 1, 0);
+        run_moments_cols(&tables[ti], &rng, 65537, 16, 0, 0, 1);
+    }
+}
+
+static void run_sumsq(const tbl *t, nkt_rng *rng, size_t rows, size_t len, size_t pad, size_t shift)
+{
+    const size_t stride = len + pad;
+    nkt_buf xb = nkt_alloc(rows * stride, shift);
+    nkt_fill(rng, xb.p, rows * stride, 0.5, 2.0);
+    double out[11], r[9];
+    out[0] = out[rows + 1] = -7.0;
+    t->k.sumsq_rows(xb.p, rows, len, stride, out + 1);
+    ref->sumsq_rows(xb.p, rows, len, stride, r);
+    assert_true(out[0] == -7.0 && out[rows + 1] == -7.0);
+    for (size_t i = 0; i < rows; i++) {
+        double want = 0.0;
+        for (size_t j = 0; j < len; j++)
+            want += (double)xb.p[i * stride + j] * xb.p[i * stride + j];
+        if (!(fabs(out[1 + i] - want) <= 3e-5 * want) || !(fabs(out[1 + i] - r[i]) <= 6e-5 * want)) {
+            print_error("%s sumsq (%zu, %zu): got %.17g want %.17g ref %.17g\n", t->name, rows, len,
+                        out[1 + i], want, r[i]);
+            fail();
+        }
+    }
+    nkt_free(&xb);
+}
+
+static void test_sumsq_rows(void **state)
+{
+    (void)state;
+    static const size_t nrows[] = {1, 2, 3, 4, 7};
+    static const size_t big[] = {1000, 1025, 4099, 65537};
+    for (int ti = 0; ti < ntables; ti++) {
+        nkt_rng rng;
+        nkt_seed(&rng, 13);
+        for (size_t len = 1; len <= 257; len++)
+            for (size_t k = 0; k < sizeof nrows / sizeof nrows[0]; k++)
+                run_sumsq(&tables[ti], &rng, nrows[k], len, (len + k) % 3, (len + k) % 4);
+        for (size_t k = 0; k < sizeof big / sizeof big[0]; k++)
+            run_sumsq(&tables[ti], &rng, 1 + 2 * (k % 2), big[k], k, k % 4);
+    }
+}
+
+/* ---------------------------------------------------------- normalize */
+
+#define FILLV 777.0f
+
+static double act_tol(int act) { return act >= NK_ACT_SILU ? 4e-6 : 4e-7; }
+
+/* y vs yr over the rows; gaps between rows (ystride > len) must stay FILLV */
+static void check_rows_out(const char *what, const nkt_buf *yb, const float *yr, size_t rows,
+                           size_t len, size_t ystride, int act, size_t a, size_t b)
+{
+    assert_true(nkt_guard_ok(yb));
+    const double tol = act_tol(act);
+    for (size_t r = 0; r < rows; r++)
+        for (size_t i = 0; i < ystride && r * ystride + i < yb->n; i++) {
+            float g = yb->p[r * ystride + i], w = yr[r * ystride + i];
+            int ok;
+            if (i >= len)
+                ok = g == FILLV;
+            else
+                ok = isnan(w) ? isnan(g) : fabsf(g - w) <= tol * (1.0 + fabsf(w));
+            if (!ok) {
+                print_error("%s (%zu, %zu, act %d): y[%zu][%zu] = %.9g, expected %.9g\n", what, a, b,
+                            act, r, i, g, w);
+                fail();
+            }
+        }
+}
+
+static void fill_const(nkt_buf *b, float v)
+{
+    for (size_t i = 0; i < b->n; i++)
+        b->p[i] = v;
+}
+
+static void run_norm_rows(const tbl *t, nkt_rng *rng, size_t rows, size_t len, size_t pad,
+                          size_t xs, size_t ys, size_t ps, int act, int stream)
+{
+    const size_t xstride = len + pad, ystride = len + (pad + 1) % 4;
+    const size_t nx = rows ? (rows - 1) * xstride + len : 0;
+    const size_t ny = rows ? (rows - 1) * ystride + len : 0;
+    nkt_buf xb = nkt_alloc(nx, xs), yb = nkt_alloc(ny, ys);
+    float *yr = malloc((ny + 1) * sizeof *yr);
+    assert_non_null(yr);
+    nkt_fill(rng, xb.p, nx, 1.5, 2.0);
+    float m[9], a[9], b[9];
+    for (size_t r = 0; r < 9; r++) {
+        m[r] = (float)(1.5 + 0.1 * nkt_normal(rng));
+        a[r] = (float)(0.5 + nkt_uniform(rng));
+        b[r] = (float)nkt_normal(rng);
+    }
+    nk_epilogue ep = {act, 0.07f, stream};
+    fill_const(&yb, FILLV);
+    for (size_t i = 0; i < ny; i++)
+        yr[i] = FILLV;
+    t->k.norm_rows(xb.p, yb.p, rows, len, xstride, ystride, m, a, b, ps, &ep);
+    ref->norm_rows(xb.p, yr, rows, len, xstride, ystride, m, a, b, ps, &ep);
+    check_rows_out(t->name, &yb, yr, rows, len, ystride, act, rows, len);
+    assert_true(nkt_guard_ok(&xb));
+    free(yr);
+    nkt_free(&xb);
+    nkt_free(&yb);
+}
+
+static void test_norm_rows(void **state)
+{
+    (void)state;
+    static const size_t big[] = {1000, 4099, 65537};
+    for (int ti = 0; ti < ntables; ti++) {
+        nkt_rng rng;
+        nkt_seed(&rng, 14);
+        for (int act = 0; act <= NK_ACT_GELU_TANH; act++)
+            for (int stream = 0; stream < 2; stream++) {
+                for (size_t len = 0; len <= 257; len++)
+                    run_norm_rows(&tables[ti], &rng, 1 + 2 * (len % 2), len, len % 3, len % 4,
+                                  (len / 4) % 4, (len / 2) % 2, act, stream);
+                for (size_t k = 0; k < sizeof big / sizeof big[0]; k++)
+                    run_norm_rows(&tables[ti], &rng, 2, big[k], k, k % 4, (k + 1) % 4, k % 2, act,
+                                  stream);
+            }
+    }
+}
+
+static void run_norm_cols(const tbl *t, nkt_rng *rng, size_t rows, size_t cols, size_t pad,
+                          size_t xs, size_t ys, int act, int stream)
+{
+    const size_t xstride = cols + pad, ystride = cols + (pad ? pad - 1 : 0);
+    const size_t nx = (rows - 1) * xstride + cols, ny = (rows - 1) * ystride + cols;
+    nkt_buf xb = nkt_alloc(nx, xs), yb = nkt_alloc(ny, ys);
+    nkt_buf mb = nkt_alloc(cols, 1), ab = nkt_alloc(cols, 2), bb = nkt_alloc(cols, 3);
+    float *yr = malloc(ny * sizeof *yr);
+    assert_non_null(yr);
+    nkt_fill(rng, xb.p, nx, -2.0, 3.0);
+    nkt_fill(rng, mb.p, cols, -2.0, 0.3);
+    nkt_fill(rng, ab.p, cols, 0.5, 0.2);
+    nkt_fill(rng, bb.p, cols, 0.0, 1.0);
+    nk_epilogue ep = {act, 0.2f, stream};
+    fill_const(&yb, FILLV);
+    for (size_t i = 0; i < ny; i++)
+        yr[i] = FILLV;
+    t->k.norm_cols(xb.p, yb.p, rows, cols, xstride, ystride, mb.p, ab.p, bb.p, &ep);
+    ref->norm_cols(xb.p, yr, rows, cols, xstride, ystride, mb.p, ab.p, bb.p, &ep);
+    check_rows_out(t->name, &yb, yr, rows, cols, ystride, act, rows, cols);
+    assert_true(nkt_guard_ok(&mb) && nkt_guard_ok(&ab) && nkt_guard_ok(&bb));
+    free(yr);
+    nkt_free(&xb);
+    nkt_free(&yb);
+    nkt_free(&mb);
+    nkt_free(&ab);
+    nkt_free(&bb);
+}
+
+static void test_norm_cols(void **state)
+{
+    (void)state;
+    for (int ti = 0; ti < ntables; ti++) {
+        nkt_rng rng;
+        nkt_seed(&rng, 15);
+        for (int act = 0; act <= NK_ACT_GELU_TANH; act++)
+            for (int stream = 0; stream < 2; stream++) {
+                for (size_t cols = 1; cols <= 257; cols++) {
+                    /* pad 0 with aligned y: the streaming path; others: misaligned */
+                    size_t pad = cols % 3, sh = cols % 5 == 0 ? 0 : cols % 4;
+                    run_norm_cols(&tables[ti], &rng, 1 + cols % 4, cols, pad, cols % 4, sh, act,
+                                  stream);
+                }
+                run_norm_cols(&tables[ti], &rng, 4099, 16, 0, 0, 0, act, stream);
+                run_norm_cols(&tables[ti], &rng, 1000, 64, 0, 1, 0, act, stream);
+                run_norm_cols(&tables[ti], &rng, 3, 65537, 1, 2, 3, act, stream);
+            }
+    }
+}
+
+static void run_norm_affine(const tbl *t, nkt_rng *rng, size_t rows, size_t len, size_t pad,
+                            size_t xs, size_t ys, int flags, int act, int stream)
+{
+    const size_t xstride = len + pad, ystride = len + 2 * pad;
+    const size_t nx = rows ? (rows - 1) * xstride + len : 0;
+    const size_t ny = rows ? (rows - 1) * ystride + len : 0;
+    nkt_buf xb = nkt_alloc(nx, xs), yb = nkt_alloc(ny, ys);
+    nkt_buf gb = nkt_alloc(len, (xs + 1) % 4), bb = nkt_alloc(len, (xs + 2) % 4);
+    float *yr = malloc((ny + 1) * sizeof *yr);
+    assert_non_null(yr);
+    nkt_fill(rng, xb.p, nx, 40.0, 5.0);
+    nkt_fill(rng, gb.p, len, 1.0, 0.3);
+    nkt_fill(rng, bb.p, len, 0.0, 0.5);
+    float m[9], s[9];
+    for (size_t r = 0; r < 9; r++) {
+        m[r] = (float)(40.0 + nkt_normal(rng));
+        s[r] = (float)(0.2 + 0.01 * nkt_uniform(rng));
+    }
+    const float *mp = flags & 1 ? m : NULL, *gp = flags & 2 ? gb.p : NULL,
+                *bp = flags & 4 ? bb.p : NULL;
+    nk_epilogue ep = {act, 0.01f, stream};
+    fill_const(&yb, FILLV);
+    for (size_t i = 0; i < ny; i++)
+        yr[i] = FILLV;
+    t->k.norm_affine(xb.p, yb.p, rows, len, xstride, ystride, mp, s, gp, bp, &ep);
+    ref->norm_affine(xb.p, yr, rows, len, xstride, ystride, mp, s, gp, bp, &ep);
+    check_rows_out(t->name, &yb, yr, rows, len, ystride, act, rows, len);
+    free(yr);
+    nkt_free(&xb);
+    nkt_free(&yb);
+    nkt_free(&gb);
+    nkt_free(&bb);
+}
+
+static void test_norm_affine(void **state)
+{
+    (void)state;
+    static const size_t big[] = {768, 1000, 4099, 65537};
+    for (int ti = 0; ti < ntables; ti++) {
+        nkt_rng rng;
+        nkt_seed(&rng, 16);
+        for (int act = 0; act <= NK_ACT_GELU_TANH; act++)
+            for (int stream = 0; stream < 2; stream++)
+                for (int flags = 0; flags < 8; flags++) {
+                    for (size_t len = 0; len <= 257; len++)
+                        run_norm_affine(&tables[ti], &rng, 1 + 2 * (len % 2), len, len % 3, len % 4,
+                                        (len + (size_t)flags) % 4, flags, act, stream);
+                    for (size_t k = 0; k < sizeof big / sizeof big[0]; k++)
+                        run_norm_affine(&tables[ti], &rng, 2, big[k], k % 2, k % 4, (k + 3) % 4,
+                                        flags, act, stream);
+                }
+    }
+}
+
+/* Normalize values: exact x == m gives exactly b on every table. */
+static void test_norm_centred(void **state)
+{
+    (void)state;
+    float x[37], y[37], m = 1234.0f, a = 316.2f, b = 0.25f;
+    for (int i = 0; i < 37; i++)
+        x[i] = m;
+    nk_epilogue ep = {NK_ACT_NONE, 0.0f, 0};
+    for (int ti = 0; ti < ntables; ti++) {
+        tables[ti].k.norm_rows(x, y, 1, 37, 37, 37, &m, &a, &b, 0, &ep);
+        for (int i = 0; i < 37; i++)
+            assert_true(y[i] == b);
+        tables[ti].k.norm_affine(x, y, 1, 37, 37, 37, &m, &a, NULL, NULL, &ep);
+        for (int i = 0; i < 37; i++)
+            assert_true(y[i] == 0.0f);
+    }
+}
+
+/* ------------------------------------------- SEMANTICS.md section 4 */
+
+/* Constant rows/columns of every length: mean == value, m2 == 0 exactly. */
+static void test_constant_exact(void **state)
+{
+    (void)state;
+    static const float vals[] = {1234.0f, 0.1f, -3.3e7f, 7.0e-3f};
+    float *x = malloc(3 * 4200 * sizeof *x);
+    assert_non_null(x);
+    for (int ti = 0; ti < ntables; ti++)
+        for (size_t v = 0; v < sizeof vals / sizeof vals[0]; v++) {
+            for (size_t i = 0; i < 3 * 4200; i++)
+                x[i] = vals[v];
+            for (size_t len = 1; len <= 4100; len = len < 300 ? len + 1 : len * 2 + 3) {
+                nk_moments o[2];
+                tables[ti].k.moments_rows(x, 2, len, len, o);
+                for (int r = 0; r < 2; r++)
+                    if (o[r].mean != (double)vals[v] || o[r].m2 != 0.0 || o[r].count != (double)len) {
+                        print_error("%s: constant %.9g len %zu: mean %.17g m2 %.17g\n",
+                                    tables[ti].name, (double)vals[v], len, o[r].mean, o[r].m2);
+                        fail();
+                    }
+                /* the same data as len rows of 1 and as columns */
+                nk_moments c[3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}};
+                tables[ti].k.moments_cols(x, len, 3, 3, c);
+                for (int j = 0; j < 3; j++)
+                    if (c[j].mean != (double)vals[v] || c[j].m2 != 0.0 || c[j].count != (double)len) {
+                        print_error("%s: constant column %.9g rows %zu: mean %.17g m2 %.17g\n",
+                                    tables[ti].name, (double)vals[v], len, c[j].mean, c[j].m2);
+                        fail();
+                    }
+            }
+        }
+    free(x);
+}
+
+/* Shifted rows and [40000..40003] at the kernel level, every table. */
+static void test_shifted_kernels(void **state)
+{
+    (void)state;
+    float q[4] = {40000.0f, 40001.0f, 40002.0f, 40003.0f};
+    nkt_rng rng;
+    for (int ti = 0; ti < ntables; ti++) {
+        nk_moments o;
+        tables[ti].k.moments_rows(q, 1, 4, 4, &o);
+        assert_true(o.mean == 40001.5 && o.m2 == 5.0);
+        nkt_seed(&rng, 17);
+        for (size_t len = 2; len <= 5000; len = len * 3 + 1) {
+            float *x = malloc(len * sizeof *x);
+            assert_non_null(x);
+            nkt_fill(&rng, x, len, 2000.0, 1.0);
+            nk_moments want;
+            oracle_moments(x, len, 1, &want);
+            tables[ti].k.moments_rows(x, 1, len, len, &o);
+            check_moments(&o, &want, 1.0, tables[ti].name, 1, len);
+            /* variance relative to 1 (the true std), not to the mean */
+            assert_true(fabs(o.m2 / (double)len - want.m2 / (double)len) <= 1e-4);
+            free(x);
+        }
+    }
+}
+
+/* |x| ~ 1e30: fp32 squares overflow; the kernels either stay correct or
+ * report non-finite so the ops layer recomputes in fp64. */
+static void test_huge_kernels(void **state)
+{
+    (void)state;
+    float x[300];
+    nkt_rng rng;
+    nkt_seed(&rng, 18);
+    for (int i = 0; i < 300; i++)
+        x[i] = (float)(1e30 * (1.0 + nkt_normal(&rng)));
+    nk_moments want;
+    oracle_moments(x, 300, 1, &want);
+    for (int ti = 0; ti < ntables; ti++) {
+        nk_moments o;
+        tables[ti].k.moments_rows(x, 1, 300, 300, &o);
+        if (isfinite(o.mean) && isfinite(o.m2))
+            check_moments(&o, &want, 1.0, tables[ti].name, 1, 300);
+    }
+}
+
+/* Through the public API on every ISA this CPU runs. */
+static void test_api_semantics(void **state)
+{
+    (void)state;
+    const nk_isa isas[] = {NK_ISA_SCALAR, NK_ISA_AVX2, NK_ISA_AVX512};
+    const nk_isa saved = nk_get_isa();
+    nkt_rng rng;
+    for (size_t ii = 0; ii < 3; ii++) {
+        if (!nk_isa_supported(isas[ii]))
+            continue;
+        assert_int_equal(nk_set_isa(isas[ii]), NK_OK);
+        nkt_seed(&rng, 19);
+        const int64_t D = 1031;
+        float *x = malloc(4 * (size_t)D * sizeof *x), *y = malloc(4 * (size_t)D * sizeof *y);
+        float *w = malloc((size_t)D * sizeof *w), *b = malloc((size_t)D * sizeof *b);
+        double *yr = malloc(4 * (size_t)D * sizeof *yr);
+        assert_true(x && y && w && b && yr);
+        nkt_fill(&rng, w, (size_t)D, 1.0, 0.2);
+        nkt_fill(&rng, b, (size_t)D, 0.0, 0.5);
+
+        /* row shifted by +2000 (pytorch#51102) */
+        nkt_fill(&rng, x, 4 * (size_t)D, 2000.0, 1.0);
+        assert_int_equal(nk_layer_norm(x, 4, D, w, b, 1e-5, y, NULL, NULL, NULL), NK_OK);
+        nkt_oracle_layer_norm(x, 4, D, w, b, 1e-5, NULL, yr);
+        nkt_assert_close(y, yr, 4 * (size_t)D, 2e-4, 1e-4, "layer_norm +2000");
+
+        /* [40000, 40001, 40002, 40003] (onnxruntime#28463) */
+        float q[4] = {40000.0f, 40001.0f, 40002.0f, 40003.0f}, qy[4];
+        double qr[4];
+        assert_int_equal(nk_layer_norm(q, 1, 4, NULL, NULL, 1e-5, qy, NULL, NULL, NULL), NK_OK);
+        nkt_oracle_layer_norm(q, 1, 4, NULL, NULL, 1e-5, NULL, qr);
+        nkt_assert_close(qy, qr, 4, 1e-5, 1e-5, "layer_norm 40000..40003");
+
+        /* constant rows 1234.0 of many lengths give beta exactly (onnxruntime#21935) */
+        for (int64_t len = 1; len <= D; len += len < 40 ? 1 : 97) {
+            for (int64_t i = 0; i < 2 * len; i++)
+                x[i] = 1234.0f;
+            assert_int_equal(nk_layer_norm(x, 2, len, w, b, 1e-5, y, NULL, NULL, NULL), NK_OK);
+            for (int64_t i = 0; i < 2 * len; i++)
+                if (y[i] != b[i % len]) {
+                    print_error("%s: constant row len %lld: y[%lld] = %.9g, beta %.9g\n",
+                                nk_isa_name(isas[ii]), (long long)len, (long long)i, (double)y[i],
+                                (double)b[i % len]);
+                    fail();
+                }
+        }
+
+        /* |x| ~ 1e30 (pytorch#162489): finite, correct LayerNorm and BatchNorm */
+        for (size_t i = 0; i < 4 * (size_t)D; i++)
+            x[i] = (float)(1e30 * (1.0 + 0.5 * nkt_normal(&rng)));
+        assert_int_equal(nk_layer_norm(x, 4, D, NULL, NULL, 1e-5, y, NULL, NULL, NULL), NK_OK);
+        nkt_oracle_layer_norm(x, 4, D, NULL, NULL, 1e-5, NULL, yr);
+        nkt_assert_close(y, yr, 4 * (size_t)D, 1e-4, 1e-4, "layer_norm 1e30");
+        nk_shape sh = {4, 2, (D - 1) / 2, NK_CHANNELS_FIRST};
+        size_t tot = (size_t)(sh.n * sh.c * sh.spatial);
+        assert_int_equal(nk_batch_norm_train(x, &sh, NULL, NULL, 1e-5, NULL, y, NULL, NULL, NULL),
+                         NK_OK);
+        nkt_oracle_norm(x, &sh, NKT_BN, 1, NULL, NULL, 1e-5, NULL, yr);
+        nkt_assert_close(y, yr, tot, 1e-4, 1e-4, "batch_norm 1e30 NCHW");
+        sh.layout = NK_CHANNELS_LAST;
+        assert_int_equal(nk_batch_norm_train(x, &sh, NULL, NULL, 1e-5, NULL, y, NULL, NULL, NULL),
+                         NK_OK);
+        nkt_oracle_norm(x, &sh, NKT_BN, 1, NULL, NULL, 1e-5, NULL, yr);
+        nkt_assert_close(y, yr, tot, 1e-4, 1e-4, "batch_norm 1e30 NHWC");
+        free(x);
+        free(y);
+        free(w);
+        free(b);
+        free(yr);
+    }
+    assert_int_equal(nk_set_isa(saved), NK_OK);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tables),
+        cmocka_unit_test(test_moments_rows),
+        cmocka_unit_test(test_moments_cols),
+        cmocka_unit_test(test_sumsq_rows),
+        cmocka_unit_test(test_norm_rows),
+        cmocka_unit_test(test_norm_cols),
+        cmocka_unit_test(test_norm_affine),
+        cmocka_unit_test(test_norm_centred),
+        cmocka_unit_test(test_constant_exact),
+        cmocka_unit_test(test_shifted_kernels),
+        cmocka_unit_test(test_huge_kernels),
+        cmocka_unit_test(test_api_semantics),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}

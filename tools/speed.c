@@ -1,0 +1,175 @@
+/*
+ * normkit-speed: times operator shapes through the public API against a
+ * memcpy of the same bytes (the read+write ceiling of a memory-bound
+ * operator) and prints memcpy_time / op_time per ISA. Op and memcpy runs are
+ * interleaved and the median of each is taken, so machine noise hits both.
+ *
+ *   normkit-speed [reps] [shape-substring] [isa]
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "normkit.h"
+
+enum { IN, BN_TRAIN, BN_INFER, GN, LN, RMS };
+
+typedef struct shape_case {
+    const char *name;
+    int op;
+    int64_t n, c, s; /* LN/RMS: rows = n, cols = c */
+    int layout;
+    int64_t groups;
+} shape_case;
+
+static const shape_case cases[] = {
+    {"InstanceNorm2d 1x64x256x256", IN, 1, 64, 256 * 256, NK_CHANNELS_FIRST, 0},
+    {"InstanceNorm2d 1x32x56x56", IN, 1, 32, 56 * 56, NK_CHANNELS_FIRST, 0},
+    {"InstanceNorm1d 8x80x1000", IN, 8, 80, 1000, NK_CHANNELS_FIRST, 0},
+    {"InstanceNorm3d 1x32x64x64x64", IN, 1, 32, 64 * 64 * 64, NK_CHANNELS_FIRST, 0},
+    {"BatchNorm2d train 32x64x56x56 NCHW", BN_TRAIN, 32, 64, 56 * 56, NK_CHANNELS_FIRST, 0},
+    {"BatchNorm2d train 32x64x56x56 NHWC", BN_TRAIN, 32, 64, 56 * 56, NK_CHANNELS_LAST, 0},
+    {"BatchNorm2d infer 32x64x56x56 NCHW", BN_INFER, 32, 64, 56 * 56, NK_CHANNELS_FIRST, 0},
+    {"BatchNorm2d infer 32x64x56x56 NHWC", BN_INFER, 32, 64, 56 * 56, NK_CHANNELS_LAST, 0},
+    {"GroupNorm G32 2x320x64x64", GN, 2, 320, 64 * 64, NK_CHANNELS_FIRST, 32},
+    {"LayerNorm 2048x768", LN, 2048, 768, 1, 0, 0},
+    {"LayerNorm 512x4096", LN, 512, 4096, 1, 0, 0},
+    {"RMSNorm 512x4096", RMS, 512, 4096, 1, 0, 0},
+};
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+typedef struct bufs {
+    float *x, *y, *w, *b, *rm, *rv;
+} bufs;
+
+static void run_op(const shape_case *sc, const bufs *B)
+{
+    nk_shape sh = {sc->n, sc->c, sc->s, (nk_layout)sc->layout};
+    nk_status st = NK_OK;
+    switch (sc->op) {
+    case IN:
+        st = nk_instance_norm(B->x, &sh, B->w, B->b, 1e-5, 1, NULL, B->y, NULL, NULL, NULL);
+        break;
+    case BN_TRAIN:
+        st = nk_batch_norm_train(B->x, &sh, B->w, B->b, 1e-5, NULL, B->y, NULL, NULL, NULL);
+        break;
+    case BN_INFER:
+        st = nk_batch_norm_infer(B->x, &sh, B->w, B->b, B->rm, B->rv, 1e-5, B->y, NULL);
+        break;
+    case GN:
+        st = nk_group_norm(B->x, &sh, sc->groups, B->w, B->b, 1e-5, B->y, NULL, NULL, NULL);
+        break;
+    case LN:
+        st = nk_layer_norm(B->x, sc->n, sc->c, B->w, B->b, 1e-5, B->y, NULL, NULL, NULL);
+        break;
+    case RMS:
+        st = nk_rms_norm(B->x, sc->n, sc->c, B->w, 1e-6, B->y, NULL, NULL);
+        break;
+    }
+    if (st != NK_OK) {
+        fprintf(stderr, "%s: %s\n", sc->name, nk_last_error());
+        exit(1);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    int reps = argc > 1 ? atoi(argv[1]) : 21;
+    const char *filter = argc > 2 && *argv[2] ? argv[2] : NULL;
+    const char *only = argc > 3 ? argv[3] : NULL;
+    if (reps < 1)
+        reps = 1;
+    const nk_isa isas[] = {NK_ISA_SCALAR, NK_ISA_AVX2, NK_ISA_AVX512, NK_ISA_NEON};
+    double *top = malloc((size_t)reps * sizeof *top), *tmc = malloc((size_t)reps * sizeof *tmc);
+    if (!top || !tmc)
+        return 1;
+    printf("%-36s %-7s %9s %9s %7s\n", "shape", "isa", "op GB/s", "cpy GB/s", "ratio");
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const shape_case *sc = &cases[ci];
+        if (filter && !strstr(sc->name, filter))
+            continue;
+        size_t total = (size_t)(sc->n * sc->c * sc->s);
+        size_t bytes = total * sizeof(float);
+        size_t C = (size_t)sc->c;
+        bufs B;
+        B.x = aligned_alloc(64, bytes);
+        B.y = aligned_alloc(64, bytes);
+        B.w = malloc(C * sizeof(float));
+        B.b = malloc(C * sizeof(float));
+        B.rm = malloc(C * sizeof(float));
+        B.rv = malloc(C * sizeof(float));
+        float *y2 = aligned_alloc(64, bytes);
+        if (!B.x || !B.y || !B.w || !B.b || !B.rm || !B.rv || !y2)
+            return 1;
+        uint64_t s = 88172645463325252ull;
+        for (size_t i = 0; i < total; i++) {
+            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+            B.x[i] = (float)(s >> 40) * (1.0f / 16777216.0f) * 4.0f - 1.0f;
+        }
+        memset(B.y, 0, bytes);
+        memset(y2, 0, bytes);
+        for (size_t c = 0; c < C; c++) {
+            B.w[c] = 1.0f + 0.01f * (float)(c % 7);
+            B.b[c] = 0.1f * (float)(c % 5);
+            B.rm[c] = 0.01f * (float)(c % 3);
+            B.rv[c] = 1.0f + 0.1f * (float)(c % 4);
+        }
+        for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
+            if (only && strcmp(only, nk_isa_name(isas[ii])))
+                continue;
+            if (nk_set_isa(isas[ii]) != NK_OK)
+                continue;
+            /* inner repetitions so one sample takes a few milliseconds */
+            int inner = (int)(((size_t)32 << 20) / bytes) + 1;
+            run_op(sc, &B);
+            memcpy(y2, B.x, bytes);
+            for (int r = 0; r < reps; r++) {
+                double t0 = now();
+                for (int k = 0; k < inner; k++)
+                    run_op(sc, &B);
+                double t1 = now();
+                for (int k = 0; k < inner; k++) {
+                    memcpy(y2, B.x, bytes);
+                    __asm__ volatile("" : : "r"(y2) : "memory");
+                }
+                double t2 = now();
+                top[r] = (t1 - t0) / inner;
+                tmc[r] = (t2 - t1) / inner;
+            }
+            double to = median(top, reps), tm = median(tmc, reps);
+            printf("%-36s %-7s %9.2f %9.2f %7.3f\n", sc->name, nk_isa_name(isas[ii]),
+                   2.0 * (double)bytes / to * 1e-9, 2.0 * (double)bytes / tm * 1e-9, tm / to);
+            fflush(stdout);
+        }
+        free(B.x);
+        free(B.y);
+        free(B.w);
+        free(B.b);
+        free(B.rm);
+        free(B.rv);
+        free(y2);
+    }
+    free(top);
+    free(tmc);
+    return 0;
+}
