@@ -87,19 +87,10 @@ static nk_status bn_check_common(const char *fn, const float *x, const nk_shape 
                                  double eps, nk_running_stats *rs, const nk_options *opts,
                                  size_t *total, nk_epilogue *ep)
 {
-    nk_status st = nk_check_shape(s, fn, total);
+    nk_status st = nk_check_tensor_args(fn, x, s, y, eps, opts, total, ep);
     if (st)
         return st;
-    if ((!x || !y) && *total)
-        return nk_fail(NK_ERR_NULL_POINTER, "%s: %s is NULL", fn, x ? "output" : "input");
-    if ((st = nk_check_eps(eps, fn)))
-        return st;
-    if (rs && (st = nk_check_running(rs, fn, true)))
-        return st;
-    if ((st = nk_check_options(opts, fn, ep)))
-        return st;
-    ep->stream = *total * sizeof(float) > nk_stream_threshold();
-    return NK_OK;
+    return rs ? nk_check_running(rs, fn, true) : NK_OK;
 }
 
 nk_status nk_batch_norm_train(const float *x, const nk_shape *shape, const float *weight,

@@ -113,11 +113,9 @@ nk_status nk_group_norm(const float *x, const nk_shape *shape, int64_t groups, c
     static const char fn[] = "nk_group_norm";
     size_t total;
     nk_epilogue ep;
-    nk_status st = nk_check_shape(shape, fn, &total);
+    nk_status st = nk_check_tensor_args(fn, x, shape, y, eps, opts, &total, &ep);
     if (st)
         return st;
-    if ((!x || !y) && total)
-        return nk_fail(NK_ERR_NULL_POINTER, "%s: %s is NULL", fn, x ? "output" : "input");
     if (groups < 1)
         return nk_fail(NK_ERR_BAD_PARAM, "%s: num_groups must be at least 1, got %lld", fn,
                        (long long)groups);
@@ -127,10 +125,6 @@ nk_status nk_group_norm(const float *x, const nk_shape *shape, int64_t groups, c
                        "input of shape [%lld, %lld, %lld] and num_groups=%lld",
                        (long long)shape->n, (long long)shape->c, (long long)shape->spatial,
                        (long long)groups);
-    if ((st = nk_check_eps(eps, fn)))
-        return st;
-    if ((st = nk_check_options(opts, fn, &ep)))
-        return st;
     if (total == 0) {
         nk_clear_error();
         return NK_OK;
@@ -141,7 +135,6 @@ nk_status nk_group_norm(const float *x, const nk_shape *shape, int64_t groups, c
         return nk_fail(NK_ERR_TOO_FEW_VALUES,
                        "Expected more than 1 value per channel when training, got input size %s", sz);
     }
-    ep.stream = total * sizeof(float) > nk_stream_threshold();
     gn_ctx cx = {weight, bias, eps, save_mean, save_invstd, (size_t)groups};
     const nk_kernels *k = nk_kernels_current();
     if (shape->layout == NK_CHANNELS_FIRST)

@@ -111,16 +111,10 @@ nk_status nk_instance_norm(const float *x, const nk_shape *shape, const float *w
     static const char fn[] = "nk_instance_norm";
     size_t total;
     nk_epilogue ep;
-    nk_status st = nk_check_shape(shape, fn, &total);
+    nk_status st = nk_check_tensor_args(fn, x, shape, y, eps, opts, &total, &ep);
     if (st)
         return st;
-    if ((!x || !y) && total)
-        return nk_fail(NK_ERR_NULL_POINTER, "%s: %s is NULL", fn, x ? "output" : "input");
-    if ((st = nk_check_eps(eps, fn)))
-        return st;
     if (running && (st = nk_check_running(running, fn, use_input_stats != 0)))
-        return st;
-    if ((st = nk_check_options(opts, fn, &ep)))
         return st;
     if (!use_input_stats) {
         if (!running)
@@ -138,7 +132,6 @@ nk_status nk_instance_norm(const float *x, const nk_shape *shape, const float *w
                        "Expected more than 1 spatial element when training, got input size "
                        "[%lld, %lld, 1]",
                        (long long)shape->n, (long long)shape->c);
-    ep.stream = total * sizeof(float) > nk_stream_threshold();
     in_ctx cx = {weight, bias, eps, 0.0, running, save_mean, save_invstd, (size_t)shape->c};
     if (running)
         cx.momentum = running->cumulative ? 0.0 : running->momentum;

@@ -27,6 +27,10 @@ nk_status nk_check_shape(const nk_shape *shape, const char *fn, size_t *total);
 nk_status nk_check_eps(double eps, const char *fn);
 /* Validates opts (NULL = defaults) and fills the kernel epilogue. */
 nk_status nk_check_options(const nk_options *opts, const char *fn, nk_epilogue *ep);
+/* The checks every (x, shape, y, eps, opts) operator starts with; fills the
+ * element count and the epilogue (stream when the output outlives the cache). */
+nk_status nk_check_tensor_args(const char *fn, const float *x, const nk_shape *s, const float *y,
+                               double eps, const nk_options *opts, size_t *total, nk_epilogue *ep);
 nk_status nk_check_running(const nk_running_stats *rs, const char *fn, bool need_momentum);
 nk_status nk_check_product(int64_t a, int64_t b, const char *fn, size_t *out);
 
