@@ -88,20 +88,25 @@ nk_status nk_check_options(const nk_options *o, const char *fn, nk_epilogue *ep)
     return NK_OK;
 }
 
-nk_status nk_check_tensor_args(const char *fn, const float *x, const nk_shape *s, const float *y,
-                               double eps, const nk_options *opts, size_t *total, nk_epilogue *ep)
+nk_status nk_check_io(const char *fn, const float *x, const float *y, size_t total, double eps,
+                      const nk_options *opts, nk_epilogue *ep)
 {
-    nk_status st = nk_check_shape(s, fn, total);
-    if (st)
-        return st;
-    if ((!x || !y) && *total)
+    nk_status st;
+    if ((!x || !y) && total)
         return nk_fail(NK_ERR_NULL_POINTER, "%s: %s is NULL", fn, x ? "output" : "input");
     if ((st = nk_check_eps(eps, fn)))
         return st;
     if ((st = nk_check_options(opts, fn, ep)))
         return st;
-    ep->stream = *total * sizeof(float) > nk_stream_threshold();
+    ep->stream = total * sizeof(float) > nk_stream_threshold();
     return NK_OK;
+}
+
+nk_status nk_check_tensor_args(const char *fn, const float *x, const nk_shape *s, const float *y,
+                               double eps, const nk_options *opts, size_t *total, nk_epilogue *ep)
+{
+    nk_status st = nk_check_shape(s, fn, total);
+    return st ? st : nk_check_io(fn, x, y, *total, eps, opts, ep);
 }
 
 nk_status nk_check_running(const nk_running_stats *rs, const char *fn, bool need_momentum)

@@ -27,6 +27,9 @@ nk_status nk_check_shape(const nk_shape *shape, const char *fn, size_t *total);
 nk_status nk_check_eps(double eps, const char *fn);
 /* Validates opts (NULL = defaults) and fills the kernel epilogue. */
 nk_status nk_check_options(const nk_options *opts, const char *fn, nk_epilogue *ep);
+/* x / y present unless empty, eps, options; fills the epilogue. */
+nk_status nk_check_io(const char *fn, const float *x, const float *y, size_t total, double eps,
+                      const nk_options *opts, nk_epilogue *ep);
 /* The checks every (x, shape, y, eps, opts) operator starts with; fills the
  * element count and the epilogue (stream when the output outlives the cache). */
 nk_status nk_check_tensor_args(const char *fn, const float *x, const nk_shape *s, const float *y,

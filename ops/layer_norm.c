@@ -15,16 +15,7 @@ static nk_status rows_check(const char *fn, const float *x, int64_t rows, int64_
         return nk_fail(NK_ERR_BAD_SHAPE, "%s: need rows >= 0 and cols >= 1, got rows=%lld cols=%lld",
                        fn, (long long)rows, (long long)cols);
     nk_status st = nk_check_product(rows, cols, fn, total);
-    if (st)
-        return st;
-    if ((!x || !y) && *total)
-        return nk_fail(NK_ERR_NULL_POINTER, "%s: %s is NULL", fn, x ? "output" : "input");
-    if ((st = nk_check_eps(eps, fn)))
-        return st;
-    if ((st = nk_check_options(opts, fn, ep)))
-        return st;
-    ep->stream = *total * sizeof(float) > nk_stream_threshold();
-    return NK_OK;
+    return st ? st : nk_check_io(fn, x, y, *total, eps, opts, ep);
 }
 
 nk_status nk_layer_norm(const float *x, int64_t rows, int64_t cols, const float *weight,
