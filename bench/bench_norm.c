@@ -508,6 +508,13 @@ static const struct model models[] = {
     {"i3_ln_512x4096", "LayerNorm 512x4096", NKB_OP_LN, CL, 512, 4096, 1, 0, NK_ACT_NONE},
     {"i3_in3d", "InstanceNorm3d 1x32x64x64x64", NKB_OP_IN, CF, 1, 32, 64 * 64 * 64, 0, NK_ACT_NONE},
     {"i3_bn_train_nhwc", "BatchNorm2d train 32x64x56x56 NHWC", NKB_OP_BN_TRAIN, CL, 32, 64, 56 * 56, 0, NK_ACT_NONE},
+    /* BatchNorm1d on (N, C) and short (N, C, L) inputs */
+    {"bn1d_train_2048x256", "BatchNorm1d train 2048x256", NKB_OP_BN_TRAIN, CF, 2048, 256, 1, 0, NK_ACT_NONE},
+    {"bn1d_eval_2048x256", "BatchNorm1d eval 2048x256", NKB_OP_BN_INFER, CF, 2048, 256, 1, 0, NK_ACT_NONE},
+    {"bn1d_train_64x512", "BatchNorm1d train 64x512", NKB_OP_BN_TRAIN, CF, 64, 512, 1, 0, NK_ACT_NONE},
+    {"bn1d_eval_64x512", "BatchNorm1d eval 64x512", NKB_OP_BN_INFER, CF, 64, 512, 1, 0, NK_ACT_NONE},
+    {"bn1d_train_32x128x9", "BatchNorm1d train 32x128x9", NKB_OP_BN_TRAIN, CF, 32, 128, 9, 0, NK_ACT_NONE},
+    {"bn1d_eval_32x128x9", "BatchNorm1d eval 32x128x9", NKB_OP_BN_INFER, CF, 32, 128, 9, 0, NK_ACT_NONE},
 };
 #define N_MODELS (sizeof models / sizeof models[0])
 

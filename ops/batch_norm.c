@@ -1,8 +1,10 @@
 /*
  * BatchNorm: statistics per channel over the batch and every spatial position.
- * Channels-first: one channel at a time, moments then normalize, so a channel
- * that fits in L2 is read from DRAM once. Channels-last: blocks of channels,
- * moments across all rows then normalize the block.
+ * Channels-first with long rows: one channel at a time, moments then
+ * normalize, so a channel that fits in L2 is read from DRAM once. Otherwise
+ * (channels-last, or channels-first with a short spatial extent such as an
+ * (N, C) input) the column view: blocks of channels, moments across all rows,
+ * then normalize the block.
  */
 #include <math.h>
 #include <string.h>
@@ -38,25 +40,37 @@ static void bn_finalize(const bn_ctx *cx, size_t c, const nk_moments *mo, float 
     }
 }
 
-/* given == NULL: compute the moments from x; else use given[c]. */
+/* Moments of channel c of a channels-first tensor with long rows. */
+static void bn_rows_channel(const nk_kernels *k, const float *x, size_t N, size_t C, size_t S,
+                            size_t c, nk_moments *acc)
+{
+    nk_moments part[64];
+    for (size_t n0 = 0; n0 < N; n0 += 64) {
+        size_t nb = N - n0 < 64 ? N - n0 : 64;
+        nk_rows_moments(k, x + (n0 * C + c) * S, nb, S, C * S, part);
+        for (size_t i = 0; i < nb; i++)
+            nk_moments_merge_inline(acc, part[i].count, part[i].mean, part[i].m2);
+    }
+}
+
+/*
+ * given == NULL: compute the moments from x; else use given[c].
+ * Channels-first with long rows: one channel at a time (moments, then
+ * normalize while the channel is in L2). Otherwise the column view: blocks of
+ * channels, moments over every row, then normalize the block.
+ */
 static void bn_run(const nk_kernels *k, const float *x, const nk_shape *s,
                    const nk_moments *given, const bn_ctx *cx, float *y, const nk_epilogue *ep)
 {
     const size_t N = (size_t)s->n, C = (size_t)s->c, S = (size_t)s->spatial;
-    if (s->layout == NK_CHANNELS_FIRST) {
-        nk_moments part[64];
+    nk_colview v;
+    if (!nk_bn_colview(s, &v)) {
         for (size_t c = 0; c < C; c++) {
             nk_moments acc = {0.0, 0.0, 0.0};
-            if (given) {
+            if (given)
                 acc = given[c];
-            } else {
-                for (size_t n0 = 0; n0 < N; n0 += 64) {
-                    size_t nb = N - n0 < 64 ? N - n0 : 64;
-                    nk_rows_moments(k, x + (n0 * C + c) * S, nb, S, C * S, part);
-                    for (size_t i = 0; i < nb; i++)
-                        nk_moments_merge_inline(&acc, part[i].count, part[i].mean, part[i].m2);
-                }
-            }
+            else
+                bn_rows_channel(k, x, N, C, S, c, &acc);
             float m, a, b;
             bn_finalize(cx, c, &acc, &m, &a, &b);
             if (N && S)
@@ -64,22 +78,22 @@ static void bn_run(const nk_kernels *k, const float *x, const nk_shape *s,
         }
         return;
     }
-    const size_t rows = N * S;
-    for (size_t c0 = 0; c0 < C; c0 += NK_CBLK) {
-        size_t nc = C - c0 < NK_CBLK ? C - c0 : NK_CBLK;
+    const size_t blk = nk_colview_block(&v);
+    for (size_t c0 = 0; c0 < C; c0 += blk) {
+        size_t nc = C - c0 < blk ? C - c0 : blk;
         nk_moments acc[NK_CBLK];
         float m[NK_CBLK], a[NK_CBLK], b[NK_CBLK];
         if (given) {
             memcpy(acc, given + c0, nc * sizeof acc[0]);
         } else {
             memset(acc, 0, nc * sizeof acc[0]);
-            if (rows)
-                nk_channels_last_moments(k, x, rows, C, c0, nc, acc);
+            if (v.rows)
+                nk_colview_moments(k, x, &v, c0, nc, acc);
         }
         for (size_t c = 0; c < nc; c++)
             bn_finalize(cx, c0 + c, &acc[c], &m[c], &a[c], &b[c]);
-        if (rows)
-            nk_channels_last_normalize(k, x, y, rows, C, c0, nc, m, a, b, ep);
+        if (v.rows)
+            nk_colview_normalize(k, x, y, &v, c0, nc, m, a, b, ep);
     }
 }
 
@@ -139,20 +153,14 @@ nk_status nk_batch_norm_stats(const float *x, const nk_shape *shape, nk_moments 
         nk_clear_error();
         return NK_OK;
     }
-    if (shape->layout == NK_CHANNELS_FIRST) {
-        nk_moments part[64];
+    nk_colview v;
+    if (!nk_bn_colview(shape, &v)) {
         for (size_t c = 0; c < C; c++)
-            for (size_t n0 = 0; n0 < N; n0 += 64) {
-                size_t nb = N - n0 < 64 ? N - n0 : 64;
-                nk_rows_moments(k, x + (n0 * C + c) * S, nb, S, C * S, part);
-                for (size_t i = 0; i < nb; i++)
-                    nk_moments_merge_inline(&per_channel[c], part[i].count, part[i].mean, part[i].m2);
-            }
+            bn_rows_channel(k, x, N, C, S, c, &per_channel[c]);
     } else {
-        for (size_t c0 = 0; c0 < C; c0 += NK_CBLK) {
-            size_t nc = C - c0 < NK_CBLK ? C - c0 : NK_CBLK;
-            nk_channels_last_moments(k, x, N * S, C, c0, nc, per_channel + c0);
-        }
+        const size_t blk = nk_colview_block(&v);
+        for (size_t c0 = 0; c0 < C; c0 += blk)
+            nk_colview_moments(k, x, &v, c0, C - c0 < blk ? C - c0 : blk, per_channel + c0);
     }
     nk_clear_error();
     return NK_OK;
@@ -194,6 +202,27 @@ nk_status nk_batch_norm_apply_moments(const float *x, const nk_shape *shape,
     return NK_OK;
 }
 
+/* m, a, b of nc channels from running statistics; branch-free loops that
+ * the compiler vectorises (this is most of the cost of short inputs). */
+static void bn_infer_params(const float *rmean, const float *rvar, const float *weight,
+                            const float *bias, double eps, size_t nc, float *m, float *a, float *b)
+{
+    double inv[NK_CBLK];
+    for (size_t c = 0; c < nc; c++)
+        inv[c] = 1.0 / sqrt((double)rvar[c] + eps);
+    if (weight)
+        for (size_t c = 0; c < nc; c++)
+            a[c] = (float)((double)weight[c] * inv[c]);
+    else
+        for (size_t c = 0; c < nc; c++)
+            a[c] = (float)inv[c];
+    memcpy(m, rmean, nc * sizeof *m);
+    if (bias)
+        memcpy(b, bias, nc * sizeof *b);
+    else
+        memset(b, 0, nc * sizeof *b);
+}
+
 nk_status nk_batch_norm_infer(const float *x, const nk_shape *shape, const float *weight,
                               const float *bias, const float *running_mean,
                               const float *running_var, double eps, float *y,
@@ -210,22 +239,21 @@ nk_status nk_batch_norm_infer(const float *x, const nk_shape *shape, const float
                        running_mean ? "var" : "mean");
     const nk_kernels *k = nk_kernels_current();
     const size_t N = (size_t)shape->n, C = (size_t)shape->c, S = (size_t)shape->spatial;
+    nk_colview v;
+    const bool cols = nk_bn_colview(shape, &v);
+    const size_t blk = cols ? nk_colview_block(&v) : NK_CBLK;
     float m[NK_CBLK], a[NK_CBLK], b[NK_CBLK];
-    for (size_t c0 = 0; c0 < C && total; c0 += NK_CBLK) {
-        size_t nc = C - c0 < NK_CBLK ? C - c0 : NK_CBLK;
-        for (size_t c = 0; c < nc; c++) {
-            double inv = 1.0 / sqrt((double)running_var[c0 + c] + eps);
-            m[c] = running_mean[c0 + c];
-            a[c] = (float)((weight ? weight[c0 + c] : 1.0) * inv);
-            b[c] = bias ? bias[c0 + c] : 0.0f;
-        }
-        if (shape->layout == NK_CHANNELS_FIRST) {
+    for (size_t c0 = 0; c0 < C && total; c0 += blk) {
+        size_t nc = C - c0 < blk ? C - c0 : blk;
+        bn_infer_params(running_mean + c0, running_var + c0, weight ? weight + c0 : NULL,
+                        bias ? bias + c0 : NULL, eps, nc, m, a, b);
+        if (cols) {
+            nk_colview_normalize(k, x, y, &v, c0, nc, m, a, b, &ep);
+        } else {
             for (size_t n = 0; n < N; n++) {
                 size_t off = (n * C + c0) * S;
                 k->norm_rows(x + off, y + off, nc, S, S, S, m, a, b, 1, &ep);
             }
-        } else {
-            nk_channels_last_normalize(k, x, y, N * S, C, c0, nc, m, a, b, &ep);
         }
     }
     nk_clear_error();

@@ -157,59 +157,119 @@ void nk_cols_moments(const nk_kernels *k, const float *x, size_t rows, size_t co
     }
 }
 
-/* Smallest multiple of C that is also a multiple of 16 floats, when small:
- * lets channels-last data with few channels run full-width vectors. */
-static size_t widened(size_t C)
+/* Smallest multiple of the row width that is also a multiple of 16 floats,
+ * when small: lets narrow rows (channels-last data with few channels, (N, C)
+ * BatchNorm input with few channels) run full-width vectors. */
+static size_t widened(size_t width)
 {
-    if (C % 16 == 0 || C > 64)
-        return C;
-    size_t w = C;
+    if (width % 16 == 0 || width > 64)
+        return width;
+    size_t w = width;
     while (w % 16)
-        w += C;
-    return w <= 256 ? w : C;
+        w += width;
+    return w <= NK_CBLK ? w : width;
 }
 
-void nk_channels_last_moments(const nk_kernels *k, const float *x, size_t rows, size_t C,
-                              size_t c0, size_t cols, nk_moments *acc)
+/* Moments of columns [j0, j0 + ncols) of `rows` rows of `stride` floats,
+ * merged in column order into acc[((j0 + j) % base) / rep - cbase]. */
+static void colview_merge_moments(const nk_kernels *k, const float *x, size_t rows, size_t j0,
+                                  size_t ncols, size_t stride, size_t base, size_t rep,
+                                  size_t cbase, nk_moments *acc)
 {
-    size_t W = (c0 == 0 && cols == C) ? widened(C) : C;
+    if (rep == 1 && j0 + ncols <= base) {
+        /* one column per channel: merge straight into the channels */
+        nk_cols_moments(k, x + j0, rows, ncols, stride, acc + (j0 - cbase));
+        return;
+    }
+    nk_moments part[NK_CBLK];
+    /* channel of column j0, and the column's place inside its channel */
+    size_t c = (j0 % base) / rep, in = (j0 % base) % rep, col = j0 % base;
+    for (size_t b0 = 0; b0 < ncols; b0 += NK_CBLK) {
+        size_t nb = ncols - b0 < NK_CBLK ? ncols - b0 : NK_CBLK;
+        memset(part, 0, nb * sizeof part[0]);
+        nk_cols_moments(k, x + j0 + b0, rows, nb, stride, part);
+        for (size_t j = 0; j < nb; j++) {
+            nk_moments_merge_inline(&acc[c - cbase], part[j].count, part[j].mean, part[j].m2);
+            if (++col == base)
+                col = c = in = 0;
+            else if (++in == rep)
+                c++, in = 0;
+        }
+    }
+}
+
+void nk_colview_moments(const nk_kernels *k, const float *x, const nk_colview *v, size_t c0,
+                        size_t nc, nk_moments *acc)
+{
+    const size_t j0 = c0 * v->rep, ncols = nc * v->rep;
+    const size_t W = ncols == v->width ? widened(v->width) : v->width;
     size_t head = 0;
-    if (W != C) {
-        size_t per = W / C, vrows = rows / per;
+    if (W != v->width) {
+        size_t per = W / v->width, vrows = v->rows / per;
         if (vrows) {
-            nk_moments wide[256];
-            memset(wide, 0, W * sizeof wide[0]);
-            nk_cols_moments(k, x, vrows, W, W, wide);
-            for (size_t j = 0; j < W; j++)
-                nk_moments_merge_inline(&acc[j % C], wide[j].count, wide[j].mean, wide[j].m2);
+            colview_merge_moments(k, x, vrows, 0, W, W, v->width, v->rep, 0, acc);
             head = vrows * per;
         }
     }
-    if (head < rows)
-        nk_cols_moments(k, x + head * C + c0, rows - head, cols, C, acc);
+    if (head < v->rows)
+        colview_merge_moments(k, x + head * v->width, v->rows - head, j0, ncols, v->width,
+                              v->width, v->rep, c0, acc);
 }
 
-void nk_channels_last_normalize(const nk_kernels *k, const float *x, float *y, size_t rows,
-                                size_t C, size_t c0, size_t cols, const float *m, const float *a,
-                                const float *b, const nk_epilogue *ep)
+void nk_colview_normalize(const nk_kernels *k, const float *x, float *y, const nk_colview *v,
+                          size_t c0, size_t nc, const float *m, const float *a, const float *b,
+                          const nk_epilogue *ep)
 {
-    size_t W = (c0 == 0 && cols == C) ? widened(C) : C;
+    const size_t j0 = c0 * v->rep, ncols = nc * v->rep;
+    const size_t W = ncols == v->width ? widened(v->width) : v->width;
+    float wm[NK_CBLK], wa[NK_CBLK], wb[NK_CBLK];
     size_t head = 0;
-    if (W != C) {
-        size_t per = W / C, vrows = rows / per;
+    if (W != v->width || v->rep > 1) {
+        /* per-column parameters: W (widened) or ncols (<= NK_CBLK) columns */
+        size_t w = W != v->width ? W : ncols;
+        for (size_t j = 0, c = 0, in = 0, col = 0; j < w; j++) {
+            wm[j] = m[c];
+            wa[j] = a[c];
+            wb[j] = b[c];
+            if (++col == v->width) /* widened: the next copy of the row */
+                col = c = in = 0;
+            else if (++in == v->rep)
+                c++, in = 0;
+        }
+        m = wm;
+        a = wa;
+        b = wb;
+    }
+    if (W != v->width) {
+        size_t per = W / v->width, vrows = v->rows / per;
         if (vrows) {
-            float wm[256], wa[256], wb[256];
-            for (size_t j = 0; j < W; j++) {
-                wm[j] = m[j % C];
-                wa[j] = a[j % C];
-                wb[j] = b[j % C];
-            }
-            k->norm_cols(x, y, vrows, W, W, W, wm, wa, wb, ep);
+            k->norm_cols(x, y, vrows, W, W, W, m, a, b, ep);
             head = vrows * per;
         }
     }
-    if (head < rows)
-        k->norm_cols(x + head * C + c0, y + head * C + c0, rows - head, cols, C, C, m, a, b, ep);
+    if (head < v->rows) {
+        /* the remaining rows start at column 0 of the per-column arrays */
+        size_t off = head * v->width + j0;
+        k->norm_cols(x + off, y + off, v->rows - head, ncols, v->width, v->width, m, a, b, ep);
+    }
+}
+
+size_t nk_colview_block(const nk_colview *v)
+{
+    return v->rep >= NK_CBLK ? 1 : NK_CBLK / v->rep;
+}
+
+bool nk_bn_colview(const nk_shape *s, nk_colview *v)
+{
+    const size_t N = (size_t)s->n, C = (size_t)s->c, S = (size_t)s->spatial;
+    if (s->layout == NK_CHANNELS_LAST) {
+        *v = (nk_colview){N * S, C, 1};
+        return true;
+    }
+    if (S >= NK_COLVIEW_MAX_SPATIAL)
+        return false;
+    *v = (nk_colview){N, C * S, S};
+    return true;
 }
 
 double nk_invstd_bn(double var, double eps)

@@ -76,6 +76,7 @@ static void gn_channels_last(const nk_kernels *k, const float *x, const nk_shape
     const size_t blk = cpg <= NK_CBLK ? (NK_CBLK / cpg) * cpg : cpg;
     nk_moments ch[NK_CBLK], gacc[NK_CBLK];
     float m[NK_CBLK], a[NK_CBLK], b[NK_CBLK], gmean[NK_CBLK], grstd[NK_CBLK];
+    const nk_colview v = {S, C, 1};
     for (size_t n = 0; n < N; n++) {
         const float *xn = x + n * S * C;
         float *yn = y + n * S * C;
@@ -86,7 +87,7 @@ static void gn_channels_last(const nk_kernels *k, const float *x, const nk_shape
             for (size_t j0 = 0; j0 < nc; j0 += NK_CBLK) {
                 size_t nj = nc - j0 < NK_CBLK ? nc - j0 : NK_CBLK;
                 memset(ch, 0, nj * sizeof ch[0]);
-                nk_channels_last_moments(k, xn, S, C, c0 + j0, nj, ch);
+                nk_colview_moments(k, xn, &v, c0 + j0, nj, ch);
                 for (size_t i = 0; i < nj; i++)
                     nk_moments_merge_inline(&gacc[(j0 + i) / cpg], ch[i].count, ch[i].mean, ch[i].m2);
             }
@@ -100,7 +101,7 @@ static void gn_channels_last(const nk_kernels *k, const float *x, const nk_shape
                     a[i] = (cx->weight ? cx->weight[c] : 1.0f) * grstd[q];
                     b[i] = cx->bias ? cx->bias[c] : 0.0f;
                 }
-                nk_channels_last_normalize(k, xn, yn, S, C, c0 + j0, nj, m, a, b, ep);
+                nk_colview_normalize(k, xn, yn, &v, c0 + j0, nj, m, a, b, ep);
             }
         }
     }

@@ -87,13 +87,14 @@ static void in_channels_last(const nk_kernels *k, const float *x, const nk_shape
         double sum_mean[NK_CBLK], sum_var[NK_CBLK];
         memset(sum_mean, 0, sizeof sum_mean);
         memset(sum_var, 0, sizeof sum_var);
+        const nk_colview v = {S, C, 1};
         for (size_t n = 0; n < N; n++) {
             const float *xn = x + n * S * C;
             memset(acc, 0, nc * sizeof acc[0]);
-            nk_channels_last_moments(k, xn, S, C, c0, nc, acc);
+            nk_colview_moments(k, xn, &v, c0, nc, acc);
             for (size_t c = 0; c < nc; c++)
                 in_finalize(cx, n, c0 + c, &acc[c], &m[c], &a[c], &b[c], &sum_mean[c], &sum_var[c]);
-            nk_channels_last_normalize(k, xn, y + n * S * C, S, C, c0, nc, m, a, b, ep);
+            nk_colview_normalize(k, xn, y + n * S * C, &v, c0, nc, m, a, b, ep);
         }
         if (cx->rs)
             for (size_t c = 0; c < nc; c++) {

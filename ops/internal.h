@@ -46,15 +46,36 @@ void nk_rows_moments(const nk_kernels *k, const float *x, size_t rows, size_t le
 void nk_cols_moments(const nk_kernels *k, const float *x, size_t rows, size_t cols, size_t stride,
                      nk_moments *acc);
 
-/* Channels-last per-channel moments over `rows` rows of C channels (one image or
- * the whole batch), channels [c0, c0 + cols). Small C uses a widened view. */
-void nk_channels_last_moments(const nk_kernels *k, const float *x, size_t rows, size_t C,
-                              size_t c0, size_t cols, nk_moments *acc);
-/* Channels-last normalize of channels [c0, c0 + cols) given per-channel m/a/b
- * (indexed from c0). */
-void nk_channels_last_normalize(const nk_kernels *k, const float *x, float *y, size_t rows,
-                                size_t C, size_t c0, size_t cols, const float *m, const float *a,
-                                const float *b, const nk_epilogue *ep);
+/*
+ * Per-channel data as a matrix of columns: `rows` rows of `width` floats,
+ * row r at x + r * width, column j belonging to channel (j % width) / rep.
+ *   channels-last (N, S, C):          rows = N * S, width = C,     rep = 1
+ *   channels-first (N, C, S), small S: rows = N,     width = C * S, rep = S
+ * The column moments and normalize kernels then run on whole rows however
+ * short the spatial extent; narrow rows are widened to full vectors.
+ */
+typedef struct nk_colview {
+    size_t rows, width, rep;
+} nk_colview;
+
+/* Channels-first tensors whose spatial extent is below this use the column
+ * view for BatchNorm; longer (n, c) rows run the row kernels. */
+#ifndef NK_COLVIEW_MAX_SPATIAL
+#  define NK_COLVIEW_MAX_SPATIAL 32
+#endif
+
+/* The column view of a per-channel (BatchNorm) shape; false when the row
+ * kernels are the better fit (channels-first with long rows). */
+bool nk_bn_colview(const nk_shape *s, nk_colview *v);
+/* Channels per block so that a block has at most NK_CBLK columns (>= 1). */
+size_t nk_colview_block(const nk_colview *v);
+/* Merges the moments of channels [c0, c0 + nc) into acc[0 .. nc). */
+void nk_colview_moments(const nk_kernels *k, const float *x, const nk_colview *v, size_t c0,
+                        size_t nc, nk_moments *acc);
+/* Normalizes channels [c0, c0 + nc) given m, a, b per channel (indexed from c0). */
+void nk_colview_normalize(const nk_kernels *k, const float *x, float *y, const nk_colview *v,
+                          size_t c0, size_t nc, const float *m, const float *a, const float *b,
+                          const nk_epilogue *ep);
 
 /* 1 / sqrt(var + eps), with PyTorch's batch_norm rule invstd = 0 when var == 0 and eps == 0. */
 double nk_invstd_bn(double var, double eps);

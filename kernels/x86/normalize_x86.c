@@ -104,6 +104,7 @@ static void NK_FN(norm_rows)(const float *x, float *y, size_t rows, size_t len, 
 /* ---- norm_cols: per-column m, a, b ---- */
 
 #define COLS_REG 4 /* rows up to COLS_REG vectors wide keep m, a, b in registers */
+#define COLS_TILE 4096 /* floats per row tile of wider rows (16 KiB, in L1) */
 
 NK_INLINE void cols_body(const float *x, float *y, size_t rows, size_t cols, size_t xstride,
                          size_t ystride, const float *m, const float *a, const float *b,
@@ -143,23 +144,56 @@ NK_INLINE void cols_body(const float *x, float *y, size_t rows, size_t cols, siz
         }
         return;
     }
-    for (size_t r = 0; r < rows; r++) {
-        const float *xr = x + r * xstride;
-        float *yr = y + r * ystride;
-        size_t i = 0;
-        for (; i + NK_VL <= cols; i += NK_VL) {
-            vf o = norm1(vf_loadu(xr + i), vf_loadu(m + i), vf_loadu(a + i), vf_loadu(b + i), act,
-                         alpha);
-            if (stream)
-                vf_stream(yr + i, o);
-            else
-                vf_storeu(yr + i, o);
+    /* Wide rows: tiles of about COLS_TILE floats of consecutive rows; inside a
+     * tile, blocks of COLS_REG vectors of columns keep their m, a, b in
+     * registers across the tile's rows, so each output vector costs one load
+     * of x and the tile is still in L1 for the next column block. */
+    const size_t tile = cols >= COLS_TILE ? 1 : COLS_TILE / cols;
+    for (size_t r0 = 0; r0 < rows; r0 += tile) {
+        const size_t nr = rows - r0 < tile ? rows - r0 : tile;
+        size_t j = 0;
+        for (; j + COLS_REG * NK_VL <= cols; j += COLS_REG * NK_VL) {
+            vf vm[COLS_REG], va[COLS_REG], vb[COLS_REG];
+            for (int v = 0; v < COLS_REG; v++) {
+                vm[v] = vf_loadu(m + j + (size_t)v * NK_VL);
+                va[v] = vf_loadu(a + j + (size_t)v * NK_VL);
+                vb[v] = vf_loadu(b + j + (size_t)v * NK_VL);
+            }
+            for (size_t r = r0; r < r0 + nr; r++) {
+                const float *xr = x + r * xstride + j;
+                float *yr = y + r * ystride + j;
+                /* the same columns of the next tile: short strided runs are
+                 * not followed by the hardware prefetchers */
+                for (int v = 0; v < COLS_REG; v += 64 / (int)NK_VBYTES ? 64 / (int)NK_VBYTES : 1)
+                    _mm_prefetch((const char *)(xr + tile * xstride + (size_t)v * NK_VL), _MM_HINT_T0);
+                for (int v = 0; v < COLS_REG; v++) {
+                    vf o = norm1(vf_loadu(xr + v * NK_VL), vm[v], va[v], vb[v], act, alpha);
+                    if (stream)
+                        vf_stream(yr + v * NK_VL, o);
+                    else
+                        vf_storeu(yr + v * NK_VL, o);
+                }
+            }
         }
-        if (tail)
-            vf_store_n(yr + i,
-                       norm1(vf_load_n(xr + i, tail), vf_load_n(m + i, tail),
-                             vf_load_n(a + i, tail), vf_load_n(b + i, tail), act, alpha),
-                       tail);
+        for (size_t r = r0; r < r0 + nr; r++) {
+            const float *xr = x + r * xstride;
+            float *yr = y + r * ystride;
+            size_t i = j;
+            for (; i + NK_VL <= cols; i += NK_VL) {
+                vf o = norm1(vf_loadu(xr + i), vf_loadu(m + i), vf_loadu(a + i), vf_loadu(b + i),
+                             act, alpha);
+                if (stream)
+                    vf_stream(yr + i, o);
+                else
+                    vf_storeu(yr + i, o);
+            }
+            if (i < cols)
+                vf_store_n(yr + i,
+                           norm1(vf_load_n(xr + i, cols - i), vf_load_n(m + i, cols - i),
+                                 vf_load_n(a + i, cols - i), vf_load_n(b + i, cols - i), act,
+                                 alpha),
+                           cols - i);
+        }
     }
 }
 
