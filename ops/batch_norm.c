@@ -97,6 +97,16 @@ static void bn_run(const nk_kernels *k, const float *x, const nk_shape *s,
     }
 }
 
+/* per_channel holds C nk_moments: larger than a float per channel */
+static nk_status bn_check_moments_array(const char *fn, const nk_shape *s)
+{
+    if (!nk_extents_fit(&s->c, 1, sizeof(nk_moments)))
+        return nk_fail(NK_ERR_BAD_SHAPE,
+                       "%s: c=%lld channels of per_channel moments do not fit in memory (at most %lld)",
+                       fn, (long long)s->c, (long long)(PTRDIFF_MAX / sizeof(nk_moments)));
+    return NK_OK;
+}
+
 static nk_status bn_check_common(const char *fn, const float *x, const nk_shape *s, const float *y,
                                  double eps, nk_running_stats *rs, const nk_options *opts,
                                  size_t *total, nk_epilogue *ep)
@@ -145,7 +155,9 @@ nk_status nk_batch_norm_stats(const float *x, const nk_shape *shape, nk_moments 
     if (st)
         return st;
     if (!per_channel || (!x && total))
-        return nk_fail(NK_ERR_NULL_POINTER, "%s: %s is NULL", fn, x ? "per_channel" : "input");
+        return nk_fail(NK_ERR_NULL_POINTER, "%s: %s is NULL", fn, x ? "per_channel" : "x");
+    if ((st = bn_check_moments_array(fn, shape)))
+        return st;
     const nk_kernels *k = nk_kernels_current();
     const size_t N = (size_t)shape->n, C = (size_t)shape->c, S = (size_t)shape->spatial;
     memset(per_channel, 0, C * sizeof per_channel[0]);
@@ -179,20 +191,28 @@ nk_status nk_batch_norm_apply_moments(const float *x, const nk_shape *shape,
     if (st)
         return st;
     if (!per_channel)
-        return nk_fail(NK_ERR_NULL_POINTER, "%s: per_channel moments are NULL", fn);
+        return nk_fail(NK_ERR_NULL_POINTER, "%s: per_channel is NULL", fn);
+    if ((st = bn_check_moments_array(fn, shape)))
+        return st;
+    const double own = (double)shape->n * (double)shape->spatial;
     for (int64_t c = 0; c < shape->c; c++) {
         double cnt = per_channel[c].count;
         if (!(cnt >= 0.0) || isinf(cnt) || cnt != floor(cnt))
-            return nk_fail(NK_ERR_BAD_PARAM, "%s: moments of channel %lld have invalid count %g", fn,
-                           (long long)c, cnt);
+            return nk_fail(NK_ERR_BAD_PARAM, "%s: per_channel[%lld].count must be a whole number >= 0, got %g",
+                           fn, (long long)c, cnt);
+        if (cnt < own)
+            return nk_fail(NK_ERR_BAD_PARAM,
+                           "%s: per_channel[%lld].count = %g is below this shard's own %g values "
+                           "(n * spatial): the moments must be merged over every shard",
+                           fn, (long long)c, cnt, own);
+        if (per_channel[c].m2 < 0.0)
+            return nk_fail(NK_ERR_BAD_PARAM, "%s: per_channel[%lld].m2 must be >= 0, got %g", fn,
+                           (long long)c, per_channel[c].m2);
         if (cnt == 1.0)
             return nk_fail(NK_ERR_TOO_FEW_VALUES,
                            "Expected more than 1 value per channel when training, got %g value(s) "
                            "for channel %lld",
                            cnt, (long long)c);
-        if (cnt == 0.0 && total)
-            return nk_fail(NK_ERR_BAD_PARAM, "%s: channel %lld has no values but the input is not empty",
-                           fn, (long long)c);
     }
     bn_ctx cx = {weight, bias, eps, 0.0, running, save_mean, save_invstd};
     if (running)
@@ -228,7 +248,15 @@ nk_status nk_batch_norm_infer(const float *x, const nk_shape *shape, const float
                               const float *running_var, double eps, float *y,
                               const nk_options *opts)
 {
-    static const char fn[] = "nk_batch_norm_infer";
+    return nk_batch_norm_infer_as("nk_batch_norm_infer", x, shape, weight, bias, running_mean,
+                                  running_var, eps, y, opts);
+}
+
+nk_status nk_batch_norm_infer_as(const char *fn, const float *x, const nk_shape *shape,
+                                 const float *weight, const float *bias, const float *running_mean,
+                                 const float *running_var, double eps, float *y,
+                                 const nk_options *opts)
+{
     size_t total;
     nk_epilogue ep;
     nk_status st = bn_check_common(fn, x, shape, y, eps, NULL, opts, &total, &ep);

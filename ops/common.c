@@ -46,6 +46,19 @@ nk_status nk_check_product(int64_t a, int64_t b, const char *fn, size_t *out)
     return NK_OK;
 }
 
+bool nk_extents_fit(const int64_t *ext, int count, size_t elem_size)
+{
+    /* zeros count as 1: an empty tensor obeys the same bound as a full one,
+     * whatever the order of its extents */
+    int64_t p = 1;
+    for (int i = 0; i < count; i++) {
+        int64_t e = ext[i] > 1 ? ext[i] : 1;
+        if (__builtin_mul_overflow(p, e, &p))
+            return false;
+    }
+    return (uint64_t)p <= (uint64_t)PTRDIFF_MAX / elem_size;
+}
+
 nk_status nk_check_shape(const nk_shape *s, const char *fn, size_t *total)
 {
     if (!s)
@@ -56,12 +69,17 @@ nk_status nk_check_shape(const nk_shape *s, const char *fn, size_t *total)
     if (s->c == 0)
         return nk_fail(NK_ERR_BAD_SHAPE, "%s: number of channels must be at least 1, got 0", fn);
     if (s->layout != NK_CHANNELS_FIRST && s->layout != NK_CHANNELS_LAST)
-        return nk_fail(NK_ERR_BAD_PARAM, "%s: unknown layout %d", fn, (int)s->layout);
-    size_t nc = 0;
-    nk_status st = nk_check_product(s->n, s->c, fn, &nc);
-    if (st)
-        return st;
-    return nk_check_product((int64_t)nc, s->spatial, fn, total);
+        return nk_fail(NK_ERR_BAD_PARAM, "%s: shape.layout must be NK_CHANNELS_FIRST (0) or "
+                       "NK_CHANNELS_LAST (1), got %d", fn, (int)s->layout);
+    const int64_t ext[3] = {s->n, s->c, s->spatial};
+    if (!nk_extents_fit(ext, 3, sizeof(float)))
+        return nk_fail(NK_ERR_BAD_SHAPE,
+                       "%s: shape [n=%lld, c=%lld, spatial=%lld] is too large: the product of "
+                       "its non-zero extents must be at most %lld elements",
+                       fn, (long long)s->n, (long long)s->c, (long long)s->spatial,
+                       (long long)(PTRDIFF_MAX / sizeof(float)));
+    *total = (size_t)s->n * (size_t)s->c * (size_t)s->spatial;
+    return NK_OK;
 }
 
 nk_status nk_check_eps(double eps, const char *fn)
@@ -79,9 +97,10 @@ nk_status nk_check_options(const nk_options *o, const char *fn, nk_epilogue *ep)
     if (!o)
         return NK_OK;
     if ((unsigned)o->activation > (unsigned)NK_ACT_GELU_TANH)
-        return nk_fail(NK_ERR_BAD_PARAM, "%s: unknown activation %d", fn, (int)o->activation);
+        return nk_fail(NK_ERR_BAD_PARAM, "%s: opts.activation must be in [0, %d], got %d", fn,
+                       (int)NK_ACT_GELU_TANH, (int)o->activation);
     if (o->activation == NK_ACT_LEAKY_RELU && !isfinite(o->alpha))
-        return nk_fail(NK_ERR_BAD_PARAM, "%s: LeakyReLU alpha must be finite, got %g", fn,
+        return nk_fail(NK_ERR_BAD_PARAM, "%s: opts.alpha (LeakyReLU slope) must be finite, got %g", fn,
                        (double)o->alpha);
     ep->act = o->activation;
     ep->alpha = o->alpha;
@@ -93,7 +112,7 @@ nk_status nk_check_io(const char *fn, const float *x, const float *y, size_t tot
 {
     nk_status st;
     if ((!x || !y) && total)
-        return nk_fail(NK_ERR_NULL_POINTER, "%s: %s is NULL", fn, x ? "output" : "input");
+        return nk_fail(NK_ERR_NULL_POINTER, "%s: %s is NULL", fn, x ? "y" : "x");
     if ((st = nk_check_eps(eps, fn)))
         return st;
     if ((st = nk_check_options(opts, fn, ep)))
@@ -112,12 +131,15 @@ nk_status nk_check_tensor_args(const char *fn, const float *x, const nk_shape *s
 nk_status nk_check_running(const nk_running_stats *rs, const char *fn, bool need_momentum)
 {
     if (!rs->mean || !rs->var)
-        return nk_fail(NK_ERR_NULL_POINTER, "%s: running statistics given without %s buffer", fn,
+        return nk_fail(NK_ERR_NULL_POINTER, "%s: running.%s is NULL", fn,
                        rs->mean ? "var" : "mean");
     if (need_momentum && !rs->cumulative && !(rs->momentum >= 0.0 && rs->momentum <= 1.0))
-        return nk_fail(NK_ERR_BAD_PARAM, "%s: momentum must be in [0, 1], got %g", fn, rs->momentum);
-    if (rs->num_batches_tracked < 0)
-        return nk_fail(NK_ERR_BAD_PARAM, "%s: num_batches_tracked must be >= 0, got %lld", fn,
+        return nk_fail(NK_ERR_BAD_PARAM, "%s: running.momentum must be in [0, 1], got %g", fn,
+                       rs->momentum);
+    /* the training call increments it: INT64_MAX has no successor */
+    if (rs->num_batches_tracked < 0 || rs->num_batches_tracked == INT64_MAX)
+        return nk_fail(NK_ERR_BAD_PARAM,
+                       "%s: running.num_batches_tracked must be in [0, INT64_MAX - 1], got %lld", fn,
                        (long long)rs->num_batches_tracked);
     return NK_OK;
 }

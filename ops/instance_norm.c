@@ -122,7 +122,8 @@ nk_status nk_instance_norm(const float *x, const nk_shape *shape, const float *w
             return nk_fail(NK_ERR_BAD_PARAM,
                            "Expected running_mean and running_var to be defined when "
                            "use_input_stats is false");
-        return nk_batch_norm_infer(x, shape, weight, bias, running->mean, running->var, eps, y, opts);
+        return nk_batch_norm_infer_as(fn, x, shape, weight, bias, running->mean, running->var, eps,
+                                      y, opts);
     }
     if (total == 0) {
         nk_clear_error();

@@ -22,7 +22,13 @@
 nk_status nk_fail(nk_status st, const char *fmt, ...) NK_PRINTF(2, 3);
 void nk_clear_error(void);
 
-/* Element count of shape, checked: extents >= 0, c >= 1, no overflow. */
+/* The size rule of every entry point: the product of the extents, each
+ * zero counted as 1, is at most PTRDIFF_MAX / elem_size. So a tensor's
+ * element count, and every per-channel, per-group or per-row array derived
+ * from its extents, fits in memory on any target (32-bit ones included),
+ * and the answer does not depend on the order of the extents. */
+bool nk_extents_fit(const int64_t *ext, int count, size_t elem_size);
+/* Element count of shape, checked: extents >= 0, c >= 1, the size rule. */
 nk_status nk_check_shape(const nk_shape *shape, const char *fn, size_t *total);
 nk_status nk_check_eps(double eps, const char *fn);
 /* Validates opts (NULL = defaults) and fills the kernel epilogue. */
@@ -100,6 +106,12 @@ static inline size_t nk_row_block(size_t len)
 
 /* Output size in bytes above which stores may bypass the cache. */
 size_t nk_stream_threshold(void);
+
+/* nk_batch_norm_infer with fn naming the caller's entry point in messages. */
+nk_status nk_batch_norm_infer_as(const char *fn, const float *x, const nk_shape *shape,
+                                 const float *weight, const float *bias, const float *running_mean,
+                                 const float *running_var, double eps, float *y,
+                                 const nk_options *opts);
 
 /* momentum after bumping num_batches_tracked when cumulative (BatchNorm rule). */
 double nk_effective_momentum(nk_running_stats *rs);

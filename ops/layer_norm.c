@@ -14,8 +14,14 @@ static nk_status rows_check(const char *fn, const float *x, int64_t rows, int64_
     if (rows < 0 || cols < 1)
         return nk_fail(NK_ERR_BAD_SHAPE, "%s: need rows >= 0 and cols >= 1, got rows=%lld cols=%lld",
                        fn, (long long)rows, (long long)cols);
-    nk_status st = nk_check_product(rows, cols, fn, total);
-    return st ? st : nk_check_io(fn, x, y, *total, eps, opts, ep);
+    const int64_t ext[2] = {rows, cols};
+    if (!nk_extents_fit(ext, 2, sizeof(float)))
+        return nk_fail(NK_ERR_BAD_SHAPE,
+                       "%s: rows=%lld x cols=%lld is too large: the product of the non-zero extents "
+                       "must be at most %lld elements",
+                       fn, (long long)rows, (long long)cols, (long long)(PTRDIFF_MAX / sizeof(float)));
+    *total = (size_t)rows * (size_t)cols;
+    return nk_check_io(fn, x, y, *total, eps, opts, ep);
 }
 
 nk_status nk_layer_norm(const float *x, int64_t rows, int64_t cols, const float *weight,

@@ -141,7 +141,7 @@ static void bad_params_every_op(void **state)
             assert_untouched(&f);
         }
         fx_init(&f);
-        expect(shaped_ops[k](&f, &good, 1e-5, &bad_act, 0.1), NK_ERR_BAD_PARAM, "unknown activation");
+        expect(shaped_ops[k](&f, &good, 1e-5, &bad_act, 0.1), NK_ERR_BAD_PARAM, "opts.activation must be in [0, 5], got");
         expect(shaped_ops[k](&f, &good, 1e-5, &bad_alpha, 0.1), NK_ERR_BAD_PARAM, "alpha");
         assert_untouched(&f);
     }
@@ -173,9 +173,9 @@ static void null_pointers(void **state)
     fx_init(&f);
     nk_running_stats rs = {f.rm, f.rv, 0.1, 0, 1, 0};
     expect(nk_batch_norm_train(NULL, &good, NULL, NULL, 1e-5, NULL, f.y, NULL, NULL, NULL),
-           NK_ERR_NULL_POINTER, "input is NULL");
+           NK_ERR_NULL_POINTER, "x is NULL");
     expect(nk_batch_norm_train(f.x, &good, NULL, NULL, 1e-5, NULL, NULL, NULL, NULL, NULL),
-           NK_ERR_NULL_POINTER, "output is NULL");
+           NK_ERR_NULL_POINTER, "y is NULL");
     rs.var = NULL;
     expect(nk_batch_norm_train(f.x, &good, NULL, NULL, 1e-5, &rs, f.y, NULL, NULL, NULL),
            NK_ERR_NULL_POINTER, "var");
@@ -258,7 +258,8 @@ static void too_few_values(void **state)
     for (int c = 0; c < C_; c++)
         mo[c] = (nk_moments){1.0, 0.0, 0.0};
     fx_init(&f);
-    expect(nk_batch_norm_apply_moments(f.x, &good, mo, NULL, NULL, 1e-5, NULL, f.y, NULL, NULL, NULL),
+    const nk_shape one_each = {1, C_, 1, NK_CHANNELS_FIRST};
+    expect(nk_batch_norm_apply_moments(f.x, &one_each, mo, NULL, NULL, 1e-5, NULL, f.y, NULL, NULL, NULL),
            NK_ERR_TOO_FEW_VALUES, "Expected more than 1 value per channel");
     assert_untouched(&f);
     /* InstanceNorm in eval without running statistics */
