@@ -8,11 +8,11 @@ nk_status nk_moments_compute(const float *x, int64_t n, nk_moments *out)
     if (!out)
         return nk_fail(NK_ERR_NULL_POINTER, "%s: out is NULL", fn);
     if (n < 0)
-        return nk_fail(NK_ERR_BAD_SHAPE, "%s: negative length %lld", fn, (long long)n);
+        return nk_fail(NK_ERR_BAD_SHAPE, "%s: n must be >= 0, got %lld", fn, (long long)n);
     if (n > (int64_t)(PTRDIFF_MAX / sizeof(float)))
-        return nk_fail(NK_ERR_BAD_SHAPE, "%s: length %lld overflows", fn, (long long)n);
+        return nk_fail(NK_ERR_BAD_SHAPE, "%s: n = %lld floats do not fit in memory", fn, (long long)n);
     if (n && !x)
-        return nk_fail(NK_ERR_NULL_POINTER, "%s: input is NULL", fn);
+        return nk_fail(NK_ERR_NULL_POINTER, "%s: x is NULL", fn);
     nk_moments m = {0.0, 0.0, 0.0};
     if (n)
         nk_rows_moments(nk_kernels_current(), x, 1, (size_t)n, (size_t)n, &m);

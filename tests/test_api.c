@@ -182,16 +182,16 @@ static void null_pointers(void **state)
     expect(nk_batch_norm_infer(f.x, &good, NULL, NULL, NULL, f.rv, 1e-5, f.y, NULL),
            NK_ERR_NULL_POINTER, "running_mean");
     expect(nk_instance_norm(f.x, &good, NULL, NULL, 1e-5, 1, NULL, NULL, NULL, NULL, NULL),
-           NK_ERR_NULL_POINTER, "output");
+           NK_ERR_NULL_POINTER, "y is NULL");
     expect(nk_group_norm(NULL, &good, 2, NULL, NULL, 1e-5, f.y, NULL, NULL, NULL),
-           NK_ERR_NULL_POINTER, "input");
+           NK_ERR_NULL_POINTER, "x is NULL");
     expect(nk_layer_norm(NULL, 3, 4, NULL, NULL, 1e-5, f.y, NULL, NULL, NULL), NK_ERR_NULL_POINTER,
-           "input");
-    expect(nk_rms_norm(f.x, 3, 4, NULL, 1e-5, NULL, NULL, NULL), NK_ERR_NULL_POINTER, "output");
+           "x is NULL");
+    expect(nk_rms_norm(f.x, 3, 4, NULL, 1e-5, NULL, NULL, NULL), NK_ERR_NULL_POINTER, "y is NULL");
     expect(nk_batch_norm_stats(f.x, &good, NULL), NK_ERR_NULL_POINTER, "per_channel");
     expect(nk_batch_norm_apply_moments(f.x, &good, NULL, NULL, NULL, 1e-5, NULL, f.y, NULL, NULL, NULL),
-           NK_ERR_NULL_POINTER, "moments");
-    expect(nk_moments_compute(NULL, 3, &(nk_moments){0, 0, 0}), NK_ERR_NULL_POINTER, "input");
+           NK_ERR_NULL_POINTER, "per_channel is NULL");
+    expect(nk_moments_compute(NULL, 3, &(nk_moments){0, 0, 0}), NK_ERR_NULL_POINTER, "x is NULL");
     expect(nk_moments_compute(f.x, 3, NULL), NK_ERR_NULL_POINTER, "out");
     expect(nk_module_forward(NULL, f.x, 1, (int64_t[]){3}, f.y), NK_ERR_NULL_POINTER, "module");
     expect(nk_module_create(NK_FW_PYTORCH, NK_LAYER_BATCH_NORM, 1, 4, NULL, NULL), NK_ERR_NULL_POINTER,
