@@ -8,7 +8,7 @@ nk_status nk_moments_compute(const float *x, int64_t n, nk_moments *out)
     if (!out)
         return nk_fail(NK_ERR_NULL_POINTER, "%s: out is NULL", fn);
     if (n < 0)
-        return nk_fail(NK_ERR_BAD_SHAPE, "%s: n must be >= 0, got %lld", fn, (long long)n);
+        return nk_fail(NK_ERR_BAD_SHAPE, "%s: negative length n = %lld", fn, (long long)n);
     if (n > (int64_t)(PTRDIFF_MAX / sizeof(float)))
         return nk_fail(NK_ERR_BAD_SHAPE, "%s: n = %lld floats do not fit in memory", fn, (long long)n);
     if (n && !x)
