@@ -19,8 +19,17 @@
  *     channels-first: (n * C + c) * spatial + s
  *     channels-last:  (n * spatial + s) * C + c
  *   N == 0 or spatial == 0 is an empty tensor (valid, nothing is written);
- *   C must be at least 1; negative extents and sizes whose element count
- *   overflows are NK_ERR_BAD_SHAPE.
+ *   C must be at least 1; negative extents are NK_ERR_BAD_SHAPE.
+ *
+ * Size rule (every entry point, the same on every target)
+ *   The product of the extents, each 0 counted as 1, must be at most
+ *   PTRDIFF_MAX / sizeof(float) elements: n * c * spatial for nk_shape,
+ *   rows * cols for LayerNorm / RMSNorm. So the tensor, and every array
+ *   sized from its extents (C weights, N * C or N * groups saved statistics,
+ *   rows saved statistics), is addressable, and an empty tensor is accepted
+ *   or refused exactly as a full one of the same non-zero extents, whatever
+ *   their order. Arrays of nk_moments (C entries) must also fit:
+ *   c <= PTRDIFF_MAX / sizeof(nk_moments). Anything larger is NK_ERR_BAD_SHAPE.
  *
  * Numerics
  *   Moments use chunked two-pass Welford/Chan accumulation (fp32 inside a chunk,
@@ -140,12 +149,13 @@ NK_API double nk_moments_var(const nk_moments *m, int unbiased);
 /* ------------------------------------------------------------------------ */
 
 typedef struct nk_running_stats {
-    float *mean;         /* C values, updated in place */
+    float *mean;         /* C values, updated in place (both NULL-checked together) */
     float *var;          /* C values, updated in place */
     double momentum;     /* weight of the new batch, in [0, 1]; ignored when cumulative */
     int cumulative;      /* PyTorch momentum=None: momentum = 1 / num_batches_tracked */
     int unbiased;        /* 1: var * n/(n-1) as PyTorch/MegEngine; 0: biased as ONNX/Keras/Paddle */
-    int64_t num_batches_tracked; /* incremented by every training call (BatchNorm) */
+    int64_t num_batches_tracked; /* incremented by every training call (BatchNorm);
+                                    must be in [0, INT64_MAX - 1] */
 } nk_running_stats;
 
 /* ------------------------------------------------------------------------ */
@@ -185,7 +195,12 @@ NK_API nk_status nk_batch_norm_stats(const float *x, const nk_shape *shape, nk_m
 
 /* The training step given global moments (C entries): updates running (may be
  * NULL) from them, normalizes x and writes y. Same checks as nk_batch_norm_train
- * with the global count in place of N * spatial. */
+ * with the global count in place of N * spatial. Each per_channel[c] must have
+ * a whole count of at least this shard's own N * spatial (the merged moments
+ * of every shard) and m2 >= 0; a count of 1 is NK_ERR_TOO_FEW_VALUES.
+ * Non-finite mean or m2 (from NaN or Inf data) are accepted and propagate
+ * to y, the saved and the running statistics as they do in
+ * nk_batch_norm_train. */
 NK_API nk_status nk_batch_norm_apply_moments(const float *x, const nk_shape *shape,
                                              const nk_moments *per_channel,
                                              const float *weight, const float *bias, double eps,
@@ -194,7 +209,8 @@ NK_API nk_status nk_batch_norm_apply_moments(const float *x, const nk_shape *sha
                                              const nk_options *opts);
 
 /* InstanceNorm: statistics per (n, c) over the spatial positions.
- * use_input_stats = 1: batch statistics (needs spatial > 1); when running is
+ * use_input_stats = 1: batch statistics (needs spatial != 1, also when N == 0,
+ * as PyTorch); when running is
  * not NULL its statistics are updated as PyTorch does (per-(n, c) update, then
  * the mean over n). num_batches_tracked is left as it is.
  * use_input_stats = 0: running statistics (running must be given) as BatchNorm
@@ -302,7 +318,10 @@ typedef struct nk_module_config {
     int trainable;
     /* Paddle */
     int use_global_stats; /* NK_DEFAULT = None */
-    /* layout: MindSpore/Paddle data_format; Keras follows axis */
+    /* layout: MindSpore/Paddle data_format (dims given in that order, e.g.
+     * NHWC); PyTorch BatchNorm/InstanceNorm/GroupNorm: the memory format
+     * (NK_CHANNELS_LAST = torch.channels_last / channels_last_3d) with dims
+     * still given as PyTorch's sizes (N, C, *); Keras follows axis */
     int data_format; /* NK_DEFAULT, NK_CHANNELS_FIRST or NK_CHANNELS_LAST */
     /* GroupNorm */
     int64_t num_groups;
@@ -323,7 +342,9 @@ typedef struct nk_module nk_module;
 /* spatial_rank: 1, 2 or 3 for BatchNorm1d/2d/3d and InstanceNorm1d/2d/3d
  * (ignored for the other layers, where any rank the framework accepts goes).
  * num_features: C, or the normalized size for LayerNorm / RMSNorm when
- * cfg->normalized_ndim is NK_DEFAULT. cfg may be NULL (all defaults). The
+ * cfg->normalized_ndim is NK_DEFAULT; with a normalized_shape it must be 0,
+ * NK_DEFAULT or the shape's product (else NK_ERR_BAD_PARAM). The parameter
+ * arrays must fit this target's address space (NK_ERR_BAD_SHAPE). cfg may be NULL (all defaults). The
  * module owns its weight, bias and running statistics, initialised as the
  * framework does, and starts in the framework's default mode (PyTorch,
  * MegEngine, Paddle: training; MindSpore, ONNX, Keras: inference). */
@@ -341,6 +362,34 @@ NK_API int nk_module_training(const nk_module *m);
 NK_API nk_status nk_module_forward(nk_module *m, const float *x, int ndim, const int64_t *dims,
                                    float *y);
 
+/*
+ * Optional outputs of nk_module_forward_ex. Set struct_size to
+ * sizeof(nk_module_outputs); fields a later version appends are read only
+ * when struct_size covers them. Every pointer may be NULL (not wanted); the
+ * caller sizes each array from the input's shape:
+ *   mean, invstd  the statistics the call normalized with: BatchNorm C values
+ *                 (the running ones in eval mode), InstanceNorm N * C,
+ *                 GroupNorm N * num_groups, LayerNorm one per normalized row
+ *                 (ONNX LayerNormalization's Mean and InvStdDev outputs).
+ *                 RMSNorm writes 1 / rms per row to invstd and leaves mean.
+ *   running_mean, running_var  BatchNorm with running statistics only: their
+ *                 values after the call, C each (ONNX BatchNormalization
+ *                 training_mode outputs running_mean / running_var).
+ * Nothing is written when the call fails.
+ */
+typedef struct nk_module_outputs {
+    uint32_t struct_size;
+    uint32_t reserved; /* 0 */
+    float *mean;
+    float *invstd;
+    float *running_mean;
+    float *running_var;
+} nk_module_outputs;
+
+/* nk_module_forward plus the optional outputs (outputs may be NULL). */
+NK_API nk_status nk_module_forward_ex(nk_module *m, const float *x, int ndim, const int64_t *dims,
+                                      float *y, const nk_module_outputs *outputs);
+
 /* Parameter and buffer access (NULL when the module has none). Writable, for
  * loading checkpoints. */
 NK_API int64_t nk_module_param_size(const nk_module *m);
@@ -349,6 +398,11 @@ NK_API float *nk_module_bias(nk_module *m);
 NK_API float *nk_module_running_mean(nk_module *m);
 NK_API float *nk_module_running_var(nk_module *m);
 NK_API int64_t nk_module_num_batches_tracked(const nk_module *m);
+/* Restores num_batches_tracked from a checkpoint (PyTorch momentum=None
+ * BatchNorm resumes its cumulative average from it). BatchNorm modules with
+ * running statistics only (else NK_ERR_UNSUPPORTED); count in
+ * [0, INT64_MAX - 1] (else NK_ERR_BAD_PARAM). */
+NK_API nk_status nk_module_set_num_batches_tracked(nk_module *m, int64_t count);
 NK_API double nk_module_eps(const nk_module *m);
 /* Momentum in PyTorch's convention (weight of the new batch); NaN when cumulative. */
 NK_API double nk_module_momentum_torch(const nk_module *m);

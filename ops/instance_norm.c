@@ -125,15 +125,16 @@ nk_status nk_instance_norm(const float *x, const nk_shape *shape, const float *w
         return nk_batch_norm_infer_as(fn, x, shape, weight, bias, running->mean, running->var, eps,
                                       y, opts);
     }
-    if (total == 0) {
-        nk_clear_error();
-        return NK_OK;
-    }
+    /* PyTorch checks the spatial size alone, so an empty batch is refused too */
     if (shape->spatial == 1)
         return nk_fail(NK_ERR_TOO_FEW_VALUES,
                        "Expected more than 1 spatial element when training, got input size "
                        "[%lld, %lld, 1]",
                        (long long)shape->n, (long long)shape->c);
+    if (total == 0) {
+        nk_clear_error();
+        return NK_OK;
+    }
     in_ctx cx = {weight, bias, eps, 0.0, running, save_mean, save_invstd, (size_t)shape->c};
     if (running)
         cx.momentum = running->cumulative ? 0.0 : running->momentum;

@@ -5,6 +5,7 @@
  */
 #include <float.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,7 @@ struct nk_module {
     int freeze, trainable;
     int unbiased;
     nk_layout layout;
+    int logical_nc;     /* dims are (N, C, *) whatever the memory layout (PyTorch) */
     int64_t groups;
     int norm_ndim;
     int64_t norm_shape[NK_MAX_NORM_DIMS];
@@ -185,7 +187,8 @@ static nk_status check_fields(nk_framework fw, nk_layer l, const nk_module_confi
         return not_for(fw, "running_var_unbiased (backend-dependent only in MindSpore)");
     if (!DEF(c->num_groups) && l != NK_LAYER_GROUP_NORM)
         return not_for(fw, "num_groups");
-    if (!DEF(c->data_format) && !((fw == NK_FW_MINDSPORE && bn) || fw == NK_FW_PADDLE))
+    if (!DEF(c->data_format) && !((fw == NK_FW_MINDSPORE && bn) || fw == NK_FW_PADDLE) &&
+        !(fw == NK_FW_PYTORCH && (bn || l == NK_LAYER_INSTANCE_NORM || l == NK_LAYER_GROUP_NORM)))
         return not_for(fw, "data_format");
     return NK_OK;
 }
@@ -198,8 +201,12 @@ nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank, in
     static const char fn[] = "nk_module_create";
     if (!out)
         return nk_fail(NK_ERR_NULL_POINTER, "%s: out is NULL", fn);
-    if ((unsigned)fw > NK_FW_PADDLE || (unsigned)layer > NK_LAYER_RMS_NORM)
-        return nk_fail(NK_ERR_BAD_PARAM, "%s: unknown framework %d or layer %d", fn, (int)fw, (int)layer);
+    if ((unsigned)fw > NK_FW_PADDLE)
+        return nk_fail(NK_ERR_BAD_PARAM, "%s: fw must be an nk_framework in [0, %d], got %d", fn,
+                       (int)NK_FW_PADDLE, (int)fw);
+    if ((unsigned)layer > NK_LAYER_RMS_NORM)
+        return nk_fail(NK_ERR_BAD_PARAM, "%s: layer must be an nk_layer in [0, %d], got %d", fn,
+                       (int)NK_LAYER_RMS_NORM, (int)layer);
     if (!layer_exists(fw, layer))
         return nk_fail(NK_ERR_UNSUPPORTED, "%s: %s has no %s layer", fn, nk_framework_name(fw),
                        layer_name(layer));
@@ -211,10 +218,22 @@ nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank, in
     nk_status st = check_fields(fw, layer, &cfg);
     if (st)
         return st;
-    if (!tri(cfg.affine) || !tri(cfg.track_running_stats) || !tri(cfg.use_batch_statistics) ||
-        !tri(cfg.freeze) || !tri(cfg.training_mode) || !tri(cfg.trainable) ||
-        !tri(cfg.use_global_stats) || !tri(cfg.bias) || !tri(cfg.running_var_unbiased))
-        return nk_fail(NK_ERR_BAD_PARAM, "%s: boolean fields take NK_DEFAULT, 0 or 1", fn);
+    const struct {
+        const char *name;
+        int v;
+    } flags[] = {{"affine", cfg.affine},
+                 {"track_running_stats", cfg.track_running_stats},
+                 {"use_batch_statistics", cfg.use_batch_statistics},
+                 {"freeze", cfg.freeze},
+                 {"training_mode", cfg.training_mode},
+                 {"trainable", cfg.trainable},
+                 {"use_global_stats", cfg.use_global_stats},
+                 {"bias", cfg.bias},
+                 {"running_var_unbiased", cfg.running_var_unbiased}};
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+        if (!tri(flags[i].v))
+            return nk_fail(NK_ERR_BAD_PARAM, "%s: %s %s: cfg.%s takes NK_DEFAULT (-1), 0 or 1, got %d",
+                           fn, nk_framework_name(fw), layer_name(layer), flags[i].name, flags[i].v);
 
     int channel_layer = layer == NK_LAYER_BATCH_NORM || layer == NK_LAYER_INSTANCE_NORM;
     if (channel_layer && fw != NK_FW_ONNX && fw != NK_FW_KERAS &&
@@ -246,19 +265,30 @@ nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank, in
                     return st;
                 P = (int64_t)p;
             }
+            if (num_features != 0 && num_features != NK_DEFAULT && num_features != P)
+                return nk_fail(NK_ERR_BAD_PARAM,
+                               "%s: num_features = %lld disagrees with normalized_shape, whose product "
+                               "is %lld: pass 0, NK_DEFAULT or %lld",
+                               fn, (long long)num_features, (long long)P, (long long)P);
         }
     } else if (!DEF(cfg.normalized_ndim)) {
         return not_for(fw, "normalized_shape");
     }
-    if (P < 1 || P > ((int64_t)1 << 40))
-        return nk_fail(NK_ERR_BAD_SHAPE, "%s: num_features must be in [1, 2^40], got %lld", fn, (long long)P);
+    if (P < 1)
+        return nk_fail(NK_ERR_BAD_SHAPE, "%s: %s %s: num_features must be at least 1, got %lld", fn,
+                       nk_framework_name(fw), layer_name(layer), (long long)P);
 
     /* eps and momentum */
     double eps = cfg.eps;
     if (eps == NK_DEFAULT || (eps == NK_EPS_NONE && fw == NK_FW_PYTORCH && layer == NK_LAYER_RMS_NORM))
         eps = nk_default_eps(fw, layer);
-    if ((st = nk_check_eps(eps, fn)))
-        return st;
+    else if (eps == NK_EPS_NONE)
+        return nk_fail(NK_ERR_BAD_PARAM,
+                       "%s: %s %s: cfg.eps = NK_EPS_NONE (-2) is PyTorch RMSNorm's eps=None only", fn,
+                       nk_framework_name(fw), layer_name(layer));
+    if (!(eps >= 0.0) || isinf(eps))
+        return nk_fail(NK_ERR_BAD_PARAM, "%s: %s %s: cfg.eps must be finite and >= 0, got %g", fn,
+                       nk_framework_name(fw), layer_name(layer), eps);
     double mom = cfg.momentum;
     int cumulative = 0;
     double defmom = nk_default_momentum(fw, layer);
@@ -269,8 +299,14 @@ nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank, in
     } else if (mom == NK_MOMENTUM_NONE && fw == NK_FW_PYTORCH) {
         cumulative = 1;
         mom = 0.0;
+    } else if (mom == NK_MOMENTUM_NONE) {
+        return nk_fail(NK_ERR_BAD_PARAM,
+                       "%s: %s %s: cfg.momentum = NK_MOMENTUM_NONE (-2) is PyTorch's momentum=None "
+                       "only; %s takes a momentum in [0, 1]",
+                       fn, nk_framework_name(fw), layer_name(layer), nk_framework_name(fw));
     } else if (!(mom >= 0.0 && mom <= 1.0)) {
-        return nk_fail(NK_ERR_BAD_PARAM, "%s: momentum must be in [0, 1], got %g", fn, mom);
+        return nk_fail(NK_ERR_BAD_PARAM, "%s: %s %s: cfg.momentum must be in [0, 1], got %g", fn,
+                       nk_framework_name(fw), layer_name(layer), mom);
     }
 
     nk_epilogue ep;
@@ -308,7 +344,10 @@ nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank, in
     }
     if (!DEF(cfg.data_format)) {
         if (cfg.data_format != NK_CHANNELS_FIRST && cfg.data_format != NK_CHANNELS_LAST)
-            return nk_fail(NK_ERR_BAD_PARAM, "%s: data_format must be NK_CHANNELS_FIRST or NK_CHANNELS_LAST", fn);
+            return nk_fail(NK_ERR_BAD_PARAM,
+                           "%s: cfg.data_format must be NK_DEFAULT, NK_CHANNELS_FIRST (0) or "
+                           "NK_CHANNELS_LAST (1), got %d",
+                           fn, cfg.data_format);
         layout = (nk_layout)cfg.data_format;
     }
 
@@ -316,9 +355,12 @@ nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank, in
     if (layer == NK_LAYER_GROUP_NORM) {
         groups = DEF(cfg.num_groups) ? (fw == NK_FW_KERAS ? 32 : 0) : cfg.num_groups;
         if (groups < 1)
-            return nk_fail(NK_ERR_BAD_PARAM, "%s: GroupNorm needs num_groups >= 1, got %lld", fn, (long long)groups);
+            return nk_fail(NK_ERR_BAD_PARAM, "%s: %s GroupNorm: cfg.num_groups must be at least 1, got %lld",
+                           fn, nk_framework_name(fw), (long long)groups);
         if (num_features % groups)
-            return nk_fail(NK_ERR_BAD_PARAM, "%s: num_channels must be divisible by num_groups", fn);
+            return nk_fail(NK_ERR_BAD_PARAM,
+                           "%s: %s GroupNorm: num_channels (%lld) must be divisible by num_groups (%lld)",
+                           fn, nk_framework_name(fw), (long long)num_features, (long long)groups);
     }
 
     int has_bias = affine;
@@ -327,7 +369,17 @@ nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank, in
     if (layer == NK_LAYER_RMS_NORM)
         has_bias = 0;
 
-    size_t nfloats = (size_t)P * ((affine ? 1u : 0u) + (has_bias ? 1u : 0u) + (track ? 2u : 0u));
+    /* P floats per parameter array: the bytes must fit size_t and ptrdiff_t
+     * on this target (a 32-bit size_t wraps long before 2^40) */
+    const int64_t arrays = (affine ? 1 : 0) + (has_bias ? 1 : 0) + (track ? 2 : 0);
+    const int64_t ext[2] = {P, arrays};
+    if (!nk_extents_fit(ext, 2, sizeof(float)) ||
+        (uint64_t)(P * arrays) > (uint64_t)((PTRDIFF_MAX - sizeof(nk_module)) / sizeof(float)))
+        return nk_fail(NK_ERR_BAD_SHAPE,
+                       "%s: %s %s: num_features = %lld needs %lld parameter arrays of that size, more "
+                       "than this target can address",
+                       fn, nk_framework_name(fw), layer_name(layer), (long long)P, (long long)arrays);
+    size_t nfloats = (size_t)P * (size_t)arrays;
     nk_module *m = calloc(1, sizeof *m + nfloats * sizeof(float));
     if (!m)
         return nk_fail(NK_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu parameters", fn, nfloats);
@@ -346,6 +398,7 @@ nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank, in
     m->trainable = cfg.trainable != 0;
     m->unbiased = unbiased;
     m->layout = layout;
+    m->logical_nc = fw == NK_FW_PYTORCH;
     m->groups = groups;
     m->norm_ndim = nd;
     memcpy(m->norm_shape, nshape, sizeof nshape);
@@ -402,6 +455,23 @@ float *nk_module_bias(nk_module *m) { return m ? m->bias : NULL; }
 float *nk_module_running_mean(nk_module *m) { return m ? m->rmean : NULL; }
 float *nk_module_running_var(nk_module *m) { return m ? m->rvar : NULL; }
 int64_t nk_module_num_batches_tracked(const nk_module *m) { return m ? m->nbt : 0; }
+
+nk_status nk_module_set_num_batches_tracked(nk_module *m, int64_t count)
+{
+    static const char fn[] = "nk_module_set_num_batches_tracked";
+    if (!m)
+        return nk_fail(NK_ERR_NULL_POINTER, "%s: module is NULL", fn);
+    if (m->layer != NK_LAYER_BATCH_NORM || !m->track)
+        return nk_fail(NK_ERR_UNSUPPORTED, "%s: this %s %s tracks no running statistics", fn,
+                       nk_framework_name(m->fw), layer_name(m->layer));
+    /* every training call adds one: INT64_MAX has no successor */
+    if (count < 0 || count == INT64_MAX)
+        return nk_fail(NK_ERR_BAD_PARAM, "%s: count must be in [0, INT64_MAX - 1], got %lld", fn,
+                       (long long)count);
+    m->nbt = count;
+    nk_clear_error();
+    return NK_OK;
+}
 double nk_module_eps(const nk_module *m) { return m ? m->eps : NAN; }
 
 double nk_module_momentum_torch(const nk_module *m)
@@ -496,9 +566,11 @@ static nk_status channel_shape(const nk_module *m, int ndim, const int64_t *dims
     int64_t n = unbatched ? 1 : dims[0];
     if (n < 0)
         return nk_fail(NK_ERR_BAD_SHAPE, "nk_module_forward: negative extent %lld at dim 0", (long long)n);
-    int cdim = m->layout == NK_CHANNELS_FIRST ? b : ndim - 1;
+    /* PyTorch names the dims (N, C, *) in either memory format */
+    const int cfirst = m->layout == NK_CHANNELS_FIRST || m->logical_nc;
+    int cdim = cfirst ? b : ndim - 1;
     int64_t sp = 0;
-    if (m->layout == NK_CHANNELS_FIRST)
+    if (cfirst)
         st = dims_product(dims, b + 1, ndim, &sp);
     else
         st = dims_product(dims, b, ndim - 1, &sp);
@@ -510,7 +582,42 @@ static nk_status channel_shape(const nk_module *m, int ndim, const int64_t *dims
     return NK_OK;
 }
 
-static nk_status forward_bn(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y)
+/* Re-words the message of an operator the module called so it names the
+ * module's layer, not the internal entry point. */
+static nk_status module_error(const nk_module *m, nk_status st)
+{
+    if (st == NK_OK)
+        return st;
+    const char *msg = nk_last_error();
+    char copy[320];
+    size_t i = 0;
+    if (!strncmp(msg, "nk_", 3)) {
+        while (msg[i] && msg[i] != ':' && msg[i] != ' ')
+            i++;
+        if (msg[i] == ':' && msg[i + 1] == ' ')
+            i += 2;
+        else
+            i = 0;
+    }
+    snprintf(copy, sizeof copy, "%s", msg + i);
+    return nk_fail(st, "nk_module_forward: %s %s: %s", nk_framework_name(m->fw), layer_name(m->layer),
+                   copy);
+}
+
+/* Eval mode: the statistics used are the running ones. */
+static void running_as_saved(const float *rmean, const float *rvar, double eps, int64_t C,
+                             const nk_module_outputs *o)
+{
+    for (int64_t c = 0; c < C; c++) {
+        if (o->mean)
+            o->mean[c] = rmean[c];
+        if (o->invstd)
+            o->invstd[c] = (float)(1.0 / sqrt((double)rvar[c] + eps));
+    }
+}
+
+static nk_status forward_bn(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y,
+                            const nk_module_outputs *o)
 {
     int unb;
     nk_status st = check_rank(m, ndim, &unb);
@@ -519,9 +626,11 @@ static nk_status forward_bn(nk_module *m, const float *x, int ndim, const int64_
     nk_shape s;
     if ((st = channel_shape(m, ndim, dims, 0, &s)))
         return st;
-    if (s.c != m->C)
-        return nk_fail(NK_ERR_BAD_SHAPE, "running_mean should contain %lld elements not %lld",
-                       (long long)s.c, (long long)m->C);
+    /* only a per-channel buffer can mismatch: without affine parameters and
+     * running statistics any channel count goes, as in PyTorch */
+    if (s.c != m->C && (m->track || m->affine))
+        return nk_fail(NK_ERR_BAD_SHAPE, "%s should contain %lld elements not %lld",
+                       m->track ? "running_mean" : "weight", (long long)s.c, (long long)m->C);
     /* batch statistics or running statistics, and whether to update them */
     int batch, update;
     switch (m->fw) {
@@ -534,7 +643,8 @@ static nk_status forward_bn(nk_module *m, const float *x, int ndim, const int64_
         update = batch;
         break;
     case NK_FW_MEGENGINE:
-        batch = !m->freeze && (m->training || !m->track);
+        /* freeze takes effect only with running statistics to freeze */
+        batch = !(m->freeze && m->track) && (m->training || !m->track);
         update = batch && m->training && m->track;
         break;
     case NK_FW_KERAS:
@@ -548,11 +658,16 @@ static nk_status forward_bn(nk_module *m, const float *x, int ndim, const int64_
         batch = update = m->training;
         break;
     }
-    if (!batch)
-        return nk_batch_norm_infer(x, &s, m->weight, m->bias, m->rmean, m->rvar, m->eps, y, &m->opts);
+    if (!batch) {
+        st = nk_batch_norm_infer(x, &s, m->weight, m->bias, m->rmean, m->rvar, m->eps, y, &m->opts);
+        if (st == NK_OK)
+            running_as_saved(m->rmean, m->rvar, m->eps, s.c, o);
+        return module_error(m, st);
+    }
     nk_running_stats rs = {m->rmean, m->rvar, nk_momentum_to_torch(m->fw, m->momentum), m->cumulative,
                            m->unbiased, m->nbt};
-    st = nk_batch_norm_train(x, &s, m->weight, m->bias, m->eps, update ? &rs : NULL, y, NULL, NULL, &m->opts);
+    st = nk_batch_norm_train(x, &s, m->weight, m->bias, m->eps, update ? &rs : NULL, y, o->mean,
+                             o->invstd, &m->opts);
     if (st == NK_ERR_TOO_FEW_VALUES) {
         char sz[200];
         format_dims(sz, sizeof sz, ndim, dims);
@@ -560,10 +675,11 @@ static nk_status forward_bn(nk_module *m, const float *x, int ndim, const int64_
     }
     if (st == NK_OK && update)
         m->nbt = rs.num_batches_tracked;
-    return st;
+    return module_error(m, st);
 }
 
-static nk_status forward_in(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y)
+static nk_status forward_in(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y,
+                            const nk_module_outputs *o)
 {
     int unb;
     nk_status st = check_rank(m, ndim, &unb);
@@ -586,17 +702,27 @@ static nk_status forward_in(nk_module *m, const float *x, int ndim, const int64_
     }
     nk_running_stats rs = {m->rmean, m->rvar, nk_momentum_to_torch(m->fw, m->momentum), m->cumulative,
                            m->unbiased, 0};
-    if (s.spatial == 1 && use_input && s.n * s.c > 0) {
+    /* PyTorch checks the spatial size alone: (0, C, 1) is refused too */
+    if (s.spatial == 1 && use_input) {
         char sz[200];
         format_dims(sz, sizeof sz, ndim, dims);
         return nk_fail(NK_ERR_TOO_FEW_VALUES,
                        "Expected more than 1 spatial element when training, got input size %s", sz);
     }
-    return nk_instance_norm(x, &s, m->weight, m->bias, m->eps, use_input,
-                            (update || !use_input) ? &rs : NULL, y, NULL, NULL, &m->opts);
+    st = nk_instance_norm(x, &s, m->weight, m->bias, m->eps, use_input,
+                          (update || !use_input) ? &rs : NULL, y, use_input ? o->mean : NULL,
+                          use_input ? o->invstd : NULL, &m->opts);
+    if (st == NK_OK && !use_input)
+        for (int64_t n = 0; n < s.n; n++) { /* N * C entries, each image the running ones */
+            nk_module_outputs on = {sizeof on, 0, o->mean ? o->mean + n * s.c : NULL,
+                                    o->invstd ? o->invstd + n * s.c : NULL, NULL, NULL};
+            running_as_saved(m->rmean, m->rvar, m->eps, s.c, &on);
+        }
+    return module_error(m, st);
 }
 
-static nk_status forward_gn(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y)
+static nk_status forward_gn(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y,
+                            const nk_module_outputs *o)
 {
     if (ndim < 2)
         return rank_error("at least 2D", ndim);
@@ -604,15 +730,18 @@ static nk_status forward_gn(nk_module *m, const float *x, int ndim, const int64_
     nk_status st = channel_shape(m, ndim, dims, 0, &s);
     if (st)
         return st;
-    if (s.c != m->C)
+    /* without weight and bias only divisibility by num_groups matters */
+    if (s.c != m->C && m->affine)
         return nk_fail(NK_ERR_BAD_SHAPE, "expected %lld channels, got input with %lld", (long long)m->C,
                        (long long)s.c);
-    return nk_group_norm(x, &s, m->groups, m->weight, m->bias, m->eps, y, NULL, NULL, &m->opts);
+    return module_error(m, nk_group_norm(x, &s, m->groups, m->weight, m->bias, m->eps, y, o->mean,
+                                         o->invstd, &m->opts));
 }
 
 static int norm_axis(int a, int ndim) { return a < 0 ? a + ndim : a; }
 
-static nk_status forward_ln(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y)
+static nk_status forward_ln(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y,
+                            const nk_module_outputs *o)
 {
     int rs, ps; /* first reduced dim, first parameter dim */
     if (m->fw == NK_FW_MINDSPORE && m->layer == NK_LAYER_LAYER_NORM) {
@@ -649,24 +778,26 @@ static nk_status forward_ln(nk_module *m, const float *x, int ndim, const int64_
         return NK_OK;
     }
     if (m->layer == NK_LAYER_RMS_NORM)
-        return nk_rms_norm(x, rows, D, m->weight, m->eps, y, NULL, &m->opts);
+        return module_error(m, nk_rms_norm(x, rows, D, m->weight, m->eps, y, o->invstd, &m->opts));
     if (ps == rs)
-        return nk_layer_norm(x, rows, D, m->weight, m->bias, m->eps, y, NULL, NULL, &m->opts);
+        return module_error(m, nk_layer_norm(x, rows, D, m->weight, m->bias, m->eps, y, o->mean,
+                                             o->invstd, &m->opts));
     if (ps < rs) {
         /* parameters also span trailing row dims: row r uses the slice (r % (P / D)) */
         int64_t k = P / D;
         for (int64_t r = 0; r < rows; r++) {
             int64_t off = (r % k) * D;
             st = nk_layer_norm(x + r * D, 1, D, m->weight ? m->weight + off : NULL,
-                               m->bias ? m->bias + off : NULL, m->eps, y + r * D, NULL, NULL, &m->opts);
+                               m->bias ? m->bias + off : NULL, m->eps, y + r * D,
+                               o->mean ? o->mean + r : NULL, o->invstd ? o->invstd + r : NULL, &m->opts);
             if (st)
-                return st;
+                return module_error(m, st);
         }
         return NK_OK;
     }
     /* ps > rs: each row holds D / P slices sharing the parameters */
-    if ((st = nk_layer_norm(x, rows, D, NULL, NULL, m->eps, y, NULL, NULL, NULL)))
-        return st;
+    if ((st = nk_layer_norm(x, rows, D, NULL, NULL, m->eps, y, o->mean, o->invstd, NULL)))
+        return module_error(m, st);
     nk_epilogue ep;
     nk_check_options(&m->opts, "nk_module_forward", &ep);
     const nk_kernels *kt = nk_kernels_current();
@@ -680,6 +811,15 @@ static nk_status forward_ln(nk_module *m, const float *x, int ndim, const int64_
 
 nk_status nk_module_forward(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y)
 {
+    return nk_module_forward_ex(m, x, ndim, dims, y, NULL);
+}
+
+/* Size of the first version of nk_module_outputs. */
+#define OUTPUTS_V1_SIZE (offsetof(nk_module_outputs, running_var) + sizeof(float *))
+
+nk_status nk_module_forward_ex(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y,
+                               const nk_module_outputs *outputs)
+{
     if (!m || !dims)
         return nk_fail(NK_ERR_NULL_POINTER, "nk_module_forward: %s is NULL", m ? "dims" : "module");
     if (ndim < 1 || ndim > 16)
@@ -690,10 +830,40 @@ nk_status nk_module_forward(nk_module *m, const float *x, int ndim, const int64_
         return st;
     if (total && (!x || !y))
         return nk_fail(NK_ERR_NULL_POINTER, "nk_module_forward: %s is NULL", x ? "output" : "input");
-    switch (m->layer) {
-    case NK_LAYER_BATCH_NORM: return forward_bn(m, x, ndim, dims, y);
-    case NK_LAYER_INSTANCE_NORM: return forward_in(m, x, ndim, dims, y);
-    case NK_LAYER_GROUP_NORM: return forward_gn(m, x, ndim, dims, y);
-    default: return forward_ln(m, x, ndim, dims, y);
+    nk_module_outputs o = {sizeof o, 0, NULL, NULL, NULL, NULL};
+    if (outputs) {
+        if (outputs->struct_size < OUTPUTS_V1_SIZE)
+            return nk_fail(NK_ERR_BAD_PARAM,
+                           "nk_module_forward_ex: outputs->struct_size must be at least %zu "
+                           "(sizeof(nk_module_outputs) of the header you compiled with), got %u",
+                           (size_t)OUTPUTS_V1_SIZE, (unsigned)outputs->struct_size);
+        /* fields past the caller's struct_size stay NULL */
+        memcpy(&o, outputs, outputs->struct_size < sizeof o ? outputs->struct_size : sizeof o);
+        if ((o.running_mean || o.running_var) && m->layer != NK_LAYER_BATCH_NORM)
+            return nk_fail(NK_ERR_BAD_PARAM,
+                           "nk_module_forward_ex: %s %s has no running statistics to return "
+                           "(outputs->running_mean / running_var must be NULL)",
+                           nk_framework_name(m->fw), layer_name(m->layer));
+        if ((o.running_mean || o.running_var) && !m->rmean)
+            return nk_fail(NK_ERR_BAD_PARAM,
+                           "nk_module_forward_ex: this %s BatchNorm tracks no running statistics "
+                           "(outputs->running_mean / running_var must be NULL)",
+                           nk_framework_name(m->fw));
     }
+    switch (m->layer) {
+    case NK_LAYER_BATCH_NORM: st = forward_bn(m, x, ndim, dims, y, &o); break;
+    case NK_LAYER_INSTANCE_NORM: st = forward_in(m, x, ndim, dims, y, &o); break;
+    case NK_LAYER_GROUP_NORM: st = forward_gn(m, x, ndim, dims, y, &o); break;
+    default: st = forward_ln(m, x, ndim, dims, y, &o); break;
+    }
+    if (st == NK_OK) {
+        /* ONNX BatchNormalization(training_mode) outputs: the running
+         * statistics after this call */
+        if (o.running_mean)
+            memcpy(o.running_mean, m->rmean, (size_t)m->C * sizeof(float));
+        if (o.running_var)
+            memcpy(o.running_var, m->rvar, (size_t)m->C * sizeof(float));
+        nk_clear_error();
+    }
+    return st;
 }
