@@ -7,7 +7,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-meson setup "$tmp/build" "$root" --prefix=/usr -Dtests=false -Dbench=disabled >/dev/null
+meson setup "$tmp/build" "$root" --prefix=/usr -Dtests=disabled -Dbench=disabled >/dev/null
 ninja -C "$tmp/build" >/dev/null
 DESTDIR="$tmp/dest" meson install -C "$tmp/build" --quiet
 pcdir=$(dirname "$(find "$tmp/dest" -name normkit.pc | head -n 1)")
@@ -25,7 +25,7 @@ cp "$root/tests/readme_example.c" "$tmp/sub/main.c"
 cat > "$tmp/sub/meson.build" <<'MESON'
 project('normkit-user', 'c', default_options : ['c_std=c11'])
 normkit = dependency('normkit', fallback : ['normkit', 'normkit_dep'],
-  default_options : ['tests=false', 'bench=disabled'])
+  default_options : ['tests=disabled', 'bench=disabled'])
 executable('user', 'main.c', dependencies : normkit)
 MESON
 meson setup "$tmp/sub/build" "$tmp/sub" --wrap-mode=forcefallback >/dev/null

@@ -85,9 +85,9 @@ for t in "${targets[@]}"; do
 
   section "$t: configure and build ($bd, -Werror, -Dbench=disabled)"
   if [ -f "$bd/build.ninja" ]; then
-    meson configure "$bd" -Dwerror=true -Dbench=disabled
+    meson configure "$bd" -Dwerror=true -Dbench=disabled -Dtests=enabled
   else
-    meson setup "$bd" --cross-file "cross/$triplet.ini" --werror -Dbench=disabled
+    meson setup "$bd" --cross-file "cross/$triplet.ini" --werror -Dbench=disabled -Dtests=enabled
   fi
   ninja -C "$bd"
 
