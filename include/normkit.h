@@ -35,6 +35,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* NK_VERSION_MAJOR/MINOR/PATCH, NK_VERSION_STRING, NK_VERSION_NUMBER,
+ * generated from meson.build's project version */
+#include "normkit_version.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -53,11 +57,10 @@ extern "C" {
 #  define NK_API
 #endif
 
-#define NK_VERSION_MAJOR 0
-#define NK_VERSION_MINOR 1
-#define NK_VERSION_PATCH 0
-
+/* Version of the library loaded at run time: NK_VERSION_STRING and
+ * NK_VERSION_NUMBER of the headers it was built with. */
 NK_API const char *nk_version(void);
+NK_API int nk_version_number(void);
 
 /* ------------------------------------------------------------------------ */
 /* Status codes                                                               */
