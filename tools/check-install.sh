@@ -15,6 +15,14 @@ DESTDIR="$tmp/dest" meson install -C "$tmp/build" --quiet
 pcdir=$(dirname "$(find "$tmp/dest" -name normkit.pc | head -n 1)")
 for f in usr/include/normkit.h usr/include/normkit_version.h; do test -f "$tmp/dest/$f"; done
 ls "$tmp/dest"/usr/lib/*/libnormkit.a "$tmp/dest"/usr/lib/*/libnormkit.so >/dev/null
+# soname carries the 0.x series only (see meson.build)
+soname=$(readelf -d "$tmp"/dest/usr/lib/*/libnormkit.so | sed -n 's/.*(SONAME).*\[\(.*\)\]/\1/p')
+[ "$soname" = libnormkit.so.0 ] || { echo "error: soname '$soname', expected libnormkit.so.0" >&2; exit 1; }
+# normkit-isa is installed, the development tools are not
+test -x "$tmp/dest/usr/bin/normkit-isa"
+for t in normkit-seeds normkit-speed; do
+  [ ! -e "$tmp/dest/usr/bin/$t" ] || { echo "error: $t must not be installed" >&2; exit 1; }
+done
 
 export PKG_CONFIG_PATH="$pcdir" PKG_CONFIG_SYSROOT_DIR="$tmp/dest"
 cc -std=c11 -Werror -o "$tmp/example" "$root/tests/readme_example.c" $(pkg-config --cflags --libs normkit)
