@@ -16,58 +16,9 @@ targets=("$@")
 
 section() { printf '\n==== %s ====\n' "$*"; }
 
-SUDO=""
-[ "$(id -u)" = 0 ] || SUDO=sudo
-export DEBIAN_FRONTEND=noninteractive
-
 # ---------------------------------------------------------------- packages
 section "cross toolchains, qemu-user and arm64/armhf libraries"
-for arch in arm64 armhf; do
-  if ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
-    echo "adding foreign architecture $arch"
-    $SUDO dpkg --add-architecture "$arch"
-  fi
-done
-
-pkgs="meson ninja-build pkg-config qemu-user
-  gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross
-  gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf libc6-dev-armhf-cross
-  libcmocka-dev:arm64 libcmocka-dev:armhf libsleef-dev:arm64 libsleef-dev:armhf"
-missing=""
-for p in $pkgs; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-
-# apt-get update exits non-zero when any one index fails (a mirror caught
-# mid-sync, "File has unexpected size"), although every other index was
-# fetched. Retry a few times; then go on with what was fetched and let the
-# install decide: it only fails if a package we need is really unknown.
-apt_update() {
-  local try
-  for try in 1 2 3; do
-    if $SUDO apt-get update -qq; then
-      return 0
-    fi
-    echo "apt-get update: an index failed (try $try of 3)" >&2
-    [ "$try" = 3 ] || sleep $((try * 5))
-  done
-  echo "apt-get update: still failing; continuing with the indexes that were fetched" >&2
-  return 0
-}
-
-if [ -n "$missing" ]; then
-  echo "installing:$missing"
-  apt_update
-  # shellcheck disable=SC2086
-  if ! $SUDO apt-get install -y -qq --no-install-recommends $missing; then
-    echo "apt-get install failed; refreshing the indexes once more" >&2
-    apt_update
-    # shellcheck disable=SC2086
-    $SUDO apt-get install -y -qq --no-install-recommends $missing
-  fi
-else
-  echo "all packages present"
-fi
+bash tools/install-deps.sh cross
 
 # ---------------------------------------------------------------- per target
 run_suite() { # build-dir label [env...]
