@@ -43,15 +43,12 @@
 extern "C" {
 #endif
 
-#if defined(NK_STATIC_DEFINE)
-#  define NK_API
-#elif defined(_WIN32)
-#  ifdef NK_BUILDING_LIBRARY
-#    define NK_API __declspec(dllexport)
-#  else
-#    define NK_API __declspec(dllimport)
-#  endif
-#elif defined(__GNUC__) && defined(NK_BUILDING_LIBRARY)
+/* Exported symbols: the library is compiled with -fvisibility=hidden and
+ * exports exactly the NK_API functions. Supported platforms: Linux and other
+ * POSIX systems with pthreads, built with GCC or Clang (ELF; Mach-O on
+ * macOS). Windows is not supported (meson.build stops there), so there is no
+ * dllexport/dllimport variant. */
+#if defined(__GNUC__) && defined(NK_BUILDING_LIBRARY)
 #  define NK_API __attribute__((visibility("default")))
 #else
 #  define NK_API
