@@ -44,29 +44,29 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* NK_VERSION_MAJOR/MINOR/PATCH, NK_VERSION_STRING, NK_VERSION_NUMBER,
+ * generated from meson.build's project version */
+#include "normkit_version.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#if defined(NK_STATIC_DEFINE)
-#  define NK_API
-#elif defined(_WIN32)
-#  ifdef NK_BUILDING_LIBRARY
-#    define NK_API __declspec(dllexport)
-#  else
-#    define NK_API __declspec(dllimport)
-#  endif
-#elif defined(__GNUC__) && defined(NK_BUILDING_LIBRARY)
+/* Exported symbols: the library is compiled with -fvisibility=hidden and
+ * exports exactly the NK_API functions. Supported platforms: Linux and other
+ * POSIX systems with pthreads, built with GCC or Clang (ELF; Mach-O on
+ * macOS). Windows is not supported (meson.build stops there), so there is no
+ * dllexport/dllimport variant. */
+#if defined(__GNUC__) && defined(NK_BUILDING_LIBRARY)
 #  define NK_API __attribute__((visibility("default")))
 #else
 #  define NK_API
 #endif
 
-#define NK_VERSION_MAJOR 0
-#define NK_VERSION_MINOR 1
-#define NK_VERSION_PATCH 0
-
+/* Version of the library loaded at run time: NK_VERSION_STRING and
+ * NK_VERSION_NUMBER of the headers it was built with. */
 NK_API const char *nk_version(void);
+NK_API int nk_version_number(void);
 
 /* ------------------------------------------------------------------------ */
 /* Status codes                                                               */

@@ -20,7 +20,8 @@ void nk_clear_error(void) { nk_errbuf[0] = '\0'; }
 
 const char *nk_last_error(void) { return nk_errbuf; }
 
-const char *nk_version(void) { return "0.1.0"; }
+const char *nk_version(void) { return NK_VERSION_STRING; }
+int nk_version_number(void) { return NK_VERSION_NUMBER; }
 
 const char *nk_status_string(nk_status status)
 {

@@ -26,7 +26,7 @@ out=${OUT_DIR:-bench-out}
 
 bash tools/install-deps.sh bench
 if [ ! -f "$build/build.ninja" ]; then
-  meson setup "$build" --buildtype=release -Dbench=enabled -Dtests=false >/dev/null
+  meson setup "$build" --buildtype=release -Dbench=enabled -Dtests=disabled >/dev/null
 fi
 ninja -C "$build" bench/normkit-bench >/dev/null
 

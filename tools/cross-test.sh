@@ -3,69 +3,22 @@
 # (armhf) with -Werror and runs the whole test suite under qemu-user: once
 # on the default ISA (NEON), once with NORMKIT_ISA=scalar, and for armhf once
 # more on an emulated ARMv7 without NEON (only kernels/arm may use NEON, so
-# the rest of the library must run there). Called by .ci/run; idempotent:
-# packages already installed are not fetched again, existing build
-# directories are reused. Usage: tools/cross-test.sh [aarch64|armhf]...
+# the rest of the library must run there). aarch64-nosleef builds aarch64
+# with -Dsleef=disabled (NEON SiLU/GELU through the scalar activation) and
+# runs the kernels suite only. Called by .ci/run; idempotent: packages
+# already installed are not fetched again, existing build directories are
+# reused. Usage: tools/cross-test.sh [aarch64|armhf|aarch64-nosleef]...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(aarch64 armhf)
+[ ${#targets[@]} -gt 0 ] || targets=(aarch64 armhf aarch64-nosleef)
 
 section() { printf '\n==== %s ====\n' "$*"; }
 
-SUDO=""
-[ "$(id -u)" = 0 ] || SUDO=sudo
-export DEBIAN_FRONTEND=noninteractive
-
 # ---------------------------------------------------------------- packages
 section "cross toolchains, qemu-user and arm64/armhf libraries"
-for arch in arm64 armhf; do
-  if ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
-    echo "adding foreign architecture $arch"
-    $SUDO dpkg --add-architecture "$arch"
-  fi
-done
-
-pkgs="meson ninja-build pkg-config qemu-user
-  gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross
-  gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf libc6-dev-armhf-cross
-  libcmocka-dev:arm64 libcmocka-dev:armhf libsleef-dev:arm64 libsleef-dev:armhf"
-missing=""
-for p in $pkgs; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-
-# apt-get update exits non-zero when any one index fails (a mirror caught
-# mid-sync, "File has unexpected size"), although every other index was
-# fetched. Retry a few times; then go on with what was fetched and let the
-# install decide: it only fails if a package we need is really unknown.
-apt_update() {
-  local try
-  for try in 1 2 3; do
-    if $SUDO apt-get update -qq; then
-      return 0
-    fi
-    echo "apt-get update: an index failed (try $try of 3)" >&2
-    [ "$try" = 3 ] || sleep $((try * 5))
-  done
-  echo "apt-get update: still failing; continuing with the indexes that were fetched" >&2
-  return 0
-}
-
-if [ -n "$missing" ]; then
-  echo "installing:$missing"
-  apt_update
-  # shellcheck disable=SC2086
-  if ! $SUDO apt-get install -y -qq --no-install-recommends $missing; then
-    echo "apt-get install failed; refreshing the indexes once more" >&2
-    apt_update
-    # shellcheck disable=SC2086
-    $SUDO apt-get install -y -qq --no-install-recommends $missing
-  fi
-else
-  echo "all packages present"
-fi
+bash tools/install-deps.sh cross
 
 # ---------------------------------------------------------------- per target
 run_suite() { # build-dir label [env...]
@@ -77,19 +30,30 @@ run_suite() { # build-dir label [env...]
 
 for t in "${targets[@]}"; do
   case "$t" in
-    aarch64) triplet=aarch64-linux-gnu qemu=qemu-aarch64 bd=build-aarch64 ;;
-    armhf) triplet=arm-linux-gnueabihf qemu=qemu-arm bd=build-armhf ;;
-    *) echo "unknown target $t (aarch64 or armhf)" >&2; exit 2 ;;
+    aarch64) triplet=aarch64-linux-gnu qemu=qemu-aarch64 bd=build-aarch64 sleef=auto ;;
+    armhf) triplet=arm-linux-gnueabihf qemu=qemu-arm bd=build-armhf sleef=auto ;;
+    aarch64-nosleef) triplet=aarch64-linux-gnu qemu=qemu-aarch64 bd=build-aarch64-nosleef sleef=disabled ;;
+    *) echo "unknown target $t (aarch64, armhf or aarch64-nosleef)" >&2; exit 2 ;;
   esac
   wrap=("$qemu" -L "/usr/$triplet")
+  opts=(-Dwerror=true -Dbench=disabled -Dtests=enabled -Dsleef=$sleef)
 
-  section "$t: configure and build ($bd, -Werror, -Dbench=disabled)"
+  section "$t: configure and build ($bd, ${opts[*]})"
   if [ -f "$bd/build.ninja" ]; then
-    meson configure "$bd" -Dwerror=true -Dbench=disabled
+    meson configure "$bd" "${opts[@]}"
   else
-    meson setup "$bd" --cross-file "cross/$triplet.ini" --werror -Dbench=disabled
+    meson setup "$bd" --cross-file "cross/$triplet.ini" "${opts[@]}"
   fi
-  ninja -C "$bd"
+  if [ "$sleef" = disabled ]; then
+    # only what the kernels suite needs
+    ninja -C "$bd" normkit-isa tests/test_kernels
+    if "$triplet-nm" "$bd/kernels/arm/libnormkit_neon.a" | grep -q Sleef_; then
+      echo "error: $t NEON kernels call SLEEF although it is disabled" >&2
+      exit 1
+    fi
+  else
+    ninja -C "$bd"
+  fi
 
   section "$t: ISAs seen under qemu"
   "${wrap[@]}" "$bd/normkit-isa" --why
@@ -100,6 +64,11 @@ for t in "${targets[@]}"; do
     exit 1
   fi
 
+  if [ "$sleef" = disabled ]; then
+    section "$t: kernels suite, default ISA (NEON without SLEEF)"
+    NORMKIT_ISA= meson test -C "$bd" --no-rebuild --print-errorlogs --timeout-multiplier 4 kernels
+    continue
+  fi
   run_suite "$bd" "$t: whole test suite, default ISA (NEON)" NORMKIT_ISA=
   run_suite "$bd" "$t: whole test suite, NORMKIT_ISA=scalar" NORMKIT_ISA=scalar
   if [ "$t" = armhf ]; then

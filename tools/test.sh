@@ -3,6 +3,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh test
-[ -f build/build.ninja ] || meson setup build --werror >/dev/null
+# -Dtests=enabled: a missing cmocka is an error here, never a silent skip
+if [ -f build/build.ninja ]; then
+  meson configure build -Dtests=enabled
+else
+  meson setup build --werror -Dtests=enabled >/dev/null
+fi
 ninja -C build
 meson test -C build --print-errorlogs

@@ -4,6 +4,11 @@
  * and 32-bit ARMv7 NEON (16 q registers, no fp64 vectors, no divide, no
  * across-vector add, FMA only with VFPv4). Included only by the kernels/arm sources,
  * which are the only units compiled with NEON enabled.
+ *
+ *   NK_HAVE_SLEEF: exp/erf/tanh for SiLU and GELU from SLEEF's NEON
+ *                  functions; without it those activations run nk_act_ref
+ *                  (the scalar reference) lane by lane. ReLU, LeakyReLU and
+ *                  no activation are vectorised either way.
  */
 #ifndef NK_KERNELS_ARM_NEON_UTIL_H
 #define NK_KERNELS_ARM_NEON_UTIL_H
@@ -11,7 +16,12 @@
 #include <arm_neon.h>
 #include <stddef.h>
 
-#include <sleef.h>
+#if defined(NK_HAVE_SLEEF) && NK_HAVE_SLEEF
+#  include <sleef.h>
+#  define NK_USE_SLEEF 1
+#else
+#  define NK_USE_SLEEF 0
+#endif
 
 #include "dispatch/kernels.h"
 
@@ -132,9 +142,23 @@ NK_INLINE void nk_scatter4(float *p, size_t stride, float32x4_t v)
     vst1q_lane_f32(p + 3 * stride, v, 3);
 }
 
+#if !NK_USE_SLEEF
+/* SiLU / GELU without SLEEF: nk_act_ref on each lane. */
+NK_INLINE float32x4_t nk_act_lanes(float32x4_t v, const int act)
+{
+    const nk_epilogue ep = {act, 0.0f, 0};
+    float t[4];
+    vst1q_f32(t, v);
+    for (int i = 0; i < 4; i++)
+        t[i] = nk_act_ref(t[i], &ep);
+    return vld1q_f32(t);
+}
+#endif
+
 /*
  * The fused activation, lane by lane the same expression as nk_act_ref
- * (kernels/ref/normalize_ref.c) with SLEEF's 1.0-ulp exp/erf/tanh. `act` is
+ * (kernels/ref/normalize_ref.c) with SLEEF's 1.0-ulp exp/erf/tanh (or
+ * nk_act_ref itself per lane when built without SLEEF). `act` is
  * a constant at every call site, so each loop is compiled per activation.
  * ReLU / LeakyReLU select on v < 0 rather than using vmaxq so that -0 and
  * NaN come out exactly as in the scalar path.
@@ -142,13 +166,21 @@ NK_INLINE void nk_scatter4(float *p, size_t stride, float32x4_t v)
 NK_INLINE float32x4_t nk_act_f32(float32x4_t v, const int act, float32x4_t alpha)
 {
     const float32x4_t zero = vdupq_n_f32(0.0f);
+#if NK_USE_SLEEF
     const float32x4_t one = vdupq_n_f32(1.0f);
     const float32x4_t half = vdupq_n_f32(0.5f);
+#endif
     switch (act) {
     case NK_ACT_RELU:
         return vbslq_f32(vcltq_f32(v, zero), zero, v);
     case NK_ACT_LEAKY_RELU:
         return vbslq_f32(vcltq_f32(v, zero), vmulq_f32(v, alpha), v);
+#if !NK_USE_SLEEF
+    case NK_ACT_SILU:
+    case NK_ACT_GELU_ERF:
+    case NK_ACT_GELU_TANH:
+        return nk_act_lanes(v, act);
+#else
     case NK_ACT_SILU:
         return nk_div_f32(v, vaddq_f32(one, NK_SLEEF_EXP(vnegq_f32(v))));
     case NK_ACT_GELU_ERF: {
@@ -160,13 +192,14 @@ NK_INLINE float32x4_t nk_act_f32(float32x4_t v, const int act, float32x4_t alpha
         float32x4_t inner = vmulq_f32(vdupq_n_f32(0.7978845608028654f), vaddq_f32(v, c3));
         return vmulq_f32(vmulq_f32(half, v), vaddq_f32(one, NK_SLEEF_TANH(inner)));
     }
+#endif
     default:
         return v;
     }
 }
 
-/* Activations that call into SLEEF: the call clobbers most registers, so
- * those loops are not unrolled. */
+/* Activations that call into SLEEF (or nk_act_ref): the call clobbers most
+ * registers, so those loops are not unrolled. */
 #define NK_ACT_IS_CALL(act) ((act) >= NK_ACT_SILU)
 
 #endif

@@ -2,9 +2,9 @@
  * NEON normalize-scale kernels: y = act((x - m) * a + b), centred before
  * scaling exactly as kernels/ref/normalize_ref.c (never folded into
  * x * a + (b - m * a)), with the activation fused and vectorised (SLEEF for
- * exp / erf / tanh). Every loop is instantiated per activation; the cheap
- * ones are unrolled NK_NEON_U vectors deep, the SLEEF ones (a call per
- * vector) are not. Tails use lane loads / stores, so nothing outside
+ * exp / erf / tanh; built without SLEEF, SiLU and GELU call the scalar
+ * nk_act_ref per lane). Every loop is instantiated per activation; the cheap
+ * ones are unrolled NK_NEON_U vectors deep, the ones with a call are not. Tails use lane loads / stores, so nothing outside
  * [x, x + len) is read or [y, y + len) written; x == y (in place) is allowed.
  * Streaming stores are not used: AArch64 has no non-temporal store
  * intrinsic and STNP gives little on the cores this targets.
