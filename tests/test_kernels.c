@@ -1,7 +1,8 @@
 /*
- * checkasm-style kernel tests: every SIMD table (AVX2, AVX-512 where the CPU
- * has it, and the AVX-512 algorithm built against SIMDe so it runs on any
- * AVX2 machine) is compared with the scalar reference kernels over a sweep
+ * checkasm-style kernel tests: every table the build has and the CPU runs
+ * (nk_kernels_for of every nk_isa: AVX2, AVX-512, NEON), and the AVX-512
+ * algorithm built against SIMDe so it runs on any AVX2 machine, is compared
+ * with the scalar reference kernels over a sweep
  * of lengths, row counts, strides, misaligned pointers, activations and
  * streaming on/off, with guard zones around every output. Moments are also
  * checked against a float64 oracle, and the SEMANTICS.md section 4 cases run
@@ -12,6 +13,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__arm__) && defined(__linux__)
+#  include <sys/auxv.h>
+#endif
 
 #include "dispatch/kernels.h"
 #include "nk_test.h"
@@ -27,7 +31,9 @@ typedef struct tbl {
     nk_kernels k;
 } tbl;
 
-static tbl tables[4];
+/* every nk_isa value, plus the emulated AVX-512 table */
+#define NKT_NUM_ISA (NK_ISA_NEON + 1)
+static tbl tables[NKT_NUM_ISA + 1];
 static int ntables;
 static const nk_kernels *ref;
 
@@ -36,16 +42,13 @@ static void load_tables(void)
     ref = nk_kernels_for(NK_ISA_SCALAR);
     assert_non_null(ref);
     ntables = 0;
-    tables[ntables].name = "scalar";
-    tables[ntables++].k = *ref;
-    const nk_kernels *t;
-    if ((t = nk_kernels_for(NK_ISA_AVX2))) {
-        tables[ntables].name = "avx2";
-        tables[ntables++].k = *t;
-    }
-    if ((t = nk_kernels_for(NK_ISA_AVX512))) {
-        tables[ntables].name = "avx512";
-        tables[ntables++].k = *t;
+    /* every table the dispatcher offers on this CPU and build, scalar first */
+    for (int i = 0; i < NKT_NUM_ISA; i++) {
+        const nk_kernels *t = nk_kernels_for((nk_isa)i);
+        if (t) {
+            tables[ntables].name = nk_isa_name((nk_isa)i);
+            tables[ntables++].k = *t;
+        }
     }
 #if defined(NKT_HAVE_EMU) && NKT_HAVE_EMU
     /* the emulated build is compiled with -mavx2 -mfma (SIMDe runs its
@@ -68,27 +71,61 @@ static int setup(void **state)
     return 0;
 }
 
+/* Which ISAs this CPU runs and this build has kernels for, found without the
+ * library's dispatcher (GCC's CPU model checks XGETBV for AVX / AVX-512). */
+static void expected_isas(int expect[NKT_NUM_ISA], int *expect_emu)
+{
+    for (int i = 0; i < NKT_NUM_ISA; i++)
+        expect[i] = 0;
+    expect[NK_ISA_SCALAR] = 1;
+    *expect_emu = 0;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    expect[NK_ISA_AVX2] = NK_HAVE_AVX2 && avx2;
+    expect[NK_ISA_AVX512] = NK_HAVE_AVX2 && NK_HAVE_AVX512 && avx512;
+#  if defined(NKT_HAVE_EMU) && NKT_HAVE_EMU
+    *expect_emu = avx2;
+#  endif
+#elif defined(__aarch64__)
+    expect[NK_ISA_NEON] = NK_HAVE_NEON; /* Advanced SIMD is baseline */
+#elif defined(__arm__) && defined(__linux__)
+    expect[NK_ISA_NEON] = NK_HAVE_NEON && (getauxval(AT_HWCAP) & (1ul << 12)) != 0; /* HWCAP_NEON */
+#endif
+}
+
+static int swept(const char *name)
+{
+    for (int i = 0; i < ntables; i++)
+        if (!strcmp(tables[i].name, name))
+            return 1;
+    return 0;
+}
+
 static void test_tables(void **state)
 {
     (void)state;
     const nk_kernels *s = nk_kernels_for(NK_ISA_SCALAR);
     assert_non_null(s);
     assert_int_equal(s->isa, NK_ISA_SCALAR);
-    int expect[3] = {1, 0, 0};
-#if defined(__x86_64__) && NK_HAVE_AVX2
-    __builtin_cpu_init();
-    expect[1] = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#  if NK_HAVE_AVX512
-    expect[2] = expect[1] && __builtin_cpu_supports("avx512f") &&
-                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-                __builtin_cpu_supports("avx512vl");
-#  endif
-#endif
-    for (int i = 0; i < 3; i++) {
-        const nk_kernels *t = nk_kernels_for((nk_isa)i);
+    print_message("kernel tables swept:");
+    for (int i = 0; i < ntables; i++)
+        print_message(" %s", tables[i].name);
+    print_message("\n");
+    int expect[NKT_NUM_ISA], expect_emu;
+    expected_isas(expect, &expect_emu);
+    for (int i = 0; i < NKT_NUM_ISA; i++) {
         if (!expect[i])
             continue;
-        assert_non_null(t);
+        const nk_kernels *t = nk_kernels_for((nk_isa)i);
+        if (!t || !swept(nk_isa_name((nk_isa)i))) {
+            print_error("the build has %s kernels and this CPU runs them, but the sweep does not "
+                        "cover them (%s)\n",
+                        nk_isa_name((nk_isa)i), nk_isa_reason((nk_isa)i));
+            fail();
+        }
         assert_int_equal(t->isa, i);
         assert_non_null(t->moments_rows);
         assert_non_null(t->moments_cols);
@@ -106,14 +143,11 @@ static void test_tables(void **state)
             assert_ptr_not_equal(t->norm_affine, s->norm_affine);
         }
     }
-#if defined(NKT_HAVE_EMU) && NKT_HAVE_EMU
-    if (expect[1])
-        assert_string_equal(tables[ntables - 1].name, "avx512-emu");
-#endif
-    print_message("kernel tables under test:");
-    for (int i = 0; i < ntables; i++)
-        print_message(" %s", tables[i].name);
-    print_message("\n");
+    if (expect_emu && !swept("avx512-emu")) {
+        print_error("the SIMDe-emulated AVX-512 table is built and this CPU has AVX2, but the "
+                    "sweep does not cover it\n");
+        fail();
+    }
 }
 
 /* ---------------------------------------------------------- moments */
@@ -570,10 +604,10 @@ static void test_huge_kernels(void **state)
 static void test_api_semantics(void **state)
 {
     (void)state;
-    const nk_isa isas[] = {NK_ISA_SCALAR, NK_ISA_AVX2, NK_ISA_AVX512};
+    const nk_isa isas[] = {NK_ISA_SCALAR, NK_ISA_AVX2, NK_ISA_AVX512, NK_ISA_NEON};
     const nk_isa saved = nk_get_isa();
     nkt_rng rng;
-    for (size_t ii = 0; ii < 3; ii++) {
+    for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
         if (!nk_isa_supported(isas[ii]))
             continue;
         assert_int_equal(nk_set_isa(isas[ii]), NK_OK);
