@@ -14,6 +14,11 @@ typedef struct nkt_rng {
     uint64_t s;
 } nkt_rng;
 
+/* Every generator is seeded with a per-test constant mixed with the run seed:
+ * NORMKIT_TEST_SEED (decimal or 0x hex) when set, else NKT_DEFAULT_SEED.
+ * Each test program prints it once ("seed: N (replay with ...)"). */
+#define NKT_DEFAULT_SEED 0u
+uint64_t nkt_run_seed(void);
 void nkt_seed(nkt_rng *r, uint64_t seed);
 uint64_t nkt_next(nkt_rng *r);
 double nkt_uniform(nkt_rng *r);                 /* [0, 1) */

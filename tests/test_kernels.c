@@ -1,7 +1,8 @@
 /*
- * checkasm-style kernel tests: every SIMD table (AVX2, AVX-512 where the CPU
- * has it, and the AVX-512 algorithm built against SIMDe so it runs on any
- * AVX2 machine) is compared with the scalar reference kernels over a sweep
+ * checkasm-style kernel tests: every table the build has and the CPU runs
+ * (nk_kernels_for of every nk_isa: AVX2, AVX-512, NEON), and the AVX-512
+ * algorithm built against SIMDe so it runs on any AVX2 machine, is compared
+ * with the scalar reference kernels over a sweep
  * of lengths, row counts, strides, misaligned pointers, activations and
  * streaming on/off, with guard zones around every output. Moments are also
  * checked against a float64 oracle, and the SEMANTICS.md section 4 cases run
@@ -12,9 +13,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__arm__) && defined(__linux__)
+#  include <sys/auxv.h>
+#endif
 
 #include "dispatch/kernels.h"
 #include "nk_test.h"
+#include "ops/internal.h"
 
 #if defined(NKT_HAVE_EMU) && NKT_HAVE_EMU
 void nk_kernels_init_avx512_emu(nk_kernels *k);
@@ -27,7 +32,9 @@ typedef struct tbl {
     nk_kernels k;
 } tbl;
 
-static tbl tables[4];
+/* every nk_isa value, plus the emulated AVX-512 table */
+#define NKT_NUM_ISA (NK_ISA_NEON + 1)
+static tbl tables[NKT_NUM_ISA + 1];
 static int ntables;
 static const nk_kernels *ref;
 
@@ -36,16 +43,13 @@ static void load_tables(void)
     ref = nk_kernels_for(NK_ISA_SCALAR);
     assert_non_null(ref);
     ntables = 0;
-    tables[ntables].name = "scalar";
-    tables[ntables++].k = *ref;
-    const nk_kernels *t;
-    if ((t = nk_kernels_for(NK_ISA_AVX2))) {
-        tables[ntables].name = "avx2";
-        tables[ntables++].k = *t;
-    }
-    if ((t = nk_kernels_for(NK_ISA_AVX512))) {
-        tables[ntables].name = "avx512";
-        tables[ntables++].k = *t;
+    /* every table the dispatcher offers on this CPU and build, scalar first */
+    for (int i = 0; i < NKT_NUM_ISA; i++) {
+        const nk_kernels *t = nk_kernels_for((nk_isa)i);
+        if (t) {
+            tables[ntables].name = nk_isa_name((nk_isa)i);
+            tables[ntables++].k = *t;
+        }
     }
 #if defined(NKT_HAVE_EMU) && NKT_HAVE_EMU
     /* the emulated build is compiled with -mavx2 -mfma (SIMDe runs its
@@ -68,27 +72,61 @@ static int setup(void **state)
     return 0;
 }
 
+/* Which ISAs this CPU runs and this build has kernels for, found without the
+ * library's dispatcher (GCC's CPU model checks XGETBV for AVX / AVX-512). */
+static void expected_isas(int expect[NKT_NUM_ISA], int *expect_emu)
+{
+    for (int i = 0; i < NKT_NUM_ISA; i++)
+        expect[i] = 0;
+    expect[NK_ISA_SCALAR] = 1;
+    *expect_emu = 0;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    int avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    expect[NK_ISA_AVX2] = NK_HAVE_AVX2 && avx2;
+    expect[NK_ISA_AVX512] = NK_HAVE_AVX2 && NK_HAVE_AVX512 && avx512;
+#  if defined(NKT_HAVE_EMU) && NKT_HAVE_EMU
+    *expect_emu = avx2;
+#  endif
+#elif defined(__aarch64__)
+    expect[NK_ISA_NEON] = NK_HAVE_NEON; /* Advanced SIMD is baseline */
+#elif defined(__arm__) && defined(__linux__)
+    expect[NK_ISA_NEON] = NK_HAVE_NEON && (getauxval(AT_HWCAP) & (1ul << 12)) != 0; /* HWCAP_NEON */
+#endif
+}
+
+static int swept(const char *name)
+{
+    for (int i = 0; i < ntables; i++)
+        if (!strcmp(tables[i].name, name))
+            return 1;
+    return 0;
+}
+
 static void test_tables(void **state)
 {
     (void)state;
     const nk_kernels *s = nk_kernels_for(NK_ISA_SCALAR);
     assert_non_null(s);
     assert_int_equal(s->isa, NK_ISA_SCALAR);
-    int expect[3] = {1, 0, 0};
-#if defined(__x86_64__) && NK_HAVE_AVX2
-    __builtin_cpu_init();
-    expect[1] = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#  if NK_HAVE_AVX512
-    expect[2] = expect[1] && __builtin_cpu_supports("avx512f") &&
-                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-                __builtin_cpu_supports("avx512vl");
-#  endif
-#endif
-    for (int i = 0; i < 3; i++) {
-        const nk_kernels *t = nk_kernels_for((nk_isa)i);
+    print_message("kernel tables swept:");
+    for (int i = 0; i < ntables; i++)
+        print_message(" %s", tables[i].name);
+    print_message("\n");
+    int expect[NKT_NUM_ISA], expect_emu;
+    expected_isas(expect, &expect_emu);
+    for (int i = 0; i < NKT_NUM_ISA; i++) {
         if (!expect[i])
             continue;
-        assert_non_null(t);
+        const nk_kernels *t = nk_kernels_for((nk_isa)i);
+        if (!t || !swept(nk_isa_name((nk_isa)i))) {
+            print_error("the build has %s kernels and this CPU runs them, but the sweep does not "
+                        "cover them (%s)\n",
+                        nk_isa_name((nk_isa)i), nk_isa_reason((nk_isa)i));
+            fail();
+        }
         assert_int_equal(t->isa, i);
         assert_non_null(t->moments_rows);
         assert_non_null(t->moments_cols);
@@ -106,14 +144,11 @@ static void test_tables(void **state)
             assert_ptr_not_equal(t->norm_affine, s->norm_affine);
         }
     }
-#if defined(NKT_HAVE_EMU) && NKT_HAVE_EMU
-    if (expect[1])
-        assert_string_equal(tables[ntables - 1].name, "avx512-emu");
-#endif
-    print_message("kernel tables under test:");
-    for (int i = 0; i < ntables; i++)
-        print_message(" %s", tables[i].name);
-    print_message("\n");
+    if (expect_emu && !swept("avx512-emu")) {
+        print_error("the SIMDe-emulated AVX-512 table is built and this CPU has AVX2, but the "
+                    "sweep does not cover it\n");
+        fail();
+    }
 }
 
 /* ---------------------------------------------------------- moments */
@@ -546,34 +581,289 @@ static void test_shifted_kernels(void **state)
     }
 }
 
-/* |x| ~ 1e30: fp32 squares overflow; the kernels either stay correct or
- * report non-finite so the ops layer recomputes in fp64. */
+/* ------------------------------------------------ fp32 overflow */
+
+/*
+ * Kernel contract for data whose fp32 sums can overflow: a finite result
+ * equals the float64 oracle within the usual tolerance; a non-finite one
+ * flags the overflow so that the ops layer (nk_rows_moments /
+ * nk_cols_moments) recomputes in fp64. A kernel may flag only where some
+ * fp32 sum can overflow: the sum of the values, or the sum of squared
+ * deviations from a provisional mean anywhere in [min, max].
+ */
+static int may_overflow(const float *x, size_t n, size_t step)
+{
+    double lo = INFINITY, hi = -INFINITY, amax = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double v = x[i * step];
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+        amax = fabs(v) > amax ? fabs(v) : amax;
+    }
+    double dlo = 0.0, dhi = 0.0; /* convex in the provisional mean: worst at an end */
+    for (size_t i = 0; i < n; i++) {
+        double v = x[i * step];
+        dlo += (v - lo) * (v - lo);
+        dhi += (v - hi) * (v - hi);
+    }
+    const double limit = 0.5 * FLT_MAX;
+    return (double)n * amax >= limit || dlo >= limit || dhi >= limit;
+}
+
+typedef struct huge_count {
+    int finite, flagged;
+} huge_count;
+
+static void check_contract(const tbl *t, const char *what, const nk_moments *got,
+                           const nk_moments *want, int overflow_possible, size_t a, size_t b,
+                           huge_count *cnt)
+{
+    if (isfinite(got->mean) && isfinite(got->m2)) {
+        char w[64];
+        snprintf(w, sizeof w, "%s %s", t->name, what);
+        check_moments(got, want, 1.0, w, a, b);
+        cnt->finite++;
+        return;
+    }
+    cnt->flagged++;
+    if (!overflow_possible) {
+        print_error("%s %s (%zu, %zu): non-finite {%g, %g, %g} although no fp32 sum can overflow "
+                    "(oracle {%g, %.17g, %.17g})\n",
+                    t->name, what, a, b, got->count, got->mean, got->m2, want->count, want->mean,
+                    want->m2);
+        fail();
+    }
+}
+
+/* x[i] uniform in [mu - h, mu + h] */
+static void fill_uniform(nkt_rng *rng, float *x, size_t n, double mu, double h)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = (float)(mu + h * (2.0 * nkt_uniform(rng) - 1.0));
+}
+
+/*
+ * Half-width of uniform data of n values whose squared deviations from the
+ * mean sum to about f * FLT_MAX: f < 0.1 never overflows fp32, f > 1 overflows
+ * a plain fp32 sum, and a chunked / multi-lane kernel may or may not.
+ */
+static double overflow_halfwidth(size_t n, double f)
+{
+    return sqrt(3.0 * f * (double)FLT_MAX / (double)n);
+}
+
+static const size_t huge_lens[] = {1, 2, 3, 5, 8, 16, 17, 31, 64, 100, 255, 256, 257, 1000, 4099};
+static const double huge_f[] = {0.01, 0.05, 0.5, 2.0, 20.0, 200.0};
+
+/* One data set: rows x len (row stride len + 1) and the same values seen as
+ * len rows of `rows` columns; kernel contract and fp64 fallback, rows and
+ * columns, and the sum of squares. */
+static void run_huge(const tbl *t, const float *x, size_t rows, size_t len, huge_count *cnt)
+{
+    const size_t stride = len + 1;
+    nk_moments got[3], want[3], fixed[3];
+    char rw[64], cw[64];
+    snprintf(rw, sizeof rw, "%s nk_rows_moments", t->name);
+    snprintf(cw, sizeof cw, "%s nk_cols_moments", t->name);
+    t->k.moments_rows(x, rows, len, stride, got);
+    nk_rows_moments(&t->k, x, rows, len, stride, fixed);
+    double ss[3];
+    t->k.sumsq_rows(x, rows, len, stride, ss);
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * stride;
+        oracle_moments(xr, len, 1, &want[r]);
+        check_contract(t, "moments_rows", &got[r], &want[r], may_overflow(xr, len, 1), rows, len, cnt);
+        check_moments(&fixed[r], &want[r], 1.0, rw, rows, len);
+        double sq = 0.0, amax = 0.0;
+        for (size_t i = 0; i < len; i++) {
+            sq += (double)xr[i] * xr[i];
+            amax = fabs(xr[i]) > amax ? fabs(xr[i]) : amax;
+        }
+        if (isfinite(ss[r])) {
+            if (!(fabs(ss[r] - sq) <= 3e-5 * sq)) {
+                print_error("%s sumsq_rows (%zu, %zu): got %.17g want %.17g\n", t->name, rows, len,
+                            ss[r], sq);
+                fail();
+            }
+        } else if (!((double)len * amax * amax >= 0.5 * FLT_MAX)) {
+            print_error("%s sumsq_rows (%zu, %zu): non-finite %g although no fp32 sum can "
+                        "overflow (oracle %.17g)\n",
+                        t->name, rows, len, ss[r], sq);
+            fail();
+        }
+    }
+    /* columns: the first `rows` values of each row are column data of `len` rows */
+    nk_moments acc[3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}}, facc[3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}};
+    float *xc = malloc(len * rows * sizeof *xc);
+    assert_non_null(xc);
+    for (size_t i = 0; i < len; i++)
+        for (size_t c = 0; c < rows; c++)
+            xc[i * rows + c] = x[c * stride + i];
+    t->k.moments_cols(xc, len, rows, rows, acc);
+    nk_cols_moments(&t->k, xc, len, rows, rows, facc);
+    for (size_t c = 0; c < rows; c++) {
+        check_contract(t, "moments_cols", &acc[c], &want[c], may_overflow(xc + c, len, rows), len,
+                       rows, cnt);
+        check_moments(&facc[c], &want[c], 1.0, cw, len, rows);
+    }
+    free(xc);
+}
+
+/*
+ * Values of 1e17..1e21 whose squared deviations sum to 0.01 .. 200 times
+ * FLT_MAX (finite in fp32 for some lengths, chunkings and lane counts only),
+ * and |x| ~ 1e30 (every square overflows) and ~1e37 (the plain sum overflows
+ * too). Every table: the raw kernels keep the contract above, and
+ * nk_rows_moments / nk_cols_moments give the float64 oracle.
+ */
 static void test_huge_kernels(void **state)
 {
     (void)state;
-    float x[300];
-    nkt_rng rng;
-    nkt_seed(&rng, 18);
-    for (int i = 0; i < 300; i++)
-        x[i] = (float)(1e30 * (1.0 + nkt_normal(&rng)));
-    nk_moments want;
-    oracle_moments(x, 300, 1, &want);
+    enum { ROWS = 3 };
+    float *x = malloc(ROWS * (4099 + 1) * sizeof *x);
+    assert_non_null(x);
     for (int ti = 0; ti < ntables; ti++) {
-        nk_moments o;
-        tables[ti].k.moments_rows(x, 1, 300, 300, &o);
-        if (isfinite(o.mean) && isfinite(o.m2))
-            check_moments(&o, &want, 1.0, tables[ti].name, 1, 300);
+        nkt_rng rng;
+        nkt_seed(&rng, 18);
+        huge_count cnt = {0, 0};
+        for (size_t li = 0; li < sizeof huge_lens / sizeof huge_lens[0]; li++) {
+            const size_t len = huge_lens[li];
+            for (size_t fi = 0; fi < sizeof huge_f / sizeof huge_f[0]; fi++) {
+                double h = overflow_halfwidth(len, huge_f[fi]);
+                fill_uniform(&rng, x, ROWS * (len + 1), 2.0 * h + 1e18, h);
+                run_huge(&tables[ti], x, ROWS, len, &cnt);
+            }
+            fill_uniform(&rng, x, ROWS * (len + 1), 1e30, 5e29);
+            run_huge(&tables[ti], x, ROWS, len, &cnt);
+            fill_uniform(&rng, x, ROWS * (len + 1), -1e37, 5e36);
+            run_huge(&tables[ti], x, ROWS, len, &cnt);
+        }
+        print_message("%s: %d overflow-prone moments finite and exact, %d flagged non-finite\n",
+                      tables[ti].name, cnt.finite, cnt.flagged);
+        /* both outcomes occur: the sweep reaches past the fp32 range and stays inside it */
+        assert_true(cnt.finite > 0 && cnt.flagged > 0);
     }
+    free(x);
+}
+
+/* The same data through the public operators, on every ISA: outputs and
+ * saved statistics equal the float64 oracle. */
+static void check_saved(const float *got, const double *want, size_t n, double rtol, const char *what)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!(fabs(got[i] - want[i]) <= rtol * fabs(want[i]))) {
+            print_error("%s[%zu]: got %.9g, expected %.9g\n", what, i, (double)got[i], want[i]);
+            fail();
+        }
+}
+
+static void huge_api_case(const float *x, size_t len, double ratio, const char *isa, const char *tag)
+{
+    enum { ROWS = 3 };
+    const size_t n = ROWS * len;
+    float *y = malloc(n * sizeof *y), *w = malloc(len * sizeof *w), *b = malloc(len * sizeof *b);
+    double *yr = malloc(n * sizeof *yr);
+    assert_true(y && w && b && yr);
+    for (size_t i = 0; i < len; i++) {
+        w[i] = 0.5f + 0.125f * (float)(i % 7);
+        b[i] = 0.25f * (float)(i % 5) - 0.5f;
+    }
+    /* |mean| / std is up to `ratio`: the fp32 mean costs half an ulp of it */
+    const double atol = 2e-5 + 1.2e-7 * ratio;
+    char what[128];
+    float sm[ROWS], si[ROWS];
+    double wm[ROWS], wi[ROWS];
+    for (size_t r = 0; r < ROWS; r++) {
+        nk_moments m;
+        oracle_moments(x + r * len, len, 1, &m);
+        wm[r] = m.mean;
+        wi[r] = 1.0 / sqrt(m.m2 / (double)len + 1e-5);
+    }
+
+    snprintf(what, sizeof what, "%s %s LayerNorm len %zu", isa, tag, len);
+    assert_int_equal(nk_layer_norm(x, ROWS, (int64_t)len, w, b, 1e-5, y, sm, si, NULL), NK_OK);
+    nkt_oracle_layer_norm(x, ROWS, (int64_t)len, w, b, 1e-5, NULL, yr);
+    nkt_assert_close(y, yr, n, atol, 0.0, what);
+    check_saved(sm, wm, ROWS, 1e-6, what);
+    check_saved(si, wi, ROWS, 1e-5, what);
+
+    snprintf(what, sizeof what, "%s %s RMSNorm len %zu", isa, tag, len);
+    assert_int_equal(nk_rms_norm(x, ROWS, (int64_t)len, w, 1e-6, y, si, NULL), NK_OK);
+    nkt_oracle_rms_norm(x, ROWS, (int64_t)len, w, 1e-6, NULL, yr);
+    nkt_assert_close(y, yr, n, 2e-5, 0.0, what);
+    for (size_t r = 0; r < ROWS; r++) {
+        double sq = 0.0;
+        for (size_t i = 0; i < len; i++)
+            sq += (double)x[r * len + i] * x[r * len + i];
+        wi[r] = 1.0 / sqrt(sq / (double)len + 1e-6);
+    }
+    check_saved(si, wi, ROWS, 1e-5, what);
+
+    for (int lay = 0; lay < 2; lay++) {
+        const nk_shape s = {1, ROWS, (int64_t)len, (nk_layout)lay};
+        const char *ls = lay ? "NHWC" : "NCHW";
+        if (len < 2)
+            break;
+        snprintf(what, sizeof what, "%s %s BatchNorm %s len %zu", isa, tag, ls, len);
+        assert_int_equal(nk_batch_norm_train(x, &s, NULL, NULL, 1e-5, NULL, y, NULL, NULL, NULL),
+                         NK_OK);
+        nkt_oracle_norm(x, &s, NKT_BN, 1, NULL, NULL, 1e-5, NULL, yr);
+        nkt_assert_close(y, yr, n, atol, 0.0, what);
+        snprintf(what, sizeof what, "%s %s InstanceNorm %s len %zu", isa, tag, ls, len);
+        assert_int_equal(nk_instance_norm(x, &s, NULL, NULL, 1e-5, 1, NULL, y, NULL, NULL, NULL),
+                         NK_OK);
+        nkt_oracle_norm(x, &s, NKT_IN, 1, NULL, NULL, 1e-5, NULL, yr);
+        nkt_assert_close(y, yr, n, atol, 0.0, what);
+        const nk_shape g = {ROWS, 1, (int64_t)len, (nk_layout)lay};
+        snprintf(what, sizeof what, "%s %s GroupNorm %s len %zu", isa, tag, ls, len);
+        assert_int_equal(nk_group_norm(x, &g, 1, NULL, NULL, 1e-5, y, NULL, NULL, NULL), NK_OK);
+        nkt_oracle_norm(x, &g, NKT_GN, 1, NULL, NULL, 1e-5, NULL, yr);
+        nkt_assert_close(y, yr, n, atol, 0.0, what);
+    }
+    free(y);
+    free(w);
+    free(b);
+    free(yr);
+}
+
+static void test_huge_api(void **state)
+{
+    (void)state;
+    static const size_t lens[] = {1, 3, 17, 255, 1000, 4099};
+    const nk_isa saved = nk_get_isa();
+    float *x = malloc(3 * 4099 * sizeof *x);
+    assert_non_null(x);
+    for (int i = 0; i < NKT_NUM_ISA; i++) {
+        if (!nk_isa_supported((nk_isa)i))
+            continue;
+        assert_int_equal(nk_set_isa((nk_isa)i), NK_OK);
+        nkt_rng rng;
+        nkt_seed(&rng, 20);
+        for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+            const size_t len = lens[li];
+            for (size_t fi = 0; fi < sizeof huge_f / sizeof huge_f[0]; fi++) {
+                double h = overflow_halfwidth(len, huge_f[fi]), mu = 2.0 * h + 1e18;
+                fill_uniform(&rng, x, 3 * len, mu, h);
+                huge_api_case(x, len, mu / (h / sqrt(3.0)), nk_isa_name((nk_isa)i), "1e17..1e21");
+            }
+            fill_uniform(&rng, x, 3 * len, 1e30, 5e29);
+            huge_api_case(x, len, 4.0, nk_isa_name((nk_isa)i), "1e30");
+            fill_uniform(&rng, x, 3 * len, -1e37, 5e36);
+            huge_api_case(x, len, 4.0, nk_isa_name((nk_isa)i), "1e37");
+        }
+    }
+    assert_int_equal(nk_set_isa(saved), NK_OK);
+    free(x);
 }
 
 /* Through the public API on every ISA this CPU runs. */
 static void test_api_semantics(void **state)
 {
     (void)state;
-    const nk_isa isas[] = {NK_ISA_SCALAR, NK_ISA_AVX2, NK_ISA_AVX512};
+    const nk_isa isas[] = {NK_ISA_SCALAR, NK_ISA_AVX2, NK_ISA_AVX512, NK_ISA_NEON};
     const nk_isa saved = nk_get_isa();
     nkt_rng rng;
-    for (size_t ii = 0; ii < 3; ii++) {
+    for (size_t ii = 0; ii < sizeof isas / sizeof isas[0]; ii++) {
         if (!nk_isa_supported(isas[ii]))
             continue;
         assert_int_equal(nk_set_isa(isas[ii]), NK_OK);
@@ -653,6 +943,7 @@ int main(void)
         cmocka_unit_test(test_constant_exact),
         cmocka_unit_test(test_shifted_kernels),
         cmocka_unit_test(test_huge_kernels),
+        cmocka_unit_test(test_huge_api),
         cmocka_unit_test(test_api_semantics),
     };
     return cmocka_run_group_tests(tests, setup, NULL);

@@ -396,46 +396,72 @@ static void moments_and_sync_batch_norm(void **state)
     assert_true(isnan(nk_moments_var(&one, 1)));
     free(x);
 
-    /* synchronized BatchNorm: two shards == one batch, in both layouts */
+    /* synchronized BatchNorm: two shards == one batch, in both layouts. Every
+     * shard (one rank each) keeps its own running statistics, and each must
+     * end as the single call over the whole batch leaves its own. */
     for (int lay = 0; lay < 2; lay++) {
-        const int64_t C = 6, S = 37;
-        const nk_shape whole_s = {5, C, S, (nk_layout)lay}, s1 = {2, C, S, (nk_layout)lay},
-                       s2 = {3, C, S, (nk_layout)lay};
-        size_t n = (size_t)(5 * C * S), n1 = (size_t)(2 * C * S);
+        enum { C = 6, S = 37, SHARDS = 2 };
+        const nk_shape whole_s = {5, C, S, (nk_layout)lay};
+        const nk_shape shard_s[SHARDS] = {{2, C, S, (nk_layout)lay}, {3, C, S, (nk_layout)lay}};
+        const size_t n = 5 * C * S, off[SHARDS] = {0, 2 * C * S};
         float *xb = malloc(n * sizeof(float)), *ya = malloc(n * sizeof(float)), *yb = malloc(n * sizeof(float));
-        float w[6], b[6], rm1[6], rv1[6], rm2[6], rv2[6];
+        assert_true(xb && ya && yb);
+        float w[C], b[C], rm[C], rv[C], sm[C], si[C];
+        float rm_s[SHARDS][C], rv_s[SHARDS][C], sm_s[SHARDS][C], si_s[SHARDS][C];
         nkt_fill(&r, xb, n, 1.0, 3.0);
-        nkt_fill(&r, w, 6, 1.0, 0.3);
-        nkt_fill(&r, b, 6, 0.0, 0.3);
-        for (int c = 0; c < 6; c++) {
-            rm1[c] = rm2[c] = 0.5f;
-            rv1[c] = rv2[c] = 1.5f;
+        nkt_fill(&r, w, C, 1.0, 0.3);
+        nkt_fill(&r, b, C, 0.0, 0.3);
+        for (int c = 0; c < C; c++) {
+            rm[c] = 0.5f + 0.1f * (float)c;
+            rv[c] = 1.5f - 0.1f * (float)c;
+            for (int k = 0; k < SHARDS; k++) {
+                rm_s[k][c] = rm[c];
+                rv_s[k][c] = rv[c];
+            }
         }
-        /* NHWC shards: the batch dimension is outermost in both layouts */
-        nk_running_stats rs1 = {rm1, rv1, 0.1, 0, 1, 0}, rs2 = {rm2, rv2, 0.1, 0, 1, 0};
-        assert_int_equal(nk_batch_norm_train(xb, &whole_s, w, b, 1e-5, &rs1, ya, NULL, NULL, NULL), NK_OK);
-        nk_moments m1[6], m2s[6];
-        assert_int_equal(nk_batch_norm_stats(xb, &s1, m1), NK_OK);
-        assert_int_equal(nk_batch_norm_stats(xb + n1, &s2, m2s), NK_OK);
-        for (int c = 0; c < 6; c++)
-            nk_moments_merge(&m1[c], &m2s[c]);
-        nk_running_stats rs_copy = rs2;
-        assert_int_equal(nk_batch_norm_apply_moments(xb, &s1, m1, w, b, 1e-5, &rs2, yb, NULL, NULL, NULL), NK_OK);
-        /* the second shard updates its own copy of the running statistics identically */
-        float rm3[6], rv3[6];
-        memcpy(rm3, rs_copy.mean, sizeof rm3);
-        memcpy(rv3, rs_copy.var, sizeof rv3);
-        assert_int_equal(nk_batch_norm_apply_moments(xb + n1, &s2, m1, w, b, 1e-5, NULL, yb + n1, NULL, NULL, NULL), NK_OK);
+        nk_running_stats rs = {rm, rv, 0.1, 0, 1, 0};
+        assert_int_equal(nk_batch_norm_train(xb, &whole_s, w, b, 1e-5, &rs, ya, sm, si, NULL), NK_OK);
+
+        /* NHWC shards too: the batch dimension is outermost in both layouts */
+        nk_moments global[C], shard_m[C];
+        for (int c = 0; c < C; c++)
+            global[c] = (nk_moments){0, 0, 0};
+        for (int k = 0; k < SHARDS; k++) {
+            assert_int_equal(nk_batch_norm_stats(xb + off[k], &shard_s[k], shard_m), NK_OK);
+            for (int c = 0; c < C; c++)
+                nk_moments_merge(&global[c], &shard_m[c]);
+        }
+        nk_running_stats rs_s[SHARDS];
+        for (int k = 0; k < SHARDS; k++) {
+            rs_s[k] = (nk_running_stats){rm_s[k], rv_s[k], 0.1, 0, 1, 0};
+            assert_int_equal(nk_batch_norm_apply_moments(xb + off[k], &shard_s[k], global, w, b, 1e-5,
+                                                         &rs_s[k], yb + off[k], sm_s[k], si_s[k], NULL),
+                             NK_OK);
+        }
         double *ref = malloc(n * sizeof(double));
         for (size_t i = 0; i < n; i++)
             ref[i] = ya[i];
         nkt_assert_close(yb, ref, n, 1e-6, 1e-6, "sync BatchNorm output");
-        for (int c = 0; c < 6; c++) {
-            assert_true(fabsf(rm1[c] - rm2[c]) <= 1e-6f * (1.0f + fabsf(rm1[c])));
-            assert_true(fabsf(rv1[c] - rv2[c]) <= 1e-6f * (1.0f + fabsf(rv1[c])));
+        assert_int_equal(rs.num_batches_tracked, 1);
+        for (int k = 0; k < SHARDS; k++) {
+            for (int c = 0; c < C; c++)
+                if (!(fabsf(rm_s[k][c] - rm[c]) <= 1e-6f * (1.0f + fabsf(rm[c]))) ||
+                    !(fabsf(rv_s[k][c] - rv[c]) <= 1e-6f * (1.0f + fabsf(rv[c]))) ||
+                    !(fabsf(sm_s[k][c] - sm[c]) <= 1e-6f * (1.0f + fabsf(sm[c]))) ||
+                    !(fabsf(si_s[k][c] - si[c]) <= 1e-6f * fabsf(si[c]))) {
+                    print_error("%s shard %d channel %d: running {%.9g, %.9g} saved {%.9g, %.9g}, "
+                                "single call running {%.9g, %.9g} saved {%.9g, %.9g}\n",
+                                lay ? "NHWC" : "NCHW", k, c, (double)rm_s[k][c], (double)rv_s[k][c],
+                                (double)sm_s[k][c], (double)si_s[k][c], (double)rm[c], (double)rv[c],
+                                (double)sm[c], (double)si[c]);
+                    fail();
+                }
+            if (rs_s[k].num_batches_tracked != 1) {
+                print_error("shard %d: num_batches_tracked %lld\n", k,
+                            (long long)rs_s[k].num_batches_tracked);
+                fail();
+            }
         }
-        assert_int_equal(rs1.num_batches_tracked, 1);
-        assert_int_equal(rs2.num_batches_tracked, 1);
         free(ref);
         free(xb);
         free(ya);
