@@ -80,9 +80,11 @@ static void moments_array_size(void **state)
     const nk_shape s = {0, (int64_t)0x0AAAAAAAAAAAAAABll, 1, NK_CHANNELS_FIRST};
     nk_moments mo[2];
     memset(mo, POISON, sizeof mo);
-    expect_fail(nk_batch_norm_stats(NULL, &s, mo), NK_ERR_BAD_SHAPE, "per_channel");
+    /* on 32-bit targets the float count alone is already too large */
+    const char *why = sizeof(size_t) == 4 ? "is too large" : "per_channel";
+    expect_fail(nk_batch_norm_stats(NULL, &s, mo), NK_ERR_BAD_SHAPE, why);
     expect_fail(nk_batch_norm_apply_moments(NULL, &s, mo, NULL, NULL, 1e-5, NULL, NULL, NULL, NULL, NULL),
-                NK_ERR_BAD_SHAPE, "per_channel");
+                NK_ERR_BAD_SHAPE, why);
     assert_true(poisoned(mo, sizeof mo));
 }
 
