@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Debian packages a job needs. Usage: install-deps.sh test|bench|cross|golden
+# Installs the Debian packages a job needs. Usage: install-deps.sh test|bench|cross|golden|fuzz
 #   test    native build and cmocka tests (SLEEF, SIMDe for the emulated AVX-512 table)
 #   bench   test + Google Benchmark, oneDNN, libtorch, matplotlib
 #   cross   aarch64 and armhf cross toolchains, qemu-user and the arm64/armhf
 #           -dev packages (adds those foreign architectures): tools/cross-test.sh
 #   golden  test + PyTorch to regenerate tests/golden
+#   fuzz    test + clang 14, its libFuzzer/ASan/UBSan runtimes (libclang-rt-14-dev) and
+#           llvm-symbolizer (llvm-14): tools/fuzz.sh; tools/tsan.sh uses gcc's libtsan2
 # Idempotent: nothing is fetched when every package is already installed.
 set -euo pipefail
 what=${1:-test}
@@ -25,7 +27,8 @@ case "$what" in
       gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross binutils-aarch64-linux-gnu
       gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf libc6-dev-armhf-cross binutils-arm-linux-gnueabihf
       libcmocka-dev:arm64 libcmocka-dev:armhf libsleef-dev:arm64 libsleef-dev:armhf" ;;
-  *) echo "unknown job $what (test, bench, cross or golden)" >&2; exit 2 ;;
+  fuzz) pkgs="$native clang libclang-rt-14-dev llvm-14" ;;
+  *) echo "unknown job $what (test, bench, cross, golden or fuzz)" >&2; exit 2 ;;
 esac
 
 for arch in $foreign_archs; do

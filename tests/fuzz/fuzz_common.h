@@ -1,0 +1,371 @@
+/*
+ * Shared pieces of the libFuzzer targets: a byte reader that turns the fuzz
+ * input into extents, enums, doubles and tensor data, guarded buffers, and
+ * the invariant checks (abort() so libFuzzer records the input).
+ *
+ * NKF_SKIP_KNOWN (on by default) makes the targets step around the library
+ * bugs that are already known and being fixed; each skipped pattern is a
+ * nkf_known_* predicate in the targets. NKF_SKIP_FOUND (also on by default)
+ * does the same for the bugs these targets found (nkf_found_* predicates).
+ * Build with -DNKF_SKIP_KNOWN=0 -DNKF_SKIP_FOUND=0 to hit them.
+ */
+#ifndef NKF_COMMON_H
+#define NKF_COMMON_H
+
+#include <float.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "normkit.h"
+
+#ifndef NKF_SKIP_KNOWN
+#  define NKF_SKIP_KNOWN 1
+#endif
+#ifndef NKF_SKIP_FOUND
+#  define NKF_SKIP_FOUND 1
+#endif
+
+#if defined(__has_feature)
+#  if __has_feature(address_sanitizer)
+#    define NKF_ASAN 1
+#  endif
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#  define NKF_ASAN 1
+#endif
+#ifdef NKF_ASAN
+void __asan_poison_memory_region(void const volatile *addr, size_t size);
+void __asan_unpoison_memory_region(void const volatile *addr, size_t size);
+#  define NKF_POISON(p, n) __asan_poison_memory_region((p), (n))
+#  define NKF_UNPOISON(p, n) __asan_unpoison_memory_region((p), (n))
+#else
+#  define NKF_POISON(p, n) ((void)(p), (void)(n))
+#  define NKF_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+/* Buffers whose byte size is at most this are allocated as the shape says. */
+#define NKF_MAX_BYTES ((size_t)1 << 20)
+/* Stand-in element count for buffers of shapes too large to allocate. */
+#define NKF_SMALL 8
+
+static inline void nkf_die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("normkit fuzz invariant violated: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    abort();
+}
+
+/* NKF_TRACE=1 in the environment prints every decoded call (for minimising). */
+static inline int nkf_tracing(void)
+{
+    static int t = -1;
+    if (t < 0)
+        t = getenv("NKF_TRACE") != NULL;
+    return t;
+}
+#define NKF_TRACE(...)                      \
+    do {                                    \
+        if (nkf_tracing())                  \
+            fprintf(stderr, __VA_ARGS__);   \
+    } while (0)
+
+/* ------------------------------------------------------------------------ */
+/* Input reader: reads past the end give zeros, so every input decodes.      */
+/* ------------------------------------------------------------------------ */
+
+typedef struct nkf_in {
+    const uint8_t *p;
+    size_t n, i;
+} nkf_in;
+
+static inline uint8_t nkf_u8(nkf_in *in) { return in->i < in->n ? in->p[in->i++] : 0; }
+static inline int nkf_left(const nkf_in *in) { return in->i < in->n; }
+
+static inline uint64_t nkf_u64(nkf_in *in)
+{
+    uint64_t v = 0;
+    for (int k = 0; k < 8; k++)
+        v |= (uint64_t)nkf_u8(in) << (8 * k);
+    return v;
+}
+
+static inline uint32_t nkf_u32(nkf_in *in)
+{
+    uint32_t v = 0;
+    for (int k = 0; k < 4; k++)
+        v |= (uint32_t)nkf_u8(in) << (8 * k);
+    return v;
+}
+
+static inline uint16_t nkf_u16(nkf_in *in) { return (uint16_t)(nkf_u8(in) | nkf_u8(in) << 8); }
+
+static inline double nkf_bits_f64(uint64_t b)
+{
+    double d;
+    memcpy(&d, &b, sizeof d);
+    return d;
+}
+
+static inline float nkf_bits_f32(uint32_t b)
+{
+    float f;
+    memcpy(&f, &b, sizeof f);
+    return f;
+}
+
+/* Extents: mostly small (SIMD tails included), sometimes the values that
+ * break size arithmetic, sometimes 64 raw bits. */
+static const int64_t nkf_special_extents[] = {
+    -1, -2, INT64_MIN, INT64_MAX, INT64_MAX - 1,
+    (int64_t)1 << 62, 0x0AAAAAAAAAAAAAABLL, (int64_t)1 << 61, ((int64_t)1 << 61) - 1,
+    ((int64_t)1 << 61) + 1, (int64_t)1 << 31, (int64_t)1 << 32, ((int64_t)1 << 32) + 1,
+    (int64_t)1 << 40, ((int64_t)1 << 40) + 1, 3LL << 60, 0, 1, 0x5555555555555556LL,
+    (int64_t)(PTRDIFF_MAX / sizeof(float)), (int64_t)(PTRDIFF_MAX / sizeof(float)) + 1,
+    (int64_t)(PTRDIFF_MAX / 24), (int64_t)(PTRDIFF_MAX / 24) + 1, 65537, 1 << 20,
+};
+#define NKF_NSPECIAL (sizeof nkf_special_extents / sizeof nkf_special_extents[0])
+
+static inline int64_t nkf_extent(nkf_in *in)
+{
+    uint8_t b = nkf_u8(in);
+    switch (b >> 5) {
+    case 0: case 1: case 2: case 3: return b & 15;
+    case 4: return 16 + (b & 31) + (nkf_u8(in) & 63); /* 16 .. 110 */
+    case 5: return nkf_u16(in) & 0x3ff;
+    case 6: return nkf_special_extents[nkf_u8(in) % NKF_NSPECIAL];
+    default: return (int64_t)nkf_u64(in);
+    }
+}
+
+/* An enum value: valid ones mostly, then one past the end, -1 and raw bits. */
+static inline int nkf_enum(nkf_in *in, int nvalid)
+{
+    uint8_t b = nkf_u8(in);
+    if (b < 224)
+        return b % nvalid;
+    switch (b & 3) {
+    case 0: return nvalid;
+    case 1: return -1;
+    case 2: return INT32_MAX;
+    default: return (int)nkf_u32(in);
+    }
+}
+
+static inline double nkf_double_from(nkf_in *in, const double *tab, size_t ntab)
+{
+    uint8_t b = nkf_u8(in);
+    if (b < 240)
+        return tab[b % ntab];
+    return nkf_bits_f64(nkf_u64(in));
+}
+
+static inline double nkf_eps(nkf_in *in)
+{
+    static const double tab[] = {1e-5, 1e-5, 0.0, 1e-3, 1.0, 1e-12, NAN, INFINITY, -INFINITY, -1e-5,
+                                 -0.0, DBL_MAX, 4.9e-324, 1e300, 0.5, -NAN, 1e-7, 1e38};
+    return nkf_double_from(in, tab, sizeof tab / sizeof tab[0]);
+}
+
+static inline double nkf_momentum(nkf_in *in)
+{
+    static const double tab[] = {0.1, 0.1, 0.0, 1.0, 0.9, 0.5, NAN, INFINITY, -INFINITY, -0.1,
+                                 1.5, 1.0000000000000002, -0.0, 0.99, 4.9e-324, NK_MOMENTUM_NONE};
+    return nkf_double_from(in, tab, sizeof tab / sizeof tab[0]);
+}
+
+static inline int64_t nkf_nbt(nkf_in *in)
+{
+    static const int64_t tab[] = {0, 0, 1, 5, INT64_MAX, INT64_MAX - 1, -1, INT64_MIN, 1 << 30,
+                                  ((int64_t)1 << 53) + 1};
+    uint8_t b = nkf_u8(in);
+    if (b < 240)
+        return tab[b % (sizeof tab / sizeof tab[0])];
+    return (int64_t)nkf_u64(in);
+}
+
+/* NULL or options with any activation (out-of-range included) and alpha. */
+static inline const nk_options *nkf_options(nkf_in *in, nk_options *o)
+{
+    static const float alphas[] = {0.01f, 0.2f, 0.0f, -1.0f, 1.0f, NAN, INFINITY, -INFINITY,
+                                   1e30f, -0.0f, 1e-45f, FLT_MAX};
+    uint8_t b = nkf_u8(in);
+    if (b < 64)
+        return NULL;
+    o->activation = (nk_activation)nkf_enum(in, 6);
+    uint8_t a = nkf_u8(in);
+    o->alpha = a < 240 ? alphas[a % (sizeof alphas / sizeof alphas[0])] : nkf_bits_f32(nkf_u32(in));
+    return o;
+}
+
+/* Tensor values: a grid of small values, with NaN, Inf, 1e30, denormals and
+ * raw bit patterns mixed in; a deterministic pattern once the input ends. */
+static inline float nkf_value(nkf_in *in, size_t i)
+{
+    static const float special[] = {NAN, -NAN, INFINITY, -INFINITY, 1e30f, -1e30f, FLT_MAX,
+                                    -FLT_MAX, 1.4e-45f, 1e-40f, -0.0f, 1e-38f, 3e38f, 65504.0f,
+                                    1e20f, 1e-20f};
+    if (!nkf_left(in))
+        return (float)((int)((i * 37u) % 17u) - 8) * 0.25f;
+    uint8_t b = nkf_u8(in);
+    if (b < 224)
+        return ((float)b - 112.0f) * 0.125f;
+    if (b < 240)
+        return special[b - 224];
+    if (b < 248)
+        return 1000.0f + (float)(b - 240); /* large mean, small spread */
+    return nkf_bits_f32(nkf_u32(in));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Guarded buffers                                                          */
+/* ------------------------------------------------------------------------ */
+
+#define NKF_GUARD 64
+#define NKF_CANARY 0xA5
+
+typedef struct nkf_buf {
+    unsigned char *base; /* allocation: guard, data, guard */
+    void *p;             /* data; NULL when the buffer is absent */
+    size_t bytes;        /* data bytes */
+    size_t pre;          /* bytes of the leading guard */
+    unsigned char *copy; /* snapshot of the data */
+} nkf_buf;
+
+/* bytes of data preceded by a guard of NKF_GUARD + shift bytes (shift keeps
+ * float alignment, so misaligned vectors are exercised). */
+static inline nkf_buf nkf_alloc(size_t bytes, size_t shift)
+{
+    nkf_buf b = {0};
+    b.pre = NKF_GUARD + shift;
+    b.bytes = bytes;
+    b.base = (unsigned char *)malloc(b.pre + bytes + NKF_GUARD);
+    if (!b.base)
+        nkf_die("out of memory allocating %zu bytes", bytes);
+    memset(b.base, NKF_CANARY, b.pre);
+    memset(b.base + b.pre + bytes, NKF_CANARY, NKF_GUARD);
+    b.p = b.base + b.pre;
+    NKF_POISON(b.base, b.pre);
+    NKF_POISON(b.base + b.pre + bytes, NKF_GUARD);
+    return b;
+}
+
+static inline void nkf_snapshot(nkf_buf *b)
+{
+    if (!b->p)
+        return;
+    free(b->copy);
+    b->copy = (unsigned char *)malloc(b->bytes ? b->bytes : 1);
+    if (!b->copy)
+        nkf_die("out of memory");
+    memcpy(b->copy, b->p, b->bytes);
+}
+
+static inline int nkf_unchanged(const nkf_buf *b)
+{
+    return !b->p || !b->copy || !memcmp(b->copy, b->p, b->bytes);
+}
+
+static inline void nkf_check_guard(const nkf_buf *b, const char *what)
+{
+    if (!b->base)
+        return;
+    NKF_UNPOISON(b->base, b->pre);
+    NKF_UNPOISON(b->base + b->pre + b->bytes, NKF_GUARD);
+    for (size_t i = 0; i < b->pre; i++)
+        if (b->base[i] != NKF_CANARY)
+            nkf_die("%s: guard byte %zu before the buffer overwritten", what, b->pre - i);
+    for (size_t i = 0; i < NKF_GUARD; i++)
+        if (b->base[b->pre + b->bytes + i] != NKF_CANARY)
+            nkf_die("%s: guard byte %zu after the buffer overwritten", what, i);
+    NKF_POISON(b->base, b->pre);
+    NKF_POISON(b->base + b->pre + b->bytes, NKF_GUARD);
+}
+
+static inline void nkf_free(nkf_buf *b)
+{
+    if (b->base) {
+        NKF_UNPOISON(b->base, b->pre);
+        NKF_UNPOISON(b->base + b->pre + b->bytes, NKF_GUARD);
+    }
+    free(b->base);
+    free(b->copy);
+    memset(b, 0, sizeof *b);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Size arithmetic of the harness's own model                               */
+/* ------------------------------------------------------------------------ */
+
+/* a * b as an exact count; 0 when either is negative or it overflows. */
+static inline int nkf_mul(uint64_t a, uint64_t b, uint64_t *out)
+{
+    return !__builtin_mul_overflow(a, b, out);
+}
+
+/* Element count n * c * s when every extent is >= 0 and the product fits. */
+static inline int nkf_count3(int64_t n, int64_t c, int64_t s, uint64_t *out)
+{
+    uint64_t t;
+    if (n < 0 || c < 0 || s < 0)
+        return 0;
+    return nkf_mul((uint64_t)n, (uint64_t)c, &t) && nkf_mul(t, (uint64_t)s, out);
+}
+
+/* The size rule: the product of max(extent, 1) fits in PTRDIFF_MAX / elem. */
+static inline int nkf_fits(const int64_t *e, int k, size_t elem)
+{
+    uint64_t p = 1;
+    for (int i = 0; i < k; i++) {
+        if (e[i] < 0)
+            return 0;
+        if (!nkf_mul(p, e[i] > 1 ? (uint64_t)e[i] : 1u, &p))
+            return 0;
+    }
+    return p <= (uint64_t)PTRDIFF_MAX / elem;
+}
+
+static inline int nkf_has_zero(const int64_t *e, int k)
+{
+    for (int i = 0; i < k; i++)
+        if (e[i] == 0)
+            return 1;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Status / message invariants                                              */
+/* ------------------------------------------------------------------------ */
+
+static inline void nkf_check_status(nk_status st, const char *fn)
+{
+    const char *msg = nk_last_error();
+    if (!msg)
+        nkf_die("%s: nk_last_error() returned NULL", fn);
+    if (st == NK_OK) {
+        if (msg[0])
+            nkf_die("%s succeeded but nk_last_error() is \"%s\"", fn, msg);
+        return;
+    }
+    if ((int)st < NK_ERR_NULL_POINTER || (int)st > NK_ERR_OUT_OF_MEMORY)
+        nkf_die("%s returned unknown status %d", fn, (int)st);
+    if (!msg[0])
+        nkf_die("%s failed with %s but nk_last_error() is empty", fn, nk_status_string(st));
+}
+
+/* Leaves a non-empty message behind so a success that forgets to clear it
+ * is caught. */
+static inline void nkf_dirty_error(void)
+{
+    nk_moments m;
+    nk_moments_compute(NULL, -1, &m);
+}
+
+#endif

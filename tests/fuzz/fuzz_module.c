@@ -1,0 +1,495 @@
+/*
+ * libFuzzer target: the module API. Each input builds an nk_module_config
+ * (a few fields changed from nk_module_config_init, or every byte garbage),
+ * creates any framework x layer (out-of-range values included), then runs a
+ * sequence of set_training / forward / parameter writes / accessor calls.
+ *
+ * Forward inputs are either fuzzed (any rank, extents, NULLs) or well formed
+ * for the module (the rank, channel position and normalized shape the
+ * framework accepts); a well-formed input must be accepted (or fail only for
+ * too few values in batch statistics).
+ *
+ * Checked after every call:
+ *   - create: failure leaves *out untouched and sets the message; success
+ *     clears it and every parameter accessor exposes param_size floats;
+ *   - forward: guard zones intact, x unchanged (unless in place); failure
+ *     leaves y, weight, bias, running statistics and num_batches_tracked
+ *     byte-identical and sets the message; success clears it and bumps
+ *     num_batches_tracked by at most one; rank / extent / NULL errors the
+ *     harness can see are rejected.
+ */
+#include "fuzz_common.h"
+
+#define NKF_MAX_NDIM 16
+
+/* A MegEngine BatchNorm with freeze=1 and track_running_stats=0 fails at
+ * forward time (no running statistics to freeze on). */
+static int nkf_known_megengine_freeze(int fw, int layer, const nk_module_config *c)
+{
+    return NKF_SKIP_KNOWN && fw == NK_FW_MEGENGINE && layer == NK_LAYER_BATCH_NORM &&
+           c->freeze == 1 && c->track_running_stats == 0;
+}
+
+/* Same pattern as the functional target: zero extent plus an overflowing
+ * product is accepted as empty. */
+static int nkf_known_empty_overflow(int bad, const int64_t *e, int k)
+{
+    return NKF_SKIP_KNOWN && bad && nkf_has_zero(e, k);
+}
+
+static int small_int(nkf_in *in)
+{
+    static const int tab[] = {-2, 3, 2, -3, INT32_MIN, INT32_MAX, 8, 9, -8, -9};
+    uint8_t b = nkf_u8(in);
+    if (b < 200)
+        return (int)(b % 3) - 1; /* NK_DEFAULT, 0, 1 */
+    if (b < 250)
+        return tab[b % (sizeof tab / sizeof tab[0])];
+    return (int)nkf_u32(in);
+}
+
+static double init_value(nkf_in *in)
+{
+    static const double tab[] = {NK_DEFAULT, 0.0, 1.0, 0.5, -1.5, NAN, INFINITY, 1e30, 1e39, -0.0};
+    return nkf_double_from(in, tab, sizeof tab / sizeof tab[0]);
+}
+
+/* Fields changed away from the defaults (bit per field). */
+enum {
+    F_EPS, F_MOMENTUM, F_AFFINE, F_TRACK, F_BIAS, F_UBS, F_GAMMA, F_BETA, F_MMEAN, F_MVAR,
+    F_BNA, F_BPA, F_FREEZE, F_TMODE, F_AXIS, F_TRAINABLE, F_UGS, F_FORMAT, F_GROUPS, F_NDIM,
+    F_NSHAPE, F_RVU, F_ACT, F_ALPHA, F_COUNT
+};
+
+static unsigned decode_config(nkf_in *in, nk_module_config *c)
+{
+    nk_module_config_init(c);
+    uint8_t mode = nkf_u8(in);
+    if (mode >= 248) { /* every byte garbage */
+        unsigned char *p = (unsigned char *)c;
+        for (size_t i = 0; i < sizeof *c; i++)
+            p[i] = nkf_u8(in);
+        return ~0u;
+    }
+    unsigned changed = 0;
+    int nchanges = mode % 5;
+    for (int i = 0; i < nchanges; i++) {
+        int f = nkf_u8(in) % F_COUNT;
+        changed |= 1u << f;
+        switch (f) {
+        case F_EPS: {
+            uint8_t b = nkf_u8(in);
+            c->eps = b < 32 ? NK_EPS_NONE : nkf_eps(in);
+            break;
+        }
+        case F_MOMENTUM: c->momentum = nkf_momentum(in); break;
+        case F_AFFINE: c->affine = small_int(in); break;
+        case F_TRACK: c->track_running_stats = small_int(in); break;
+        case F_BIAS: c->bias = small_int(in); break;
+        case F_UBS: c->use_batch_statistics = small_int(in); break;
+        case F_GAMMA: c->gamma_init = init_value(in); break;
+        case F_BETA: c->beta_init = init_value(in); break;
+        case F_MMEAN: c->moving_mean_init = init_value(in); break;
+        case F_MVAR: c->moving_var_init = init_value(in); break;
+        case F_BNA: c->begin_norm_axis = small_int(in); break;
+        case F_BPA: c->begin_params_axis = small_int(in); break;
+        case F_FREEZE: c->freeze = small_int(in); break;
+        case F_TMODE: c->training_mode = small_int(in); break;
+        case F_AXIS: c->axis = small_int(in); break;
+        case F_TRAINABLE: c->trainable = small_int(in); break;
+        case F_UGS: c->use_global_stats = small_int(in); break;
+        case F_FORMAT: c->data_format = small_int(in); break;
+        case F_GROUPS: c->num_groups = nkf_u8(in) < 200 ? 1 + nkf_u8(in) % 8 : nkf_extent(in); break;
+        case F_NDIM: {
+            uint8_t b = nkf_u8(in);
+            c->normalized_ndim = b < 200 ? 1 + b % 3 : small_int(in);
+            for (int d = 0; d < NK_MAX_NORM_DIMS; d++)
+                c->normalized_shape[d] = 1 + nkf_u8(in) % 6;
+            break;
+        }
+        case F_NSHAPE: c->normalized_shape[nkf_u8(in) % NK_MAX_NORM_DIMS] = nkf_extent(in); break;
+        case F_RVU: c->running_var_unbiased = small_int(in); break;
+        case F_ACT: c->options.activation = (nk_activation)nkf_enum(in, 6); break;
+        default: {
+            static const float a[] = {0.01f, NAN, INFINITY, -1.0f, 0.0f};
+            c->options.alpha = a[nkf_u8(in) % 5];
+            break;
+        }
+        }
+    }
+    return changed;
+}
+
+/* Everything the module may change, and forward must not on failure. */
+typedef struct snap {
+    int64_t P;
+    float *ptr[4];
+    float *copy[4];
+    int64_t nbt;
+    int training;
+} snap;
+
+static void take(nk_module *m, snap *s)
+{
+    s->P = nk_module_param_size(m);
+    s->ptr[0] = nk_module_weight(m);
+    s->ptr[1] = nk_module_bias(m);
+    s->ptr[2] = nk_module_running_mean(m);
+    s->ptr[3] = nk_module_running_var(m);
+    for (int i = 0; i < 4; i++) {
+        s->copy[i] = NULL;
+        if (s->ptr[i]) {
+            s->copy[i] = (float *)malloc((size_t)s->P * sizeof(float));
+            if (!s->copy[i])
+                nkf_die("out of memory");
+            memcpy(s->copy[i], s->ptr[i], (size_t)s->P * sizeof(float));
+        }
+    }
+    s->nbt = nk_module_num_batches_tracked(m);
+    s->training = nk_module_training(m);
+}
+
+static void drop(snap *s)
+{
+    for (int i = 0; i < 4; i++)
+        free(s->copy[i]);
+}
+
+static void compare(nk_module *m, const snap *s, const char *why)
+{
+    static const char *const names[4] = {"weight", "bias", "running_mean", "running_var"};
+    for (int i = 0; i < 4; i++)
+        if (s->ptr[i] && memcmp(s->copy[i], s->ptr[i], (size_t)s->P * sizeof(float)))
+            nkf_die("%s changed %s", why, names[i]);
+    if (nk_module_num_batches_tracked(m) != s->nbt)
+        nkf_die("%s changed num_batches_tracked", why);
+    if (nk_module_training(m) != s->training)
+        nkf_die("%s changed the training flag", why);
+}
+
+typedef struct made {
+    int fw, layer, rank;
+    int64_t C;
+    nk_module_config cfg;
+    unsigned changed;
+    nk_layout layout;
+} made;
+
+/* Builds dims the module must accept; returns ndim, 0 when the harness has
+ * no rule for this configuration. */
+static int well_formed(nkf_in *in, const made *md, int64_t *dims)
+{
+    const nk_module_config *c = &md->cfg;
+    if (md->changed == ~0u)
+        return 0;
+    int64_t C = md->C;
+    int64_t n = nkf_u8(in) % 5;                         /* 0 .. 4 */
+    int nsp = 0;
+    int64_t sp[3];
+    switch (md->layer) {
+    case NK_LAYER_BATCH_NORM:
+    case NK_LAYER_INSTANCE_NORM: {
+        int r = md->rank;
+        if (md->fw == NK_FW_ONNX || md->fw == NK_FW_KERAS ||
+            (md->fw == NK_FW_MEGENGINE && md->layer == NK_LAYER_INSTANCE_NORM))
+            r = md->fw == NK_FW_MEGENGINE ? 2 : 1 + nkf_u8(in) % 3;
+        if (md->layer == NK_LAYER_BATCH_NORM && md->fw != NK_FW_ONNX && md->fw != NK_FW_KERAS &&
+            r == 1 && (nkf_u8(in) & 1))
+            r = 0; /* BatchNorm1d on (N, C) */
+        nsp = r;
+        break;
+    }
+    case NK_LAYER_GROUP_NORM:
+        nsp = nkf_u8(in) % 4;
+        break;
+    default: {
+        /* leading row dims, then the normalized shape */
+        if (c->begin_norm_axis != NK_DEFAULT || c->begin_params_axis != NK_DEFAULT ||
+            (c->axis != NK_DEFAULT && md->fw == NK_FW_ONNX))
+            return 0;
+        int nd = c->normalized_ndim == NK_DEFAULT ? 1 : c->normalized_ndim;
+        if (nd > 1 && (md->fw == NK_FW_ONNX ||
+                       (md->fw == NK_FW_MINDSPORE && md->layer == NK_LAYER_LAYER_NORM)))
+            return 0;
+        int lead = 1 + nkf_u8(in) % 3;
+        int k = 0;
+        for (int i = 0; i < lead; i++)
+            dims[k++] = nkf_u8(in) % 4;
+        if (c->normalized_ndim == NK_DEFAULT)
+            dims[k++] = C;
+        else
+            for (int i = 0; i < nd; i++)
+                dims[k++] = c->normalized_shape[i];
+        return k;
+    }
+    }
+    for (int i = 0; i < nsp; i++)
+        sp[i] = 1 + nkf_u8(in) % 5;
+    int k = 0;
+    dims[k++] = n;
+    if (md->layout == NK_CHANNELS_FIRST)
+        dims[k++] = C;
+    for (int i = 0; i < nsp; i++)
+        dims[k++] = sp[i];
+    if (md->layout == NK_CHANNELS_LAST)
+        dims[k++] = C;
+    return k;
+}
+
+static void forward(nkf_in *in, nk_module *m, const made *md)
+{
+    static const char fn[] = "nk_module_forward";
+    int64_t dims_local[NKF_MAX_NDIM];
+    int ndim;
+    int wf = 0;
+    uint8_t mode = nkf_u8(in);
+    if (mode < 128 && (ndim = well_formed(in, md, dims_local)) > 0) {
+        wf = 1;
+    } else {
+        static const int odd[] = {0, -1, 17, 16, INT32_MAX, INT32_MIN, 9};
+        uint8_t b = nkf_u8(in);
+        ndim = b < 224 ? 1 + b % 6 : odd[b % (sizeof odd / sizeof odd[0])];
+        int nd = ndim < 0 ? 0 : ndim > NKF_MAX_NDIM ? NKF_MAX_NDIM : ndim;
+        for (int i = 0; i < nd; i++)
+            dims_local[i] = nkf_u8(in) < 160 ? (i == 1 || i == nd - 1 ? md->C : 1 + nkf_u8(in) % 4)
+                                             : nkf_extent(in);
+    }
+    int nd = ndim < 0 ? 0 : ndim > NKF_MAX_NDIM ? NKF_MAX_NDIM : ndim;
+    /* dims: exactly nd entries in a guarded buffer, or NULL */
+    nkf_buf db = {0};
+    int dims_null = !wf && nkf_u8(in) < 8;
+    if (!dims_null) {
+        db = nkf_alloc((size_t)nd * sizeof(int64_t), 0);
+        memcpy(db.p, dims_local, (size_t)nd * sizeof(int64_t));
+        nkf_snapshot(&db);
+    }
+
+    int bad = dims_null || ndim < 1 || ndim > NKF_MAX_NDIM;
+    uint64_t total = 1;
+    int total_ok = !bad;
+    if (!bad) {
+        for (int i = 0; i < nd; i++)
+            if (dims_local[i] < 0)
+                total_ok = 0;
+        if (total_ok)
+            for (int i = 0; i < nd && total_ok; i++)
+                total_ok = nkf_mul(total, (uint64_t)dims_local[i], &total);
+        bad = !nkf_fits(dims_local, nd, sizeof(float));
+        if (nkf_known_empty_overflow(bad, dims_local, nd))
+            goto out;
+        if (!bad && !(total_ok && total <= NKF_MAX_BYTES / sizeof(float)))
+            goto out; /* valid but larger than the harness allocates */
+    }
+
+    nkf_buf x = {0}, y = {0};
+    uint8_t f = nkf_u8(in);
+    size_t shift = (f >> 4 & 3) * sizeof(float);
+    if (total_ok && total <= NKF_MAX_BYTES / sizeof(float)) {
+        if (wf || f >= 8) {
+            x = nkf_alloc((size_t)total * sizeof(float), shift);
+            for (size_t i = 0; i < total; i++)
+                ((float *)x.p)[i] = nkf_value(in, i);
+        }
+        if (!(f & 0x80) && (wf || (f & 7)))
+            y = nkf_alloc((size_t)total * sizeof(float), 0);
+    } else if (!(f & 1)) {
+        x = nkf_alloc(NKF_SMALL * sizeof(float), shift);
+        y = nkf_alloc(NKF_SMALL * sizeof(float), 0);
+        memset(x.p, 0, x.bytes);
+    }
+    if (y.p)
+        memset(y.p, 0x7f, y.bytes);
+    int in_place = (f & 0x80) && x.p;
+    float *yp = in_place ? (float *)x.p : (float *)y.p;
+    if (total_ok && total && (!x.p || !yp))
+        bad = 1;
+    nkf_snapshot(&x);
+    nkf_snapshot(&y);
+
+    snap s;
+    take(m, &s);
+    if (nkf_u8(in) & 1)
+        nkf_dirty_error();
+    nk_status st = nk_module_forward(m, (const float *)x.p, ndim, dims_null ? NULL : (int64_t *)db.p, yp);
+    nkf_check_status(st, fn);
+    nkf_check_guard(&x, fn);
+    nkf_check_guard(&y, fn);
+    if (db.base) {
+        nkf_check_guard(&db, fn);
+        if (!nkf_unchanged(&db))
+            nkf_die("%s changed dims", fn);
+    }
+    if (!in_place && !nkf_unchanged(&x))
+        nkf_die("%s changed its input", fn);
+    if (bad && st == NK_OK)
+        nkf_die("%s accepted a rank, extent or NULL it must reject", fn);
+    if (st != NK_OK) {
+        compare(m, &s, "failed forward");
+        if (!nkf_unchanged(&y) || (in_place && !nkf_unchanged(&x)))
+            nkf_die("failed forward (%s) changed the output", nk_last_error());
+        if (wf && st != NK_ERR_TOO_FEW_VALUES &&
+            !nkf_known_megengine_freeze(md->fw, md->layer, &md->cfg))
+            nkf_die("%s rejected a well-formed %dD input for %s layer %d: %s", fn, ndim,
+                    nk_framework_name((nk_framework)md->fw), md->layer, nk_last_error());
+    } else {
+        int64_t d = nk_module_num_batches_tracked(m) - s.nbt;
+        if (d != 0 && d != 1)
+            nkf_die("forward moved num_batches_tracked by %lld", (long long)d);
+        if (nk_module_training(m) != s.training)
+            nkf_die("forward changed the training flag");
+        for (int i = 0; i < 2; i++) {
+            float *p = i ? nk_module_bias(m) : nk_module_weight(m);
+            if (p && memcmp(p, s.copy[i], (size_t)s.P * sizeof(float)))
+                nkf_die("forward changed the %s", i ? "bias" : "weight");
+        }
+    }
+    drop(&s);
+    nkf_free(&x);
+    nkf_free(&y);
+out:
+    nkf_free(&db);
+}
+
+/* Accessors on a live module: each array has param_size floats (ASan checks
+ * the reads), values the checkpoint loader may write are any floats. */
+static void touch_params(nkf_in *in, nk_module *m)
+{
+    int64_t P = nk_module_param_size(m);
+    if (P < 1)
+        nkf_die("param_size %lld", (long long)P);
+    float *arr[4] = {nk_module_weight(m), nk_module_bias(m), nk_module_running_mean(m),
+                     nk_module_running_var(m)};
+    uint8_t which = nkf_u8(in);
+    volatile float sink = 0.0f;
+    for (int i = 0; i < 4; i++) {
+        if (!arr[i])
+            continue;
+        for (int64_t j = 0; j < P; j++)
+            sink += arr[i][j];
+        if (which & (1u << i))
+            for (int64_t j = 0; j < P; j++)
+                arr[i][j] = nkf_value(in, (size_t)j);
+    }
+    (void)sink;
+    (void)nk_module_eps(m);
+    (void)nk_module_momentum_torch(m);
+}
+
+static void null_module_calls(void)
+{
+    if (nk_module_set_training(NULL, 1) != NK_ERR_NULL_POINTER || !nk_last_error()[0])
+        nkf_die("nk_module_set_training(NULL) did not fail with a message");
+    int64_t d = 1;
+    float v = 0.0f;
+    if (nk_module_forward(NULL, &v, 1, &d, &v) != NK_ERR_NULL_POINTER)
+        nkf_die("nk_module_forward(NULL) did not fail");
+    nkf_check_status(NK_ERR_NULL_POINTER, "nk_module_forward");
+    if (nk_module_weight(NULL) || nk_module_bias(NULL) || nk_module_running_mean(NULL) ||
+        nk_module_running_var(NULL) || nk_module_param_size(NULL) || nk_module_training(NULL) ||
+        nk_module_num_batches_tracked(NULL) || !isnan(nk_module_eps(NULL)) ||
+        !isnan(nk_module_momentum_torch(NULL)))
+        nkf_die("an accessor on NULL returned a value");
+    nk_module_destroy(NULL);
+    nk_module_config_init(NULL);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    nkf_in in = {data, size, 0};
+    made md;
+    memset(&md, 0, sizeof md);
+    md.fw = nkf_enum(&in, 6);
+    md.layer = nkf_enum(&in, 5);
+    {
+        uint8_t b = nkf_u8(&in);
+        static const int odd[] = {0, -1, 4, 7, INT32_MIN, INT32_MAX};
+        md.rank = b < 224 ? 1 + b % 3 : odd[b % 6];
+    }
+    {
+        uint8_t b = nkf_u8(&in);
+        md.C = b < 224 ? 1 + b % 24 : nkf_extent(&in);
+    }
+    md.changed = decode_config(&in, &md.cfg);
+    uint8_t flags = nkf_u8(&in);
+
+    /* framework-level helpers take any value */
+    (void)nk_default_eps((nk_framework)md.fw, (nk_layer)md.layer);
+    (void)nk_default_momentum((nk_framework)md.fw, (nk_layer)md.layer);
+    (void)nk_momentum_to_torch((nk_framework)md.fw, md.cfg.momentum);
+    (void)nk_momentum_from_torch((nk_framework)md.fw, md.cfg.momentum);
+    if (!nk_framework_name((nk_framework)md.fw))
+        nkf_die("nk_framework_name returned NULL");
+    if (flags & 0x40)
+        null_module_calls();
+
+    /* Modules own P floats per parameter array; a valid P up to 2^40 would be
+     * allocated, so large ones are not created here. */
+    {
+        int64_t P = md.C;
+        const nk_module_config *c = &md.cfg;
+        if ((md.layer == NK_LAYER_LAYER_NORM || md.layer == NK_LAYER_RMS_NORM) &&
+            c->normalized_ndim >= 1 && c->normalized_ndim <= NK_MAX_NORM_DIMS) {
+            uint64_t p = 1;
+            int ok = 1;
+            for (int i = 0; i < c->normalized_ndim && ok; i++)
+                ok = c->normalized_shape[i] >= 1 && nkf_mul(p, (uint64_t)c->normalized_shape[i], &p);
+            P = ok && p <= (uint64_t)INT64_MAX ? (int64_t)p : -1;
+        }
+        if (P > (1 << 16) && P <= ((int64_t)1 << 40))
+            return 0;
+    }
+
+    nk_module *sentinel = (nk_module *)(uintptr_t)0x5a5a5a5a;
+    nk_module *m = sentinel;
+    if (flags & 1)
+        nkf_dirty_error();
+    nk_status st = nk_module_create((nk_framework)md.fw, (nk_layer)md.layer, md.rank, md.C,
+                                    (flags & 0x3e) == 0x3e ? NULL : &md.cfg, (flags & 0x80) && (flags & 2) ? NULL : &m);
+    nkf_check_status(st, "nk_module_create");
+    if (st != NK_OK) {
+        if (m != sentinel)
+            nkf_die("failed nk_module_create wrote *out");
+        return 0;
+    }
+    if ((flags & 0x80) && (flags & 2))
+        nkf_die("nk_module_create accepted out == NULL");
+    if ((flags & 0x3e) == 0x3e) {
+        md.changed = 0;
+        nk_module_config_init(&md.cfg);
+    }
+    if (!m || m == sentinel)
+        nkf_die("nk_module_create succeeded without a module");
+    md.C = nk_module_param_size(m);
+    md.layout = NK_CHANNELS_FIRST;
+    if (md.cfg.data_format == NK_CHANNELS_FIRST || md.cfg.data_format == NK_CHANNELS_LAST)
+        md.layout = (nk_layout)md.cfg.data_format;
+    else if (md.fw == NK_FW_KERAS && md.cfg.axis != 1)
+        md.layout = NK_CHANNELS_LAST;
+    touch_params(&in, m);
+
+    for (int step = 0; step < 8 && nkf_left(&in); step++) {
+        uint8_t op = nkf_u8(&in);
+        switch (op % 4) {
+        case 0: {
+            int t = (op >> 2) & 1 ? (int)(op >> 3) - 16 : (op >> 3) & 1;
+            if (nkf_u8(&in) & 1)
+                nkf_dirty_error();
+            st = nk_module_set_training(m, t);
+            nkf_check_status(st, "nk_module_set_training");
+            if (st != NK_OK || nk_module_training(m) != (t != 0))
+                nkf_die("nk_module_set_training(%d) gave training=%d", t, nk_module_training(m));
+            break;
+        }
+        case 3:
+            touch_params(&in, m);
+            break;
+        default:
+            forward(&in, m, &md);
+            break;
+        }
+    }
+    nk_module_destroy(m);
+    return 0;
+}
