@@ -824,6 +824,19 @@ nk_status nk_module_forward_ex(nk_module *m, const float *x, int ndim, const int
         return nk_fail(NK_ERR_NULL_POINTER, "nk_module_forward: %s is NULL", m ? "dims" : "module");
     if (ndim < 1 || ndim > 16)
         return nk_fail(NK_ERR_BAD_SHAPE, "nk_module_forward: rank must be in [1, 16], got %d", ndim);
+    for (int i = 0; i < ndim; i++)
+        if (dims[i] < 0)
+            return nk_fail(NK_ERR_BAD_SHAPE, "nk_module_forward: negative extent %lld at dim %d",
+                           (long long)dims[i], i);
+    /* the size rule of every entry point, over all dims (zeros counted as 1) */
+    if (!nk_extents_fit(dims, ndim, sizeof(float))) {
+        char sz[200];
+        format_dims(sz, sizeof sz, ndim, dims);
+        return nk_fail(NK_ERR_BAD_SHAPE,
+                       "nk_module_forward: input of size %s is too large: the product of its non-zero "
+                       "extents must be at most %lld elements",
+                       sz, (long long)(PTRDIFF_MAX / sizeof(float)));
+    }
     int64_t total = 0;
     nk_status st = dims_product(dims, 0, ndim, &total);
     if (st)

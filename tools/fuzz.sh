@@ -18,12 +18,14 @@ targets=${FUZZ_TARGETS:-"fuzz_functional fuzz_module"}
 
 if [ ! -f "$build/build.ninja" ]; then
   CC=clang meson setup "$build" -Dfuzz=enabled -Db_sanitize=address,undefined -Db_lundef=false \
-    -Dbuildtype=debugoptimized -Dtests=false -Dbench=disabled >/dev/null
+    -Dbuildtype=debugoptimized -Dtests=disabled -Dbench=disabled >/dev/null
 fi
 ninja -C "$build" -j2 >/dev/null
 
 isas=${FUZZ_ISAS:-$("$build/normkit-isa" --supported)}
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1}
+# allocator_may_return_null: nk_module_create reports a failed huge allocation
+# as NK_ERR_OUT_OF_MEMORY, which the harness checks like any other error
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1:allocator_may_return_null=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 
 art="$build/fuzz-artifacts"

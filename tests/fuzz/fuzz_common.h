@@ -3,11 +3,11 @@
  * input into extents, enums, doubles and tensor data, guarded buffers, and
  * the invariant checks (abort() so libFuzzer records the input).
  *
- * NKF_SKIP_KNOWN (on by default) makes the targets step around the library
+ * NKF_SKIP_KNOWN (off by default, the library now refuses these inputs) makes the targets step around the library
  * bugs that are already known and being fixed; each skipped pattern is a
- * nkf_known_* predicate in the targets. NKF_SKIP_FOUND (also on by default)
+ * nkf_known_* predicate in the targets. NKF_SKIP_FOUND (off too)
  * does the same for the bugs these targets found (nkf_found_* predicates).
- * Build with -DNKF_SKIP_KNOWN=0 -DNKF_SKIP_FOUND=0 to hit them.
+ * Build with -DNKF_SKIP_KNOWN=1 -DNKF_SKIP_FOUND=1 to step around them again.
  */
 #ifndef NKF_COMMON_H
 #define NKF_COMMON_H
@@ -23,10 +23,10 @@
 #include "normkit.h"
 
 #ifndef NKF_SKIP_KNOWN
-#  define NKF_SKIP_KNOWN 1
+#  define NKF_SKIP_KNOWN 0
 #endif
 #ifndef NKF_SKIP_FOUND
-#  define NKF_SKIP_FOUND 1
+#  define NKF_SKIP_FOUND 0
 #endif
 
 #if defined(__has_feature)
