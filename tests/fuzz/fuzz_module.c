@@ -227,11 +227,13 @@ static int well_formed(nkf_in *in, const made *md, int64_t *dims)
         sp[i] = 1 + nkf_u8(in) % 5;
     int k = 0;
     dims[k++] = n;
-    if (md->layout == NK_CHANNELS_FIRST)
+    /* PyTorch's data_format is the memory format: dims stay (N, C, *) */
+    int c_last = md->layout == NK_CHANNELS_LAST && md->fw != NK_FW_PYTORCH;
+    if (!c_last)
         dims[k++] = C;
     for (int i = 0; i < nsp; i++)
         dims[k++] = sp[i];
-    if (md->layout == NK_CHANNELS_LAST)
+    if (c_last)
         dims[k++] = C;
     return k;
 }
