@@ -289,7 +289,8 @@ bool nk_bn_colview(const nk_shape *s, nk_colview *v)
         *v = (nk_colview){N * S, C, 1};
         return true;
     }
-    if (S >= NK_COLVIEW_MAX_SPATIAL)
+    /* S == 0 is empty (and would give rep 0): the row path writes nothing */
+    if (S == 0 || S >= NK_COLVIEW_MAX_SPATIAL)
         return false;
     *v = (nk_colview){N, C * S, S};
     return true;

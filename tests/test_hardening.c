@@ -86,6 +86,14 @@ static void moments_array_size(void **state)
     expect_fail(nk_batch_norm_apply_moments(NULL, &s, mo, NULL, NULL, 1e-5, NULL, NULL, NULL, NULL, NULL),
                 NK_ERR_BAD_SHAPE, why);
     assert_true(poisoned(mo, sizeof mo));
+    /* empty channels-first tensors with spatial 0 on every BatchNorm entry point */
+    const nk_shape e = {3, 2, 0, NK_CHANNELS_FIRST};
+    float x[1] = {0}, y[1], rm[2] = {0, 0}, rv[2] = {1, 1};
+    memset(y, POISON, sizeof y);
+    expect_ok(nk_batch_norm_infer(x, &e, NULL, NULL, rm, rv, 1e-5, y, NULL));
+    expect_ok(nk_batch_norm_train(x, &e, NULL, NULL, 1e-5, NULL, y, NULL, NULL, NULL));
+    expect_ok(nk_batch_norm_stats(x, &e, mo));
+    assert_true(poisoned(y, sizeof y));
 }
 
 static void apply_moments_validation(void **state)
