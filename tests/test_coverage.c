@@ -240,18 +240,33 @@ static void oracle_set_stats(const float *x, const nk_shape *s, int kind, int64_
     }
 }
 
+/* Largest |v| (plain compares: GCC 12 for AArch64 fails on a vectorized
+ * fmax reduction) */
+static double maxabs_f(const float *v, size_t n, double start)
+{
+    double m = start;
+    for (size_t i = 0; i < n; i++)
+        if (fabs(v[i]) > m)
+            m = fabs(v[i]);
+    return m;
+}
+
+static double maxabs_d(const double *v, size_t n, double start)
+{
+    double m = start;
+    for (size_t i = 0; i < n; i++)
+        if (fabs(v[i]) > m)
+            m = fabs(v[i]);
+    return m;
+}
+
 /* Output tolerance: ATOL, plus half an ulp of the largest |x| (the fp32 mean
  * is rounded) times the largest normalize scale. */
 static double out_tol(const float *x, size_t n, const double *inv, size_t sets, const float *w,
                       size_t nw)
 {
-    double xm = 0.0, im = 0.0, wm = 1.0;
-    for (size_t i = 0; i < n; i++)
-        xm = fmax(xm, fabs(x[i]));
-    for (size_t q = 0; q < sets; q++)
-        im = fmax(im, inv[q]);
-    for (size_t i = 0; w && i < nw; i++)
-        wm = fmax(wm, fabs(w[i]));
+    const double xm = maxabs_f(x, n, 0.0), im = maxabs_d(inv, sets, 0.0);
+    const double wm = w ? maxabs_f(w, nw, 1.0) : 1.0;
     return ATOL + 6e-8 * xm * im * wm;
 }
 
@@ -497,9 +512,7 @@ static void fill_denormal(nkt_rng *r, int kind, float *x, size_t n)
 static void check_denormal(const float *y, const double *ref, size_t n, double scale, int flush,
                            double nset, const char *what)
 {
-    double big = 0.0;
-    for (size_t i = 0; i < n; i++)
-        big = fmax(big, fabs(ref[i]));
+    const double big = maxabs_d(ref, n, 0.0);
     double atol = 1e-5 * big + 2.0 * 1.4013e-45 * scale + (flush ? 2.0 * FLT_MIN + 16.0 * FLT_MIN * scale / nset : 0.0);
     if (big >= 0.01)
         atol = fmax(atol, ATOL); /* unit-scale outputs: the usual tolerance */
@@ -516,10 +529,7 @@ static void denormal_ops(const char *isa, int kind, int flush, nkt_rng *r)
     double *ref = dalloc(nr);
     nkt_fill(r, w, COLS, 1.0, 0.3);
     /* scale of the normalize step: weight / sqrt(eps) (the variances are far below eps) */
-    double wmax = 0.0;
-    for (size_t i = 0; i < COLS; i++)
-        wmax = fmax(wmax, fabs(w[i]));
-    const double scale = wmax / sqrt(1e-5);
+    const double scale = maxabs_f(w, COLS, 0.0) / sqrt(1e-5);
     char what[128];
     const char *kn[DN_KINDS] = {"subnormal", "tiny normal + subnormal", "unit + subnormal"};
 
