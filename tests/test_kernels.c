@@ -501,6 +501,78 @@ static void test_norm_affine(void **state)
     }
 }
 
+/* x == y: norm_rows, norm_cols and norm_affine in place give the bits of
+ * the out-of-place call, on every table, every activation, streaming on/off,
+ * lengths around the vector widths and misaligned starts. */
+static void check_inplace(const char *tname, const char *kname, const float *want,
+                          const float *got, size_t n, size_t len, int act, int stream)
+{
+    if (memcmp(want, got, n * sizeof *want)) {
+        size_t i = 0;
+        while (!memcmp(&want[i], &got[i], sizeof *want))
+            i++;
+        print_error("%s %s in place (len %zu, act %d, stream %d): y[%zu] = %.9g, out of place "
+                    "%.9g\n",
+                    tname, kname, len, act, stream, i, (double)got[i], (double)want[i]);
+        fail();
+    }
+}
+
+static void test_norm_inplace(void **state)
+{
+    (void)state;
+    static const size_t lens[] = {1, 3, 7, 8, 15, 16, 17, 31, 33, 63, 64, 65, 129, 255, 257, 1000, 4099};
+    enum { ROWS = 3 };
+    float *x = malloc((ROWS * 4099 + 8) * sizeof *x), *y = malloc((ROWS * 4099 + 8) * sizeof *y);
+    float *z = malloc((ROWS * 4099 + 8) * sizeof *z), *p = malloc(3 * 4099 * sizeof *p);
+    assert_true(x && y && z && p);
+    for (int ti = 0; ti < ntables; ti++) {
+        const nk_kernels *k = &tables[ti].k;
+        nkt_rng rng;
+        nkt_seed(&rng, 21);
+        for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++) {
+            const size_t len = lens[li], n = ROWS * len, sh = li % 4;
+            float *xs = x + sh, *zs = z + sh;
+            nkt_fill(&rng, p, 3 * len, 0.5, 0.5); /* m / a / b, or g / b */
+            float m[ROWS], a[ROWS], b[ROWS];
+            for (size_t r = 0; r < ROWS; r++) {
+                m[r] = (float)nkt_normal(&rng);
+                a[r] = (float)(0.5 + nkt_uniform(&rng));
+                b[r] = (float)nkt_normal(&rng);
+            }
+            for (int act = 0; act <= NK_ACT_GELU_TANH; act++)
+                for (int stream = 0; stream < 2; stream++) {
+                    const nk_epilogue ep = {act, 0.1f, stream};
+                    nkt_fill(&rng, xs, n, 0.0, 2.0);
+
+                    k->norm_rows(xs, y, ROWS, len, len, len, m, a, b, 1, &ep);
+                    memcpy(zs, xs, n * sizeof *zs);
+                    k->norm_rows(zs, zs, ROWS, len, len, len, m, a, b, 1, &ep);
+                    check_inplace(tables[ti].name, "norm_rows", y, zs, n, len, act, stream);
+
+                    k->norm_cols(xs, y, ROWS, len, len, len, p, p + len, p + 2 * len, &ep);
+                    memcpy(zs, xs, n * sizeof *zs);
+                    k->norm_cols(zs, zs, ROWS, len, len, len, p, p + len, p + 2 * len, &ep);
+                    check_inplace(tables[ti].name, "norm_cols", y, zs, n, len, act, stream);
+
+                    k->norm_affine(xs, y, ROWS, len, len, len, m, a, p, p + len, &ep);
+                    memcpy(zs, xs, n * sizeof *zs);
+                    k->norm_affine(zs, zs, ROWS, len, len, len, m, a, p, p + len, &ep);
+                    check_inplace(tables[ti].name, "norm_affine", y, zs, n, len, act, stream);
+
+                    k->norm_affine(xs, y, ROWS, len, len, len, NULL, a, NULL, NULL, &ep);
+                    memcpy(zs, xs, n * sizeof *zs);
+                    k->norm_affine(zs, zs, ROWS, len, len, len, NULL, a, NULL, NULL, &ep);
+                    check_inplace(tables[ti].name, "norm_affine (RMS)", y, zs, n, len, act, stream);
+                }
+        }
+    }
+    free(x);
+    free(y);
+    free(z);
+    free(p);
+}
+
 /* Normalize values: exact x == m gives exactly b on every table. */
 static void test_norm_centred(void **state)
 {
@@ -939,6 +1011,7 @@ int main(void)
         cmocka_unit_test(test_norm_rows),
         cmocka_unit_test(test_norm_cols),
         cmocka_unit_test(test_norm_affine),
+        cmocka_unit_test(test_norm_inplace),
         cmocka_unit_test(test_norm_centred),
         cmocka_unit_test(test_constant_exact),
         cmocka_unit_test(test_shifted_kernels),
