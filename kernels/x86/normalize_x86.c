@@ -162,10 +162,6 @@ NK_INLINE void cols_body(const float *x, float *y, size_t rows, size_t cols, siz
             for (size_t r = r0; r < r0 + nr; r++) {
                 const float *xr = x + r * xstride + j;
                 float *yr = y + r * ystride + j;
-                /* the same columns of the next tile: short strided runs are
-                 * not followed by the hardware prefetchers */
-                for (int v = 0; v < COLS_REG; v += 64 / (int)NK_VBYTES ? 64 / (int)NK_VBYTES : 1)
-                    _mm_prefetch((const char *)(xr + tile * xstride + (size_t)v * NK_VL), _MM_HINT_T0);
                 for (int v = 0; v < COLS_REG; v++) {
                     vf o = norm1(vf_loadu(xr + v * NK_VL), vm[v], va[v], vb[v], act, alpha);
                     if (stream)
