@@ -312,8 +312,50 @@ static void forward(nkf_in *in, nk_module *m, const made *md)
     take(m, &s);
     if (nkf_u8(in) & 1)
         nkf_dirty_error();
-    nk_status st = nk_module_forward(m, (const float *)x.p, ndim, dims_null ? NULL : (int64_t *)db.p, yp);
+    /* nk_module_forward_ex: a fuzzed struct_size (one from a newer header
+     * too) and the C-sized running-statistics outputs, guarded */
+    uint8_t ex = nkf_u8(in);
+    struct {
+        nk_module_outputs o;
+        float *newer_field; /* a field a later version might append */
+    } out = {{0, 0, NULL, NULL, NULL, NULL}, NULL};
+    static const uint32_t sizes[] = {0, 8, sizeof(nk_module_outputs), sizeof out};
+    out.o.struct_size = sizes[(ex >> 1) & 3];
+    nkf_buf orm = {0}, orv = {0};
+    const int64_t P = nk_module_param_size(m);
+    if ((ex & 8) && P > 0 && P <= 4096) {
+        orm = nkf_alloc((size_t)P * sizeof(float), 0);
+        orv = nkf_alloc((size_t)P * sizeof(float), 0);
+        memset(orm.p, 0x7f, orm.bytes);
+        memset(orv.p, 0x7f, orv.bytes);
+        nkf_snapshot(&orm);
+        nkf_snapshot(&orv);
+        out.o.running_mean = (float *)orm.p;
+        out.o.running_var = (ex & 16) ? (float *)orv.p : NULL;
+    }
+    const int use_ex = ex & 1;
+    const int64_t *dp = dims_null ? NULL : (int64_t *)db.p;
+    nk_status st = use_ex ? nk_module_forward_ex(m, (const float *)x.p, ndim, dp, yp, &out.o)
+                          : nk_module_forward(m, (const float *)x.p, ndim, dp, yp);
     nkf_check_status(st, fn);
+    /* outputs forward_ex must refuse, whatever the input */
+    const int ex_bad = use_ex && (out.o.struct_size < sizeof(nk_module_outputs) ||
+                                  (orm.p && (md->layer != NK_LAYER_BATCH_NORM || !nk_module_running_mean(m))));
+    if (use_ex) {
+        nkf_check_guard(&orm, "forward_ex running_mean");
+        nkf_check_guard(&orv, "forward_ex running_var");
+        int wants_running = out.o.running_mean || out.o.running_var;
+        if (st == NK_OK && out.o.struct_size < sizeof(nk_module_outputs))
+            nkf_die("forward_ex accepted struct_size %u", (unsigned)out.o.struct_size);
+        if (st == NK_OK && wants_running && !nk_module_running_mean(m))
+            nkf_die("forward_ex returned running statistics the module does not have");
+        if (st == NK_OK && orm.p && memcmp(orm.p, nk_module_running_mean(m), (size_t)P * sizeof(float)))
+            nkf_die("forward_ex running_mean differs from the module's");
+        if (st != NK_OK && (!nkf_unchanged(&orm) || !nkf_unchanged(&orv)))
+            nkf_die("failed forward_ex (%s) wrote its outputs", nk_last_error());
+    }
+    nkf_free(&orm);
+    nkf_free(&orv);
     nkf_check_guard(&x, fn);
     nkf_check_guard(&y, fn);
     if (db.base) {
@@ -329,7 +371,7 @@ static void forward(nkf_in *in, nk_module *m, const made *md)
         compare(m, &s, "failed forward");
         if (!nkf_unchanged(&y) || (in_place && !nkf_unchanged(&x)))
             nkf_die("failed forward (%s) changed the output", nk_last_error());
-        if (wf && st != NK_ERR_TOO_FEW_VALUES &&
+        if (wf && !bad && !ex_bad && st != NK_ERR_TOO_FEW_VALUES &&
             !nkf_known_megengine_freeze(md->fw, md->layer, &md->cfg))
             nkf_die("%s rejected a well-formed %dD input for %s layer %d: %s", fn, ndim,
                     nk_framework_name((nk_framework)md->fw), md->layer, nk_last_error());
@@ -473,7 +515,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     for (int step = 0; step < 8 && nkf_left(&in); step++) {
         uint8_t op = nkf_u8(&in);
-        switch (op % 4) {
+        switch (op % 5) {
+        case 4: {
+            /* checkpoint restore of num_batches_tracked */
+            int64_t want = (int64_t)nkf_u64(&in), before = nk_module_num_batches_tracked(m);
+            st = nk_module_set_num_batches_tracked(m, want);
+            nkf_check_status(st, "nk_module_set_num_batches_tracked");
+            int ok = md.layer == NK_LAYER_BATCH_NORM && nk_module_running_mean(m) && want >= 0 &&
+                     want != INT64_MAX;
+            if ((st == NK_OK) != ok)
+                nkf_die("nk_module_set_num_batches_tracked(%lld) gave status %d", (long long)want, (int)st);
+            if (nk_module_num_batches_tracked(m) != (st == NK_OK ? want : before))
+                nkf_die("nk_module_set_num_batches_tracked left %lld",
+                        (long long)nk_module_num_batches_tracked(m));
+            break;
+        }
         case 0: {
             int t = (op >> 2) & 1 ? (int)(op >> 3) - 16 : (op >> 3) & 1;
             if (nkf_u8(&in) & 1)
