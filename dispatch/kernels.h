@@ -68,6 +68,24 @@ typedef void (*nk_norm_affine_fn)(const float *x, float *y, size_t rows, size_t 
                                   size_t xstride, size_t ystride, const float *m, const float *s,
                                   const float *g, const float *b, const nk_epilogue *ep);
 
+/*
+ * Inference scale of n channels: a[c] = (1 / sqrt(var[c] + eps)) * w[c] in
+ * fp32 (w == NULL: the reciprocal alone). Every operation is IEEE, correctly
+ * rounded, so each ISA gives the scalar result bit for bit; it is also the
+ * expression PyTorch evaluates for BatchNorm inference.
+ */
+typedef void (*nk_inv_scale_fn)(const float *var, const float *w, float eps, size_t n, float *a);
+
+/*
+ * Training statistics of n channels from their moments, fp64:
+ * var[c] = m2 / count (0 for an empty channel) and
+ * inv[c] = 1 / sqrt(var[c] + eps), 0 where var[c] + eps == 0 (PyTorch's rule
+ * for a constant channel with eps == 0). Correctly rounded operations: every
+ * ISA gives the scalar result bit for bit.
+ */
+typedef void (*nk_inv_std_fn)(const nk_moments *mo, size_t n, double eps, double *var,
+                              double *inv);
+
 typedef struct nk_kernels {
     nk_isa isa;
     nk_moments_rows_fn moments_rows;
@@ -76,6 +94,8 @@ typedef struct nk_kernels {
     nk_norm_rows_fn norm_rows;
     nk_norm_cols_fn norm_cols;
     nk_norm_affine_fn norm_affine;
+    nk_inv_scale_fn inv_scale;
+    nk_inv_std_fn inv_std;
 } nk_kernels;
 
 /* The table in use (forced or best). Never NULL. */

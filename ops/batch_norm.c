@@ -18,25 +18,36 @@ typedef struct bn_ctx {
     float *save_mean, *save_invstd;
 } bn_ctx;
 
-/* Statistics of channel c -> its m, a, b; running statistics and saves. */
-static void bn_finalize(const bn_ctx *cx, size_t c, const nk_moments *mo, float *m, float *a,
-                        float *b)
+/* Statistics of channels [c0, c0 + nc) -> their m, a, b; running statistics
+ * and saves. Branch-free loops over the block (the inverse standard
+ * deviations come vectorised from the kernel table): short inputs with many
+ * channels spend most of their time here. nc <= NK_CBLK. */
+static void bn_finalize(const nk_kernels *k, const bn_ctx *cx, size_t c0, size_t nc,
+                        const nk_moments *mo, float *m, float *a, float *b)
 {
-    double var = mo->count > 0.0 ? mo->m2 / mo->count : 0.0;
-    double inv = nk_invstd_bn(var, cx->eps);
-    double w = cx->weight ? cx->weight[c] : 1.0;
-    *m = (float)mo->mean;
-    *a = (float)(w * inv);
-    *b = cx->bias ? cx->bias[c] : 0.0f;
+    double var[NK_CBLK], inv[NK_CBLK];
+    k->inv_std(mo, nc, cx->eps, var, inv);
+    for (size_t c = 0; c < nc; c++) {
+        m[c] = (float)mo[c].mean;
+        a[c] = (float)((cx->weight ? (double)cx->weight[c0 + c] : 1.0) * inv[c]);
+        b[c] = cx->bias ? cx->bias[c0 + c] : 0.0f;
+    }
     if (cx->save_mean)
-        cx->save_mean[c] = (float)mo->mean;
+        for (size_t c = 0; c < nc; c++)
+            cx->save_mean[c0 + c] = (float)mo[c].mean;
     if (cx->save_invstd)
-        cx->save_invstd[c] = (float)inv;
-    if (cx->rs && mo->count > 0.0) {
-        double mom = cx->momentum;
-        double v = cx->rs->unbiased ? mo->m2 / (mo->count - 1.0) : var;
-        cx->rs->mean[c] = (float)(mom * mo->mean + (1.0 - mom) * (double)cx->rs->mean[c]);
-        cx->rs->var[c] = (float)(mom * v + (1.0 - mom) * (double)cx->rs->var[c]);
+        for (size_t c = 0; c < nc; c++)
+            cx->save_invstd[c0 + c] = (float)inv[c];
+    if (!cx->rs)
+        return;
+    const double mom = cx->momentum;
+    float *rm = cx->rs->mean + c0, *rv = cx->rs->var + c0;
+    for (size_t c = 0; c < nc; c++) {
+        if (!(mo[c].count > 0.0))
+            continue;
+        double v = cx->rs->unbiased ? mo[c].m2 / (mo[c].count - 1.0) : var[c];
+        rm[c] = (float)(mom * mo[c].mean + (1.0 - mom) * (double)rm[c]);
+        rv[c] = (float)(mom * v + (1.0 - mom) * (double)rv[c]);
     }
 }
 
@@ -72,7 +83,7 @@ static void bn_run(const nk_kernels *k, const float *x, const nk_shape *s,
             else
                 bn_rows_channel(k, x, N, C, S, c, &acc);
             float m, a, b;
-            bn_finalize(cx, c, &acc, &m, &a, &b);
+            bn_finalize(k, cx, c, 1, &acc, &m, &a, &b);
             if (N && S)
                 k->norm_rows(x + c * S, y + c * S, N, S, C * S, C * S, &m, &a, &b, 0, ep);
         }
@@ -90,8 +101,7 @@ static void bn_run(const nk_kernels *k, const float *x, const nk_shape *s,
             if (v.rows)
                 nk_colview_moments(k, x, &v, c0, nc, acc);
         }
-        for (size_t c = 0; c < nc; c++)
-            bn_finalize(cx, c0 + c, &acc[c], &m[c], &a[c], &b[c]);
+        bn_finalize(k, cx, c0, nc, acc, m, a, b);
         if (v.rows)
             nk_colview_normalize(k, x, y, &v, c0, nc, m, a, b, ep);
     }
@@ -222,20 +232,14 @@ nk_status nk_batch_norm_apply_moments(const float *x, const nk_shape *shape,
     return NK_OK;
 }
 
-/* m, a, b of nc channels from running statistics; branch-free loops that
- * the compiler vectorises (this is most of the cost of short inputs). */
-static void bn_infer_params(const float *rmean, const float *rvar, const float *weight,
-                            const float *bias, double eps, size_t nc, float *m, float *a, float *b)
+/* m, a, b of nc channels from running statistics (a in fp32, as PyTorch's
+ * inference; vectorised by the kernel table: most of the cost of short
+ * inputs). */
+static void bn_infer_params(const nk_kernels *k, const float *rmean, const float *rvar,
+                            const float *weight, const float *bias, double eps, size_t nc,
+                            float *m, float *a, float *b)
 {
-    double inv[NK_CBLK];
-    for (size_t c = 0; c < nc; c++)
-        inv[c] = 1.0 / sqrt((double)rvar[c] + eps);
-    if (weight)
-        for (size_t c = 0; c < nc; c++)
-            a[c] = (float)((double)weight[c] * inv[c]);
-    else
-        for (size_t c = 0; c < nc; c++)
-            a[c] = (float)inv[c];
+    k->inv_scale(rvar, weight, (float)eps, nc, a);
     memcpy(m, rmean, nc * sizeof *m);
     if (bias)
         memcpy(b, bias, nc * sizeof *b);
@@ -273,7 +277,7 @@ nk_status nk_batch_norm_infer_as(const char *fn, const float *x, const nk_shape 
     float m[NK_CBLK], a[NK_CBLK], b[NK_CBLK];
     for (size_t c0 = 0; c0 < C && total; c0 += blk) {
         size_t nc = C - c0 < blk ? C - c0 : blk;
-        bn_infer_params(running_mean + c0, running_var + c0, weight ? weight + c0 : NULL,
+        bn_infer_params(k, running_mean + c0, running_var + c0, weight ? weight + c0 : NULL,
                         bias ? bias + c0 : NULL, eps, nc, m, a, b);
         if (cols) {
             nk_colview_normalize(k, x, y, &v, c0, nc, m, a, b, &ep);

@@ -277,9 +277,26 @@ void nk_colview_normalize(const nk_kernels *k, const float *x, float *y, const n
     }
 }
 
+/* Channels whose columns fill whole vectors: 16 / gcd(rep, 16). */
+static size_t colview_align(const nk_colview *v)
+{
+    size_t g = 16, r = v->rep;
+    while (r) {
+        size_t t = g % r;
+        g = r;
+        r = t;
+    }
+    return 16 / g;
+}
+
 size_t nk_colview_block(const nk_colview *v)
 {
-    return v->rep >= NK_CBLK ? 1 : NK_CBLK / v->rep;
+    if (v->rep >= NK_CBLK)
+        return 1;
+    /* a block of whole vectors keeps the normalize loads aligned with the
+     * rows' vectors and leaves no masked tail inside a row */
+    size_t blk = NK_CBLK / v->rep, al = colview_align(v);
+    return blk >= al ? blk - blk % al : blk;
 }
 
 bool nk_bn_colview(const nk_shape *s, nk_colview *v)

@@ -134,6 +134,8 @@ static void test_tables(void **state)
         assert_non_null(t->norm_rows);
         assert_non_null(t->norm_cols);
         assert_non_null(t->norm_affine);
+        assert_non_null(t->inv_scale);
+        assert_non_null(t->inv_std);
         if (i > 0) {
             /* every entry is this ISA's own kernel, not the inherited scalar one */
             assert_ptr_not_equal(t->moments_rows, s->moments_rows);
@@ -443,8 +445,98 @@ static void test_norm_cols(void **state)
                 run_norm_cols(&tables[ti], &rng, 4099, 16, 0, 0, 0, act, stream);
                 run_norm_cols(&tables[ti], &rng, 1000, 64, 0, 1, 0, act, stream);
                 run_norm_cols(&tables[ti], &rng, 3, 65537, 1, 2, 3, act, stream);
+                /* several row tiles with a partial last one, blocks of 8, 4
+                 * and a tail inside each row */
+                run_norm_cols(&tables[ti], &rng, 37, 200, 3, 1, 2, act, stream);
+                run_norm_cols(&tables[ti], &rng, 19, 304, 0, 0, 0, act, stream);
             }
     }
+}
+
+/*
+ * The per-channel scale kernels promise the scalar kernel's bits (IEEE
+ * operations only): every table, lengths across the vector widths and
+ * tails, zero variances with and without eps, empty channels; outputs are
+ * compared bitwise and guarded on both sides.
+ */
+#define NKT_SENTINEL 7.25
+
+static void test_inv_scale(void **state)
+{
+    (void)state;
+    nkt_rng rng;
+    nkt_seed(&rng, 31);
+    for (int ti = 0; ti < ntables; ti++)
+        for (size_t n = 0; n <= 70; n++)
+            for (int wcase = 0; wcase < 2; wcase++)
+                for (int ecase = 0; ecase < 2; ecase++) {
+                    const float eps = ecase ? 1e-5f : 0.0f;
+                    nkt_buf vb = nkt_alloc(n ? n : 1, n % 3), wb = nkt_alloc(n ? n : 1, 1);
+                    nkt_buf ab = nkt_alloc(n ? n : 1, n % 5), rb = nkt_alloc(n ? n : 1, 0);
+                    for (size_t i = 0; i < n; i++) {
+                        /* variances over many binades, some exactly 0 */
+                        double u = nkt_uniform(&rng);
+                        vb.p[i] = i % 7 == 3 ? 0.0f : (float)(u * u * pow(10.0, (double)(i % 9) - 4));
+                        wb.p[i] = (float)(nkt_normal(&rng));
+                        ab.p[i] = rb.p[i] = (float)NKT_SENTINEL;
+                    }
+                    const float *w = wcase ? wb.p : NULL;
+                    tables[ti].k.inv_scale(vb.p, w, eps, n, ab.p);
+                    ref->inv_scale(vb.p, w, eps, n, rb.p);
+                    for (size_t i = 0; i < n; i++)
+                        if (memcmp(&ab.p[i], &rb.p[i], sizeof(float))) {
+                            print_error("%s inv_scale n=%zu w=%d eps=%g [%zu]: %a, scalar %a\n",
+                                        tables[ti].name, n, wcase, (double)eps, i,
+                                        (double)ab.p[i], (double)rb.p[i]);
+                            fail();
+                        }
+                    assert_true(nkt_guard_ok(&vb) && nkt_guard_ok(&wb) && nkt_guard_ok(&ab));
+                    nkt_free(&vb);
+                    nkt_free(&wb);
+                    nkt_free(&ab);
+                    nkt_free(&rb);
+                }
+}
+
+static void test_inv_std(void **state)
+{
+    (void)state;
+    nkt_rng rng;
+    nkt_seed(&rng, 37);
+    for (int ti = 0; ti < ntables; ti++)
+        for (size_t n = 0; n <= 70; n++)
+            for (int ecase = 0; ecase < 2; ecase++) {
+                const double eps = ecase ? 1e-5 : 0.0;
+                nk_moments *mo = malloc((n + 1) * sizeof *mo);
+                /* one sentinel on each side of each output array */
+                double *var = malloc((n + 2) * sizeof *var), *inv = malloc((n + 2) * sizeof *inv);
+                double *rv = malloc((n + 2) * sizeof *rv), *ri = malloc((n + 2) * sizeof *ri);
+                assert_true(mo && var && inv && rv && ri);
+                for (size_t i = 0; i < n + 2; i++)
+                    var[i] = inv[i] = rv[i] = ri[i] = NKT_SENTINEL;
+                for (size_t i = 0; i < n; i++) {
+                    double u = nkt_uniform(&rng);
+                    /* empty channels, constant channels (m2 == 0), and spread ones */
+                    mo[i].count = i % 11 == 5 ? 0.0 : (double)(1 + i * 37 % 1000);
+                    mo[i].mean = nkt_normal(&rng);
+                    mo[i].m2 = mo[i].count == 0.0 || i % 7 == 3 ? 0.0
+                               : mo[i].count * u * u * pow(10.0, (double)(i % 9) - 4);
+                }
+                tables[ti].k.inv_std(mo, n, eps, var + 1, inv + 1);
+                ref->inv_std(mo, n, eps, rv + 1, ri + 1);
+                for (size_t i = 0; i < n + 2; i++)
+                    if (memcmp(&var[i], &rv[i], sizeof(double)) ||
+                        memcmp(&inv[i], &ri[i], sizeof(double))) {
+                        print_error("%s inv_std n=%zu eps=%g [%zu]: var %a inv %a, scalar %a %a\n",
+                                    tables[ti].name, n, eps, i, var[i], inv[i], rv[i], ri[i]);
+                        fail();
+                    }
+                free(mo);
+                free(var);
+                free(inv);
+                free(rv);
+                free(ri);
+            }
 }
 
 static void run_norm_affine(const tbl *t, nkt_rng *rng, size_t rows, size_t len, size_t pad,
@@ -1011,6 +1103,8 @@ int main(void)
         cmocka_unit_test(test_norm_rows),
         cmocka_unit_test(test_norm_cols),
         cmocka_unit_test(test_norm_affine),
+        cmocka_unit_test(test_inv_scale),
+        cmocka_unit_test(test_inv_std),
         cmocka_unit_test(test_norm_inplace),
         cmocka_unit_test(test_norm_centred),
         cmocka_unit_test(test_constant_exact),

@@ -14,6 +14,7 @@
 #define NK_KERNELS_ARM_NEON_UTIL_H
 
 #include <arm_neon.h>
+#include <math.h>
 #include <stddef.h>
 
 #if defined(NK_HAVE_SLEEF) && NK_HAVE_SLEEF

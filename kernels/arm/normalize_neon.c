@@ -273,10 +273,31 @@ static void nk_norm_affine__neon(const float *x, float *y, size_t rows, size_t l
 #undef NK_CASE
 }
 
+#if defined(__aarch64__)
+/* Same IEEE operations as the scalar kernel (AArch64 has vector sqrt and
+ * division; ARMv7 NEON only estimates, so it keeps the scalar kernel). */
+static void nk_inv_scale__neon(const float *var, const float *w, float eps, size_t n, float *a)
+{
+    const float32x4_t ve = vdupq_n_f32(eps), one = vdupq_n_f32(1.0f);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        float32x4_t inv = vdivq_f32(one, vsqrtq_f32(vaddq_f32(vld1q_f32(var + i), ve)));
+        vst1q_f32(a + i, w ? vmulq_f32(inv, vld1q_f32(w + i)) : inv);
+    }
+    for (; i < n; i++) {
+        float inv = 1.0f / sqrtf(var[i] + eps);
+        a[i] = w ? inv * w[i] : inv;
+    }
+}
+#endif
+
 void nk_kernels_init_neon(nk_kernels *k)
 {
     nk_kernels_init_neon_moments(k);
     k->norm_rows = nk_norm_rows__neon;
     k->norm_cols = nk_norm_cols__neon;
     k->norm_affine = nk_norm_affine__neon;
+#if defined(__aarch64__)
+    k->inv_scale = nk_inv_scale__neon;
+#endif
 }

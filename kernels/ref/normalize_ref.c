@@ -74,6 +74,24 @@ static void norm_affine_ref(const float *x, float *y, size_t rows, size_t len, s
     }
 }
 
+static void inv_scale_ref(const float *var, const float *w, float eps, size_t n, float *a)
+{
+    for (size_t i = 0; i < n; i++) {
+        float inv = 1.0f / sqrtf(var[i] + eps);
+        a[i] = w ? inv * w[i] : inv;
+    }
+}
+
+static void inv_std_ref(const nk_moments *mo, size_t n, double eps, double *var, double *inv)
+{
+    for (size_t i = 0; i < n; i++) {
+        double c = mo[i].count;
+        var[i] = c > 0.0 ? mo[i].m2 / c : 0.0;
+        double v = var[i] + eps;
+        inv[i] = v == 0.0 ? 0.0 : 1.0 / sqrt(v);
+    }
+}
+
 void nk_kernels_init_ref_moments(nk_kernels *k);
 
 void nk_kernels_init_ref(nk_kernels *k)
@@ -81,6 +99,8 @@ void nk_kernels_init_ref(nk_kernels *k)
     k->isa = NK_ISA_SCALAR;
     nk_kernels_init_ref_moments(k);
     k->norm_rows = norm_rows_ref;
+    k->inv_scale = inv_scale_ref;
+    k->inv_std = inv_std_ref;
     k->norm_cols = norm_cols_ref;
     k->norm_affine = norm_affine_ref;
 }

@@ -71,6 +71,7 @@ NK_INLINE vf vf_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 NK_INLINE vf vf_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 NK_INLINE vf vf_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 NK_INLINE vf vf_div(vf a, vf b) { return _mm512_div_ps(a, b); }
+NK_INLINE vf vf_sqrt(vf a) { return _mm512_sqrt_ps(a); }
 NK_INLINE vf vf_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 /* max(0, v) with 0 first: NaN in v propagates, -0 stays -0 (as the ref). */
 NK_INLINE vf vf_relu(vf v) { return _mm512_max_ps(_mm512_setzero_ps(), v); }
@@ -194,6 +195,7 @@ NK_INLINE vf vf_add(vf a, vf b) { return _mm256_add_ps(a, b); }
 NK_INLINE vf vf_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
 NK_INLINE vf vf_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 NK_INLINE vf vf_div(vf a, vf b) { return _mm256_div_ps(a, b); }
+NK_INLINE vf vf_sqrt(vf a) { return _mm256_sqrt_ps(a); }
 NK_INLINE vf vf_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 NK_INLINE vf vf_relu(vf v) { return _mm256_max_ps(_mm256_setzero_ps(), v); }
 NK_INLINE vf vf_leaky(vf v, vf alpha)

@@ -103,8 +103,43 @@ static void NK_FN(norm_rows)(const float *x, float *y, size_t rows, size_t len, 
 
 /* ---- norm_cols: per-column m, a, b ---- */
 
-#define COLS_REG 4 /* rows up to COLS_REG vectors wide keep m, a, b in registers */
-#define COLS_TILE 4096 /* floats per row tile of wider rows (16 KiB, in L1) */
+/* Rows are processed in tiles of at least COLS_MIN_ROWS rows
+ * and about COLS_TILE floats; inside a tile, blocks of up to 8 vectors of
+ * columns keep their m, a, b in registers across the tile's rows, so each
+ * output vector costs one load of x and the parameter loads are amortised
+ * over the tile's rows. */
+#define COLS_TILE 4096
+#define COLS_MIN_ROWS 8
+
+/* One column block: V full vectors (V constant after inlining), or one
+ * masked vector of `tail` lanes when tail != 0, over nr rows. */
+NK_INLINE void cols_block(const float *x, float *y, size_t nr, size_t xstride, size_t ystride,
+                          const float *m, const float *a, const float *b, const int V, size_t tail,
+                          const int act, vf alpha, int stream)
+{
+    vf vm[8], va[8], vb[8];
+    for (int v = 0; v < V; v++) {
+        const size_t o = (size_t)v * NK_VL;
+        vm[v] = tail ? vf_load_n(m, tail) : vf_loadu(m + o);
+        va[v] = tail ? vf_load_n(a, tail) : vf_loadu(a + o);
+        vb[v] = tail ? vf_load_n(b, tail) : vf_loadu(b + o);
+    }
+    for (size_t r = 0; r < nr; r++) {
+        const float *xr = x + r * xstride;
+        float *yr = y + r * ystride;
+        for (int v = 0; v < V; v++) {
+            const size_t o = (size_t)v * NK_VL;
+            vf o1 = norm1(tail ? vf_load_n(xr, tail) : vf_loadu(xr + o), vm[v], va[v], vb[v], act,
+                          alpha);
+            if (tail)
+                vf_store_n(yr, o1, tail);
+            else if (stream)
+                vf_stream(yr + o, o1);
+            else
+                vf_storeu(yr + o, o1);
+        }
+    }
+}
 
 NK_INLINE void cols_body(const float *x, float *y, size_t rows, size_t cols, size_t xstride,
                          size_t ystride, const float *m, const float *a, const float *b,
@@ -113,83 +148,37 @@ NK_INLINE void cols_body(const float *x, float *y, size_t rows, size_t cols, siz
     const vf alpha = vf_set1(ep->alpha);
     /* streaming only when every row's full vectors are aligned */
     const int stream = ep->stream && nk_aligned(y) && ystride % NK_VL == 0;
-    const size_t nfull = cols / NK_VL, tail = cols % NK_VL;
-    if (cols <= COLS_REG * NK_VL) {
-        vf vm[COLS_REG + 1], va[COLS_REG + 1], vb[COLS_REG + 1];
-        for (size_t v = 0; v < nfull; v++) {
-            vm[v] = vf_loadu(m + v * NK_VL);
-            va[v] = vf_loadu(a + v * NK_VL);
-            vb[v] = vf_loadu(b + v * NK_VL);
-        }
-        if (tail) {
-            vm[nfull] = vf_load_n(m + nfull * NK_VL, tail);
-            va[nfull] = vf_load_n(a + nfull * NK_VL, tail);
-            vb[nfull] = vf_load_n(b + nfull * NK_VL, tail);
-        }
-        for (size_t r = 0; r < rows; r++) {
-            const float *xr = x + r * xstride;
-            float *yr = y + r * ystride;
-            for (size_t v = 0; v < nfull; v++) {
-                vf o = norm1(vf_loadu(xr + v * NK_VL), vm[v], va[v], vb[v], act, alpha);
-                if (stream)
-                    vf_stream(yr + v * NK_VL, o);
-                else
-                    vf_storeu(yr + v * NK_VL, o);
-            }
-            if (tail)
-                vf_store_n(yr + nfull * NK_VL,
-                           norm1(vf_load_n(xr + nfull * NK_VL, tail), vm[nfull], va[nfull],
-                                 vb[nfull], act, alpha),
-                           tail);
-        }
-        return;
-    }
-    /* Wide rows: tiles of about COLS_TILE floats of consecutive rows; inside a
-     * tile, blocks of COLS_REG vectors of columns keep their m, a, b in
-     * registers across the tile's rows, so each output vector costs one load
-     * of x and the tile is still in L1 for the next column block. */
-    const size_t tile = cols >= COLS_TILE ? 1 : COLS_TILE / cols;
+    /* 8 vectors of m, a, b take 24 of AVX-512's 32 registers; the
+     * polynomial activations and AVX2's 16 registers get 4 */
+    const int wide = NK_VL == 16 && (act == NK_ACT_NONE || act == NK_ACT_RELU ||
+                                     act == NK_ACT_LEAKY_RELU);
+    /* a row of several blocks: the next block re-reads the tile's shared
+     * lines from L1, so each line of x comes from memory once */
+    const size_t tile = COLS_TILE / cols > COLS_MIN_ROWS ? COLS_TILE / cols : COLS_MIN_ROWS;
     for (size_t r0 = 0; r0 < rows; r0 += tile) {
         const size_t nr = rows - r0 < tile ? rows - r0 : tile;
+        const float *xt = x + r0 * xstride;
+        float *yt = y + r0 * ystride;
         size_t j = 0;
-        for (; j + COLS_REG * NK_VL <= cols; j += COLS_REG * NK_VL) {
-            vf vm[COLS_REG], va[COLS_REG], vb[COLS_REG];
-            for (int v = 0; v < COLS_REG; v++) {
-                vm[v] = vf_loadu(m + j + (size_t)v * NK_VL);
-                va[v] = vf_loadu(a + j + (size_t)v * NK_VL);
-                vb[v] = vf_loadu(b + j + (size_t)v * NK_VL);
-            }
-            for (size_t r = r0; r < r0 + nr; r++) {
-                const float *xr = x + r * xstride + j;
-                float *yr = y + r * ystride + j;
-                for (int v = 0; v < COLS_REG; v++) {
-                    vf o = norm1(vf_loadu(xr + v * NK_VL), vm[v], va[v], vb[v], act, alpha);
-                    if (stream)
-                        vf_stream(yr + v * NK_VL, o);
-                    else
-                        vf_storeu(yr + v * NK_VL, o);
-                }
-            }
+#define BLOCK(V, tail)                                                                            \
+    cols_block(xt + j, yt + j, nr, xstride, ystride, m + j, a + j, b + j, V, tail, act, alpha,    \
+               stream)
+        if (wide)
+            for (; j + 8 * NK_VL <= cols; j += 8 * NK_VL)
+                BLOCK(8, 0);
+        for (; j + 4 * NK_VL <= cols; j += 4 * NK_VL)
+            BLOCK(4, 0);
+        if (j + 2 * NK_VL <= cols) {
+            BLOCK(2, 0);
+            j += 2 * NK_VL;
         }
-        for (size_t r = r0; r < r0 + nr; r++) {
-            const float *xr = x + r * xstride;
-            float *yr = y + r * ystride;
-            size_t i = j;
-            for (; i + NK_VL <= cols; i += NK_VL) {
-                vf o = norm1(vf_loadu(xr + i), vf_loadu(m + i), vf_loadu(a + i), vf_loadu(b + i),
-                             act, alpha);
-                if (stream)
-                    vf_stream(yr + i, o);
-                else
-                    vf_storeu(yr + i, o);
-            }
-            if (i < cols)
-                vf_store_n(yr + i,
-                           norm1(vf_load_n(xr + i, cols - i), vf_load_n(m + i, cols - i),
-                                 vf_load_n(a + i, cols - i), vf_load_n(b + i, cols - i), act,
-                                 alpha),
-                           cols - i);
+        if (j + NK_VL <= cols) {
+            BLOCK(1, 0);
+            j += NK_VL;
         }
+        if (j < cols)
+            BLOCK(1, cols - j);
+#undef BLOCK
     }
 }
 
@@ -270,10 +259,78 @@ static void NK_FN(norm_affine)(const float *x, float *y, size_t rows, size_t len
         _mm_sfence();
 }
 
+/* ---- inv_scale: the same IEEE operations as the scalar kernel ---- */
+
+static void NK_FN(inv_scale)(const float *var, const float *w, float eps, size_t n, float *a)
+{
+    const vf ve = vf_set1(eps), one = vf_set1(1.0f);
+    size_t i = 0;
+    for (; i + NK_VL <= n; i += NK_VL) {
+        vf inv = vf_div(one, vf_sqrt(vf_add(vf_loadu(var + i), ve)));
+        vf_storeu(a + i, w ? vf_mul(inv, vf_loadu(w + i)) : inv);
+    }
+    if (i < n) {
+        vf inv = vf_div(one, vf_sqrt(vf_add(vf_load_n(var + i, n - i), ve)));
+        vf_store_n(a + i, w ? vf_mul(inv, vf_load_n(w + i, n - i)) : inv, n - i);
+    }
+}
+
+/* ---- inv_std: fp64, the same IEEE operations as the scalar kernel ---- */
+
+static void NK_FN(inv_std)(const nk_moments *mo, size_t n, double eps, double *var, double *inv)
+{
+    const double *base = (const double *)mo; /* {count, mean, m2} per channel */
+    size_t i = 0;
+#if NK_VL == 16
+    /* 8 channels are 24 doubles in three vectors: counts at 0, 3, ..., 21,
+     * m2 at 2, 5, ..., 23 (permute index bit 3 picks the second source) */
+    const __m512i ic = _mm512_set_epi64(0, 0, 15, 12, 9, 6, 3, 0);
+    const __m512i ic2 = _mm512_set_epi64(5, 2, 0, 0, 0, 0, 0, 0);
+    const __m512i iq = _mm512_set_epi64(0, 0, 0, 14, 11, 8, 5, 2);
+    const __m512i iq2 = _mm512_set_epi64(7, 4, 1, 0, 0, 0, 0, 0);
+    const __m512d ve = _mm512_set1_pd(eps), one = _mm512_set1_pd(1.0), zero = _mm512_setzero_pd();
+    for (; i + 8 <= n; i += 8) {
+        const double *p = base + 3 * i;
+        __m512d v0 = _mm512_loadu_pd(p), v1 = _mm512_loadu_pd(p + 8), v2 = _mm512_loadu_pd(p + 16);
+        __m512d c = _mm512_mask_permutexvar_pd(_mm512_permutex2var_pd(v0, ic, v1), 0xC0, ic2, v2);
+        __m512d m2 = _mm512_mask_permutexvar_pd(_mm512_permutex2var_pd(v0, iq, v1), 0xE0, iq2, v2);
+        __mmask8 full = _mm512_cmp_pd_mask(c, zero, _CMP_GT_OQ);
+        __m512d v = _mm512_maskz_div_pd(full, m2, c);
+        _mm512_storeu_pd(var + i, v);
+        v = _mm512_add_pd(v, ve);
+        __m512d r = _mm512_div_pd(one, _mm512_sqrt_pd(v));
+        _mm512_storeu_pd(inv + i, _mm512_mask_blend_pd(_mm512_cmp_pd_mask(v, zero, _CMP_EQ_OQ), r,
+                                                       zero));
+    }
+#else
+    const __m256d ve = _mm256_set1_pd(eps), one = _mm256_set1_pd(1.0), zero = _mm256_setzero_pd();
+    for (; i + 4 <= n; i += 4) {
+        const double *p = base + 3 * i;
+        __m256d c = _mm256_set_pd(p[9], p[6], p[3], p[0]);
+        __m256d m2 = _mm256_set_pd(p[11], p[8], p[5], p[2]);
+        __m256d full = _mm256_cmp_pd(c, zero, _CMP_GT_OQ);
+        /* empty lanes divide by 1 and are then cleared */
+        __m256d v = _mm256_and_pd(_mm256_div_pd(m2, _mm256_blendv_pd(one, c, full)), full);
+        _mm256_storeu_pd(var + i, v);
+        v = _mm256_add_pd(v, ve);
+        __m256d r = _mm256_div_pd(one, _mm256_sqrt_pd(v));
+        _mm256_storeu_pd(inv + i, _mm256_blendv_pd(r, zero, _mm256_cmp_pd(v, zero, _CMP_EQ_OQ)));
+    }
+#endif
+    for (; i < n; i++) {
+        double c = mo[i].count;
+        var[i] = c > 0.0 ? mo[i].m2 / c : 0.0;
+        double v = var[i] + eps;
+        inv[i] = v == 0.0 ? 0.0 : 1.0 / sqrt(v);
+    }
+}
+
 void NK_INIT(nk_kernels *k)
 {
     NK_FN(kernels_init_moments)(k);
     k->norm_rows = NK_FN(norm_rows);
     k->norm_cols = NK_FN(norm_cols);
     k->norm_affine = NK_FN(norm_affine);
+    k->inv_scale = NK_FN(inv_scale);
+    k->inv_std = NK_FN(inv_std);
 }
