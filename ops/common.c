@@ -247,10 +247,23 @@ void nk_colview_normalize(const nk_kernels *k, const float *x, float *y, const n
     const size_t W = ncols == v->width ? widened(v->width) : v->width;
     float wm[NK_CBLK], wa[NK_CBLK], wb[NK_CBLK];
     size_t head = 0;
-    if (W != v->width || v->rep > 1) {
-        /* per-column parameters: W (widened) or ncols (<= NK_CBLK) columns */
-        size_t w = W != v->width ? W : ncols;
-        for (size_t j = 0, c = 0, in = 0, col = 0; j < w; j++) {
+    if (W == v->width && v->rep > 1) {
+        /* per-column parameters of nc channels, rep columns each: runs of
+         * one value that the compiler stores a vector at a time */
+        for (size_t c = 0, j = 0; c < nc; c++, j += v->rep) {
+            const float mc = m[c], ac = a[c], bc = b[c];
+            for (size_t i = 0; i < v->rep; i++) {
+                wm[j + i] = mc;
+                wa[j + i] = ac;
+                wb[j + i] = bc;
+            }
+        }
+        m = wm;
+        a = wa;
+        b = wb;
+    } else if (W != v->width) {
+        /* widened: W columns, copies of the row's per-column parameters */
+        for (size_t j = 0, c = 0, in = 0, col = 0; j < W; j++) {
             wm[j] = m[c];
             wa[j] = a[c];
             wb[j] = b[c];
