@@ -8,6 +8,7 @@
 #ifndef NK_DISPATCH_KERNELS_H
 #define NK_DISPATCH_KERNELS_H
 
+#include <math.h>
 #include <stddef.h>
 
 #include "nk_config.h"
@@ -132,6 +133,20 @@ static inline void nk_moments_merge_inline(nk_moments *acc, double n, double mea
     acc->mean += delta * (n / tot);
     acc->m2 += m2 + delta * delta * (acc->count * n / tot);
     acc->count = tot;
+}
+
+/* One channel of nk_inv_std_fn / nk_inv_scale_fn: the scalar kernels, the
+ * vector kernels' tails and ops/ share these expressions. */
+static inline double nk_inv_std1(double var, double eps)
+{
+    double v = var + eps;
+    return v == 0.0 ? 0.0 : 1.0 / sqrt(v);
+}
+
+static inline float nk_inv_scale1(float var, const float *w, float eps)
+{
+    float inv = 1.0f / sqrtf(var + eps);
+    return w ? inv * *w : inv;
 }
 
 /* fp64 reference moments of a strided sequence (fallback for fp32 overflow). */

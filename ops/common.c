@@ -326,13 +326,6 @@ bool nk_bn_colview(const nk_shape *s, nk_colview *v)
     return true;
 }
 
-double nk_invstd_bn(double var, double eps)
-{
-    if (var == 0.0 && eps == 0.0)
-        return 0.0;
-    return 1.0 / sqrt(var + eps);
-}
-
 double nk_rstd(double var, double eps) { return 1.0 / sqrt((var > 0.0 ? var : 0.0) + eps); }
 
 size_t nk_stream_threshold(void)

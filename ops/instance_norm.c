@@ -23,7 +23,7 @@ static void in_finalize(const in_ctx *cx, size_t n, size_t c, const nk_moments *
                         float *a, float *b, double *upd_mean, double *upd_var)
 {
     double var = mo->m2 / mo->count;
-    double inv = nk_invstd_bn(var, cx->eps);
+    double inv = nk_inv_std1(var, cx->eps);
     *m = (float)mo->mean;
     *a = (float)((cx->weight ? cx->weight[c] : 1.0) * inv);
     *b = cx->bias ? cx->bias[c] : 0.0f;

@@ -83,8 +83,6 @@ void nk_colview_normalize(const nk_kernels *k, const float *x, float *y, const n
                           size_t c0, size_t nc, const float *m, const float *a, const float *b,
                           const nk_epilogue *ep);
 
-/* 1 / sqrt(var + eps), with PyTorch's batch_norm rule invstd = 0 when var == 0 and eps == 0. */
-double nk_invstd_bn(double var, double eps);
 /* 1 / sqrt(max(var, 0) + eps) (LayerNorm / GroupNorm: NaN path for eps == 0 kept). */
 double nk_rstd(double var, double eps);
 

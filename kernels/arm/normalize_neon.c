@@ -284,10 +284,8 @@ static void nk_inv_scale__neon(const float *var, const float *w, float eps, size
         float32x4_t inv = vdivq_f32(one, vsqrtq_f32(vaddq_f32(vld1q_f32(var + i), ve)));
         vst1q_f32(a + i, w ? vmulq_f32(inv, vld1q_f32(w + i)) : inv);
     }
-    for (; i < n; i++) {
-        float inv = 1.0f / sqrtf(var[i] + eps);
-        a[i] = w ? inv * w[i] : inv;
-    }
+    for (; i < n; i++)
+        a[i] = nk_inv_scale1(var[i], w ? w + i : NULL, eps);
 }
 #endif
 

@@ -76,19 +76,15 @@ static void norm_affine_ref(const float *x, float *y, size_t rows, size_t len, s
 
 static void inv_scale_ref(const float *var, const float *w, float eps, size_t n, float *a)
 {
-    for (size_t i = 0; i < n; i++) {
-        float inv = 1.0f / sqrtf(var[i] + eps);
-        a[i] = w ? inv * w[i] : inv;
-    }
+    for (size_t i = 0; i < n; i++)
+        a[i] = nk_inv_scale1(var[i], w ? w + i : NULL, eps);
 }
 
 static void inv_std_ref(const nk_moments *mo, size_t n, double eps, double *var, double *inv)
 {
     for (size_t i = 0; i < n; i++) {
-        double c = mo[i].count;
-        var[i] = c > 0.0 ? mo[i].m2 / c : 0.0;
-        double v = var[i] + eps;
-        inv[i] = v == 0.0 ? 0.0 : 1.0 / sqrt(v);
+        var[i] = mo[i].count > 0.0 ? mo[i].m2 / mo[i].count : 0.0;
+        inv[i] = nk_inv_std1(var[i], eps);
     }
 }
 

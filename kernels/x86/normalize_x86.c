@@ -318,10 +318,8 @@ static void NK_FN(inv_std)(const nk_moments *mo, size_t n, double eps, double *v
     }
 #endif
     for (; i < n; i++) {
-        double c = mo[i].count;
-        var[i] = c > 0.0 ? mo[i].m2 / c : 0.0;
-        double v = var[i] + eps;
-        inv[i] = v == 0.0 ? 0.0 : 1.0 / sqrt(v);
+        var[i] = mo[i].count > 0.0 ? mo[i].m2 / mo[i].count : 0.0;
+        inv[i] = nk_inv_std1(var[i], eps);
     }
 }
 
