@@ -10,7 +10,8 @@
 #include <string.h>
 
 #include "dispatch/cpu.h"
-#include "ops/internal.h"
+#include "dispatch/dispatch.h"
+#include "dispatch/status.h"
 
 #define NK_NUM_ISA 4
 

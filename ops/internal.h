@@ -6,21 +6,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dispatch/kernels.h"
+#include "dispatch/dispatch.h"
+#include "dispatch/status.h"
 #include "normkit.h"
 
 /* Channel block for per-column parameter arrays kept on the stack. */
 #define NK_CBLK 256
 
-#if defined(__GNUC__)
-#  define NK_PRINTF(a, b) __attribute__((format(printf, a, b)))
-#else
-#  define NK_PRINTF(a, b)
-#endif
-
-/* Records the thread-local message and returns st. */
-nk_status nk_fail(nk_status st, const char *fmt, ...) NK_PRINTF(2, 3);
-void nk_clear_error(void);
 
 /* The size rule of every entry point: the product of the extents, each
  * zero counted as 1, is at most PTRDIFF_MAX / elem_size. So a tensor's

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dispatch/kernels.h"
+#include "dispatch/dispatch.h"
 #include "nk_test.h"
 
 #define NUM_ISA 4

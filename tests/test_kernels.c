@@ -17,7 +17,7 @@
 #  include <sys/auxv.h>
 #endif
 
-#include "dispatch/kernels.h"
+#include "dispatch/dispatch.h"
 #include "nk_test.h"
 #include "ops/internal.h"
 

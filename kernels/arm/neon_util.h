@@ -24,7 +24,7 @@
 #  define NK_USE_SLEEF 0
 #endif
 
-#include "dispatch/kernels.h"
+#include "kernels/kernels.h"
 
 #define NK_INLINE static inline __attribute__((always_inline))
 

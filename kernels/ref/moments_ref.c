@@ -9,7 +9,7 @@
  */
 #include <math.h>
 
-#include "dispatch/kernels.h"
+#include "kernels/kernels.h"
 
 #define NK_REF_CHUNK 256
 

@@ -6,7 +6,7 @@
  */
 #include <math.h>
 
-#include "dispatch/kernels.h"
+#include "kernels/kernels.h"
 
 float nk_act_ref(float v, const nk_epilogue *ep)
 {

@@ -23,7 +23,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "dispatch/kernels.h"
+#include "kernels/kernels.h"
 
 #if defined(NK_SIMDE)
 #  if !defined(NK_X86_AVX512)

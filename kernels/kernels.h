@@ -5,8 +5,8 @@
  *   normalize-scale:  y = act((x - m) * a + b) with m, a, b per row or per column
  * One table per ISA; a new ISA supplies one file per family and fills a table.
  */
-#ifndef NK_DISPATCH_KERNELS_H
-#define NK_DISPATCH_KERNELS_H
+#ifndef NK_KERNELS_KERNELS_H
+#define NK_KERNELS_KERNELS_H
 
 #include <math.h>
 #include <stddef.h>
@@ -98,11 +98,6 @@ typedef struct nk_kernels {
     nk_inv_scale_fn inv_scale;
     nk_inv_std_fn inv_std;
 } nk_kernels;
-
-/* The table in use (forced or best). Never NULL. */
-const nk_kernels *nk_kernels_current(void);
-/* The table of one ISA, or NULL when this CPU / build cannot run it. */
-const nk_kernels *nk_kernels_for(nk_isa isa);
 
 /* Per-ISA table fillers, called in ascending order; each overwrites the
  * entries it implements (dav1d's pattern). */
