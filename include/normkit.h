@@ -243,6 +243,143 @@ NK_API nk_status nk_rms_norm(const float *x, int64_t rows, int64_t cols, const f
                              double eps, float *y, float *save_rstd, const nk_options *opts);
 
 /* ------------------------------------------------------------------------ */
+/* Execution context, tensor descriptors and the _ex entry points            */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * Threads belong to the caller. A runtime hands normkit its own pool through
+ * this interface (the shape of pthreadpool's executor and oneDNN's
+ * threadpool_iface); normkit never starts a thread itself.
+ *
+ *   num_threads(ctx)  how many threads parallel_for may run at once (>= 1,
+ *                     the calling thread included); NULL means 1.
+ *   parallel_for(ctx, task, arg, n)
+ *                     calls task(arg, i) exactly once for every i in [0, n),
+ *                     in any order, on any of the pool's threads (the calling
+ *                     thread may take part), and returns when every call has
+ *                     returned. Tasks never block on each other and normkit
+ *                     never calls parallel_for from inside a task, so a pool
+ *                     may run the calls one after another.
+ *
+ * Results never depend on the pool: the work is cut into tiles by the shape
+ * alone and partial moments merge in tile order, so outputs, saved and
+ * running statistics are bitwise identical for 1, 2, 3 ... 64 threads and for
+ * any order the pool runs the tasks in. Calls below a size threshold run in
+ * the calling thread without touching the pool.
+ */
+typedef struct nk_threadpool {
+    void *ctx;
+    size_t (*num_threads)(void *ctx);
+    void (*parallel_for)(void *ctx, void (*task)(void *arg, size_t i), void *arg, size_t n);
+} nk_threadpool;
+
+/*
+ * A small pthread pool for callers without one: num_threads threads in all,
+ * the caller of parallel_for included (num_threads - 1 are started here;
+ * 0 = one per online CPU). One parallel_for at a time per pool (calls from
+ * several threads are serialised). The only normkit functions that create or
+ * join threads. NK_ERR_BAD_PARAM for num_threads < 0 or > 1024,
+ * NK_ERR_OUT_OF_MEMORY when memory or threads cannot be had.
+ */
+NK_API nk_status nk_threadpool_create(int num_threads, nk_threadpool **out);
+/* Joins the threads and frees the pool; NULL is a no-op. */
+NK_API void nk_threadpool_destroy(nk_threadpool *pool);
+
+/*
+ * How a call runs. Start from NK_CONTEXT_INIT; ctx == NULL is the same as
+ * NK_CONTEXT_INIT (the calling thread only). struct_size is the caller's
+ * sizeof(nk_context): fields past it read as zero, so a caller built against
+ * an older header keeps working after fields are appended.
+ */
+typedef struct nk_context {
+    uint32_t struct_size;
+    uint32_t flags;             /* 0 (no flags are defined yet) */
+    const nk_threadpool *pool;  /* NULL: the calling thread only */
+    uint64_t reserved[6];       /* 0 */
+} nk_context;
+#define NK_CONTEXT_INIT {sizeof(nk_context), 0, NULL, {0, 0, 0, 0, 0, 0}}
+
+/* Element types (uint32_t codes in descriptors). */
+#define NK_DTYPE_F32 0u
+
+/*
+ * One tensor pair: x and the output y share extents and element type and may
+ * have their own strides. Start from NK_TENSOR_DESC_INIT.
+ *
+ *   n, c, spatial, layout   as nk_shape (layout NK_CHANNELS_FIRST = 0 or
+ *                           NK_CHANNELS_LAST = 1, as a uint32_t code).
+ *   x_stride[2], y_stride[2]
+ *       element strides; the innermost extent is always contiguous:
+ *         channels-first (n, c, s) at  n * stride[0] + c * stride[1] + s
+ *         channels-last  (n, s, c) at  n * stride[0] + s * stride[1] + c
+ *       0 means dense (stride[1] = spatial resp. c, stride[0] = c * spatial).
+ *       Non-zero strides must not make rows overlap: stride[1] >= innermost
+ *       extent and stride[0] >= middle extent * stride[1] (when those
+ *       extents exceed 1), and every addressed element must fit in memory.
+ *       In place (y == x) requires equal strides.
+ *   activation, alpha      fused activation of the output (NK_ACT_*), alpha
+ *                           the LeakyReLU slope; 0 and any alpha = none.
+ *   dtype                  NK_DTYPE_F32.
+ *
+ * LayerNorm and RMSNorm normalize over c at every (n, position) of a
+ * channels-last tensor: a (rows, cols) matrix is n = rows, c = cols,
+ * spatial = 1, x_stride[0] = the row stride.
+ */
+typedef struct nk_tensor_desc {
+    uint32_t struct_size;
+    uint32_t dtype;
+    uint32_t layout;
+    uint32_t flags; /* 0 */
+    int64_t n, c, spatial;
+    int64_t x_stride[2];
+    int64_t y_stride[2];
+    int32_t activation;
+    float alpha;
+    uint64_t reserved[4]; /* 0 */
+} nk_tensor_desc;
+#define NK_TENSOR_DESC_INIT                                                                        \
+    {sizeof(nk_tensor_desc), NK_DTYPE_F32, 0, 0, 0, 0, 1, {0, 0}, {0, 0}, 0, 0.01f, {0, 0, 0, 0}}
+
+/*
+ * The _ex entry points: the functions above with a context and a descriptor.
+ * x, y, weight and bias are typed by desc->dtype (fp32 today; weight and bias
+ * stay fp32). Every other rule, output and message is the one of the
+ * function without _ex, which is a wrapper over these.
+ */
+NK_API nk_status nk_batch_norm_train_ex(const nk_context *ctx, const nk_tensor_desc *desc,
+                                        const void *x, void *y, const float *weight,
+                                        const float *bias, double eps, nk_running_stats *running,
+                                        float *save_mean, float *save_invstd);
+NK_API nk_status nk_batch_norm_infer_ex(const nk_context *ctx, const nk_tensor_desc *desc,
+                                        const void *x, void *y, const float *weight,
+                                        const float *bias, const float *running_mean,
+                                        const float *running_var, double eps);
+/* desc's y fields are ignored. */
+NK_API nk_status nk_batch_norm_stats_ex(const nk_context *ctx, const nk_tensor_desc *desc,
+                                        const void *x, nk_moments *per_channel);
+NK_API nk_status nk_batch_norm_apply_moments_ex(const nk_context *ctx, const nk_tensor_desc *desc,
+                                                const void *x, void *y,
+                                                const nk_moments *per_channel, const float *weight,
+                                                const float *bias, double eps,
+                                                nk_running_stats *running, float *save_mean,
+                                                float *save_invstd);
+NK_API nk_status nk_instance_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc,
+                                     const void *x, void *y, const float *weight,
+                                     const float *bias, double eps, int use_input_stats,
+                                     nk_running_stats *running, float *save_mean,
+                                     float *save_invstd);
+NK_API nk_status nk_group_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc,
+                                  const void *x, void *y, int64_t groups, const float *weight,
+                                  const float *bias, double eps, float *save_mean,
+                                  float *save_invstd);
+/* save_mean / save_invstd / save_rstd: one value per normalized row, n * spatial. */
+NK_API nk_status nk_layer_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc,
+                                  const void *x, void *y, const float *weight, const float *bias,
+                                  double eps, float *save_mean, float *save_invstd);
+NK_API nk_status nk_rms_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, const void *x,
+                                void *y, const float *weight, double eps, float *save_rstd);
+
+/* ------------------------------------------------------------------------ */
 /* Dispatcher                                                                 */
 /* ------------------------------------------------------------------------ */
 
@@ -389,6 +526,10 @@ typedef struct nk_module_outputs {
 /* nk_module_forward plus the optional outputs (outputs may be NULL). */
 NK_API nk_status nk_module_forward_ex(nk_module *m, const float *x, int ndim, const int64_t *dims,
                                       float *y, const nk_module_outputs *outputs);
+
+/* Later calls of m run with ctx's pool (NULL: the calling thread only). The
+ * context is copied; the pool it points to must stay valid while m runs. */
+NK_API nk_status nk_module_set_context(nk_module *m, const nk_context *ctx);
 
 /* Parameter and buffer access (NULL when the module has none). Writable, for
  * loading checkpoints. */
