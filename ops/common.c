@@ -131,166 +131,52 @@ void nk_rows_moments(const nk_kernels *k, const float *x, size_t rows, size_t le
             nk_moments_f64(x + r * stride, len, 1, &out[r]);
 }
 
-void nk_cols_moments(const nk_kernels *k, const float *x, size_t rows, size_t cols, size_t stride,
-                     nk_moments *acc)
+void nk_segs_moments(const nk_kernels *k, const float *x, size_t len, size_t stride, size_t lo,
+                     size_t hi, nk_moments *acc)
 {
-    nk_moments part[NK_CBLK];
-    for (size_t c0 = 0; c0 < cols; c0 += NK_CBLK) {
-        size_t nc = cols - c0 < NK_CBLK ? cols - c0 : NK_CBLK;
-        memset(part, 0, nc * sizeof part[0]);
-        k->moments_cols(x + c0, rows, nc, stride, part);
-        for (size_t c = 0; c < nc; c++) {
-            if (moments_bad(&part[c]))
-                nk_moments_f64(x + c0 + c, rows, stride, &part[c]);
-            nk_moments_merge_inline(&acc[c0 + c], part[c].count, part[c].mean, part[c].m2);
-        }
+    nk_moments part[64];
+    size_t j = lo / len, off = lo % len;
+    if (off && lo < hi) {
+        size_t n = len - off < hi - lo ? len - off : hi - lo;
+        nk_rows_moments(k, x + j * stride + off, 1, n, n, part);
+        nk_moments_merge_inline(acc, part[0].count, part[0].mean, part[0].m2);
+        lo += n;
+        j++;
+    }
+    size_t full = (hi - lo) / len;
+    for (size_t j0 = 0; j0 < full; j0 += 64) {
+        size_t nb = full - j0 < 64 ? full - j0 : 64;
+        nk_rows_moments(k, x + (j + j0) * stride, nb, len, stride, part);
+        for (size_t i = 0; i < nb; i++)
+            nk_moments_merge_inline(acc, part[i].count, part[i].mean, part[i].m2);
+    }
+    lo += full * len;
+    if (lo < hi) {
+        nk_rows_moments(k, x + (j + full) * stride, 1, hi - lo, hi - lo, part);
+        nk_moments_merge_inline(acc, part[0].count, part[0].mean, part[0].m2);
     }
 }
 
-/* Smallest multiple of the row width that is also a multiple of 16 floats,
- * when small: lets narrow rows (channels-last data with few channels, (N, C)
- * BatchNorm input with few channels) run full-width vectors. */
-static size_t widened(size_t width)
+void nk_segs_normalize(const nk_kernels *k, const float *x, float *y, size_t len, size_t xstride,
+                       size_t ystride, size_t lo, size_t hi, float m, float a, float b,
+                       const nk_epilogue *ep)
 {
-    if (width % 16 == 0 || width > 64)
-        return width;
-    size_t w = width;
-    while (w % 16)
-        w += width;
-    return w <= NK_CBLK ? w : width;
-}
-
-/* Moments of columns [j0, j0 + ncols) of `rows` rows of `stride` floats,
- * merged in column order into acc[((j0 + j) % base) / rep - cbase]. */
-static void colview_merge_moments(const nk_kernels *k, const float *x, size_t rows, size_t j0,
-                                  size_t ncols, size_t stride, size_t base, size_t rep,
-                                  size_t cbase, nk_moments *acc)
-{
-    if (rep == 1 && j0 + ncols <= base) {
-        /* one column per channel: merge straight into the channels */
-        nk_cols_moments(k, x + j0, rows, ncols, stride, acc + (j0 - cbase));
-        return;
+    size_t j = lo / len, off = lo % len;
+    if (off && lo < hi) {
+        size_t n = len - off < hi - lo ? len - off : hi - lo;
+        k->norm_rows(x + j * xstride + off, y + j * ystride + off, 1, n, n, n, &m, &a, &b, 0, ep);
+        lo += n;
+        j++;
     }
-    nk_moments part[NK_CBLK];
-    /* channel of column j0, and the column's place inside its channel */
-    size_t c = (j0 % base) / rep, in = (j0 % base) % rep, col = j0 % base;
-    for (size_t b0 = 0; b0 < ncols; b0 += NK_CBLK) {
-        size_t nb = ncols - b0 < NK_CBLK ? ncols - b0 : NK_CBLK;
-        memset(part, 0, nb * sizeof part[0]);
-        nk_cols_moments(k, x + j0 + b0, rows, nb, stride, part);
-        for (size_t j = 0; j < nb; j++) {
-            nk_moments_merge_inline(&acc[c - cbase], part[j].count, part[j].mean, part[j].m2);
-            if (++col == base)
-                col = c = in = 0;
-            else if (++in == rep)
-                c++, in = 0;
-        }
-    }
-}
-
-void nk_colview_moments(const nk_kernels *k, const float *x, const nk_colview *v, size_t c0,
-                        size_t nc, nk_moments *acc)
-{
-    const size_t j0 = c0 * v->rep, ncols = nc * v->rep;
-    const size_t W = ncols == v->width ? widened(v->width) : v->width;
-    size_t head = 0;
-    if (W != v->width) {
-        size_t per = W / v->width, vrows = v->rows / per;
-        if (vrows) {
-            colview_merge_moments(k, x, vrows, 0, W, W, v->width, v->rep, 0, acc);
-            head = vrows * per;
-        }
-    }
-    if (head < v->rows)
-        colview_merge_moments(k, x + head * v->width, v->rows - head, j0, ncols, v->width,
-                              v->width, v->rep, c0, acc);
-}
-
-void nk_colview_normalize(const nk_kernels *k, const float *x, float *y, const nk_colview *v,
-                          size_t c0, size_t nc, const float *m, const float *a, const float *b,
-                          const nk_epilogue *ep)
-{
-    const size_t j0 = c0 * v->rep, ncols = nc * v->rep;
-    const size_t W = ncols == v->width ? widened(v->width) : v->width;
-    float wm[NK_CBLK], wa[NK_CBLK], wb[NK_CBLK];
-    size_t head = 0;
-    if (W == v->width && v->rep > 1) {
-        /* per-column parameters of nc channels, rep columns each: runs of
-         * one value that the compiler stores a vector at a time */
-        for (size_t c = 0, j = 0; c < nc; c++, j += v->rep) {
-            const float mc = m[c], ac = a[c], bc = b[c];
-            for (size_t i = 0; i < v->rep; i++) {
-                wm[j + i] = mc;
-                wa[j + i] = ac;
-                wb[j + i] = bc;
-            }
-        }
-        m = wm;
-        a = wa;
-        b = wb;
-    } else if (W != v->width) {
-        /* widened: W columns, copies of the row's per-column parameters */
-        for (size_t j = 0, c = 0, in = 0, col = 0; j < W; j++) {
-            wm[j] = m[c];
-            wa[j] = a[c];
-            wb[j] = b[c];
-            if (++col == v->width) /* widened: the next copy of the row */
-                col = c = in = 0;
-            else if (++in == v->rep)
-                c++, in = 0;
-        }
-        m = wm;
-        a = wa;
-        b = wb;
-    }
-    if (W != v->width) {
-        size_t per = W / v->width, vrows = v->rows / per;
-        if (vrows) {
-            k->norm_cols(x, y, vrows, W, W, W, m, a, b, ep);
-            head = vrows * per;
-        }
-    }
-    if (head < v->rows) {
-        /* the remaining rows start at column 0 of the per-column arrays */
-        size_t off = head * v->width + j0;
-        k->norm_cols(x + off, y + off, v->rows - head, ncols, v->width, v->width, m, a, b, ep);
-    }
-}
-
-/* Channels whose columns fill whole vectors: 16 / gcd(rep, 16). */
-static size_t colview_align(const nk_colview *v)
-{
-    size_t g = 16, r = v->rep;
-    while (r) {
-        size_t t = g % r;
-        g = r;
-        r = t;
-    }
-    return 16 / g;
-}
-
-size_t nk_colview_block(const nk_colview *v)
-{
-    if (v->rep >= NK_CBLK)
-        return 1;
-    /* a block of whole vectors keeps the normalize loads aligned with the
-     * rows' vectors and leaves no masked tail inside a row */
-    size_t blk = NK_CBLK / v->rep, al = colview_align(v);
-    return blk >= al ? blk - blk % al : blk;
-}
-
-bool nk_bn_colview(const nk_shape *s, nk_colview *v)
-{
-    const size_t N = (size_t)s->n, C = (size_t)s->c, S = (size_t)s->spatial;
-    if (s->layout == NK_CHANNELS_LAST) {
-        *v = (nk_colview){N * S, C, 1};
-        return true;
-    }
-    /* S == 0 is empty (and would give rep 0): the row path writes nothing */
-    if (S == 0 || S >= NK_COLVIEW_MAX_SPATIAL)
-        return false;
-    *v = (nk_colview){N, C * S, S};
-    return true;
+    size_t full = (hi - lo) / len;
+    if (full)
+        k->norm_rows(x + j * xstride, y + j * ystride, full, len, xstride, ystride, &m, &a, &b, 0,
+                     ep);
+    lo += full * len;
+    j += full;
+    if (lo < hi)
+        k->norm_rows(x + j * xstride, y + j * ystride, 1, hi - lo, hi - lo, hi - lo, &m, &a, &b, 0,
+                     ep);
 }
 
 double nk_rstd(double var, double eps) { return 1.0 / sqrt((var > 0.0 ? var : 0.0) + eps); }

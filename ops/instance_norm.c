@@ -1,107 +1,285 @@
 /*
- * InstanceNorm: statistics per (n, c) over the spatial positions. Rows are
- * handled in blocks that stay in L2 between the moments and normalize passes.
- * With running statistics, PyTorch updates each (n, c) copy of channel c's
- * running value and keeps their mean over n; the loop runs channel-major then,
- * so each channel's update is finished before the next.
+ * InstanceNorm: statistics per (n, c) over the spatial positions.
+ * Plans on the block driver:
+ *   channels-first  a group is an (n, c) row of `spatial` floats; rows go in
+ *                   fused blocks that stay in cache between the passes, long
+ *                   rows are cut into pieces of positions.
+ *   channels-last   the column view of each sample: blocks of channels,
+ *                   pieces of positions.
+ * With running statistics PyTorch updates each (n, c) copy of channel c's
+ * running value and keeps their mean over n: groups are then ordered channel
+ * major and finalized in order (the driver's sequential finalize), so each
+ * channel's sum over n is formed in the same order for any thread count.
  */
 #include <math.h>
 #include <string.h>
 
 #include "ops/internal.h"
 
-typedef struct in_ctx {
+typedef struct in_op {
+    const nk_call *cl;
     const float *weight, *bias;
     double eps, momentum;
     nk_running_stats *rs;
     float *save_mean, *save_invstd;
-    size_t C;
-} in_ctx;
+    /* channels-first: groups are grid rows; channels-last: (n, channel block) */
+    nk_grid g;
+    size_t rb, pieces, rows;
+    size_t cb, nblk; /* channels-last: channels per block, blocks per sample */
+    /* running sums over n of the channels being finalized */
+    double sum_mean[NK_CBLK], sum_var[NK_CBLK];
+} in_op;
 
-/* Row (n, c): m, a, b; saves; returns the row's contribution to the running update. */
-static void in_finalize(const in_ctx *cx, size_t n, size_t c, const nk_moments *mo, float *m,
-                        float *a, float *b, double *upd_mean, double *upd_var)
+/* (n, c) of grid row q: channel major with running statistics. */
+static void in_nc(const in_op *o, size_t q, size_t *n, size_t *c)
+{
+    if (o->rs)
+        *c = q / o->cl->n, *n = q % o->cl->n;
+    else
+        *n = q / o->cl->c, *c = q % o->cl->c;
+}
+
+/* Group (n, c): m, a, b; saves; running update (slot: its channel's sums). */
+static void in_finalize1(in_op *o, size_t n, size_t c, const nk_moments *mo, size_t slot, float *m,
+                         float *a, float *b)
 {
     double var = mo->m2 / mo->count;
-    double inv = nk_inv_std1(var, cx->eps);
+    double inv = nk_inv_std1(var, o->eps);
     *m = (float)mo->mean;
-    *a = (float)((cx->weight ? cx->weight[c] : 1.0) * inv);
-    *b = cx->bias ? cx->bias[c] : 0.0f;
-    if (cx->save_mean)
-        cx->save_mean[n * cx->C + c] = (float)mo->mean;
-    if (cx->save_invstd)
-        cx->save_invstd[n * cx->C + c] = (float)inv;
-    if (cx->rs) {
-        double mom = cx->momentum;
-        double v = cx->rs->unbiased ? mo->m2 / (mo->count - 1.0) : var;
-        /* each per-(n, c) copy is rounded to float as PyTorch stores it */
-        *upd_mean += (float)(mom * mo->mean + (1.0 - mom) * (double)cx->rs->mean[c]);
-        *upd_var += (float)(mom * v + (1.0 - mom) * (double)cx->rs->var[c]);
+    *a = (float)((o->weight ? o->weight[c] : 1.0) * inv);
+    *b = o->bias ? o->bias[c] : 0.0f;
+    const size_t C = o->cl->c, N = o->cl->n;
+    if (o->save_mean)
+        o->save_mean[n * C + c] = (float)mo->mean;
+    if (o->save_invstd)
+        o->save_invstd[n * C + c] = (float)inv;
+    if (!o->rs)
+        return;
+    const double mom = o->momentum;
+    double v = o->rs->unbiased ? mo->m2 / (mo->count - 1.0) : var;
+    if (n == 0)
+        o->sum_mean[slot] = o->sum_var[slot] = 0.0;
+    /* each per-(n, c) copy is rounded to float as PyTorch stores it */
+    o->sum_mean[slot] += (float)(mom * mo->mean + (1.0 - mom) * (double)o->rs->mean[c]);
+    o->sum_var[slot] += (float)(mom * v + (1.0 - mom) * (double)o->rs->var[c]);
+    if (n == N - 1) {
+        o->rs->mean[c] = (float)(o->sum_mean[slot] / (double)N);
+        o->rs->var[c] = (float)(o->sum_var[slot] / (double)N);
     }
 }
 
-static void in_channels_first(const nk_kernels *k, const float *x, const nk_shape *s,
-                              const in_ctx *cx, float *y, const nk_epilogue *ep)
-{
-    const size_t N = (size_t)s->n, C = (size_t)s->c, S = (size_t)s->spatial;
-    const size_t rb = nk_row_block(S);
-    nk_moments mo[64];
+/* ---- channels-first ---- */
+
+typedef struct in_rpar {
     float m[64], a[64], b[64];
-    if (!cx->rs) {
-        /* (n, c) rows are contiguous: walk them in order */
-        const size_t rows = N * C;
-        for (size_t r0 = 0; r0 < rows; r0 += rb) {
-            size_t nb = rows - r0 < rb ? rows - r0 : rb;
-            nk_rows_moments(k, x + r0 * S, nb, S, S, mo);
-            for (size_t i = 0; i < nb; i++) {
-                double dm = 0, dv = 0;
-                in_finalize(cx, (r0 + i) / C, (r0 + i) % C, &mo[i], &m[i], &a[i], &b[i], &dm, &dv);
-            }
-            k->norm_rows(x + r0 * S, y + r0 * S, nb, S, S, S, m, a, b, 1, ep);
-        }
+} in_rpar;
+
+static size_t in_rows_groups(void *op, size_t b)
+{
+    const in_op *o = op;
+    return o->rows - b * o->rb < o->rb ? o->rows - b * o->rb : o->rb;
+}
+
+static void in_rows_moments(void *op, size_t b, size_t p, nk_moments *part)
+{
+    const in_op *o = op;
+    const nk_call *cl = o->cl;
+    const size_t r0 = b * o->rb, r1 = r0 + in_rows_groups(op, b);
+    if (o->pieces > 1) {
+        size_t lo, hi;
+        nk_piece_range(cl->s, o->pieces, p, &lo, &hi);
+        nk_segs_moments(cl->k, cl->x + nk_grid_x(&o->g, r0) + lo, hi - lo, hi - lo, 0, hi - lo,
+                        part);
         return;
     }
-    for (size_t c = 0; c < C; c++) {
-        double sum_mean = 0.0, sum_var = 0.0;
-        for (size_t n0 = 0; n0 < N; n0 += rb) {
-            size_t nb = N - n0 < rb ? N - n0 : rb;
-            size_t off = (n0 * C + c) * S;
-            nk_rows_moments(k, x + off, nb, S, C * S, mo);
-            for (size_t i = 0; i < nb; i++)
-                in_finalize(cx, n0 + i, c, &mo[i], &m[i], &a[i], &b[i], &sum_mean, &sum_var);
-            k->norm_rows(x + off, y + off, nb, S, C * S, C * S, m, a, b, 1, ep);
-        }
-        cx->rs->mean[c] = (float)(sum_mean / (double)N);
-        cx->rs->var[c] = (float)(sum_var / (double)N);
+    for (size_t r = r0; r < r1;) {
+        size_t xs, ys, e = nk_grid_run(&o->g, r, r1, &xs, &ys);
+        nk_rows_moments(cl->k, cl->x + nk_grid_x(&o->g, r), e - r, cl->s, xs, part + (r - r0));
+        r = e;
     }
 }
 
-static void in_channels_last(const nk_kernels *k, const float *x, const nk_shape *s,
-                             const in_ctx *cx, float *y, const nk_epilogue *ep)
+static void in_rows_finalize(void *op, size_t b, const nk_moments *mo, void *par)
 {
-    const size_t N = (size_t)s->n, C = (size_t)s->c, S = (size_t)s->spatial;
-    for (size_t c0 = 0; c0 < C; c0 += NK_CBLK) {
-        size_t nc = C - c0 < NK_CBLK ? C - c0 : NK_CBLK;
-        nk_moments acc[NK_CBLK];
-        float m[NK_CBLK], a[NK_CBLK], b[NK_CBLK];
-        double sum_mean[NK_CBLK], sum_var[NK_CBLK];
-        memset(sum_mean, 0, sizeof sum_mean);
-        memset(sum_var, 0, sizeof sum_var);
-        const nk_colview v = {S, C, 1};
-        for (size_t n = 0; n < N; n++) {
-            const float *xn = x + n * S * C;
-            memset(acc, 0, nc * sizeof acc[0]);
-            nk_colview_moments(k, xn, &v, c0, nc, acc);
-            for (size_t c = 0; c < nc; c++)
-                in_finalize(cx, n, c0 + c, &acc[c], &m[c], &a[c], &b[c], &sum_mean[c], &sum_var[c]);
-            nk_colview_normalize(k, xn, y + n * S * C, &v, c0, nc, m, a, b, ep);
-        }
-        if (cx->rs)
-            for (size_t c = 0; c < nc; c++) {
-                cx->rs->mean[c0 + c] = (float)(sum_mean[c] / (double)N);
-                cx->rs->var[c0 + c] = (float)(sum_var[c] / (double)N);
-            }
+    in_op *o = op;
+    in_rpar *pp = par;
+    const size_t r0 = b * o->rb;
+    for (size_t i = 0, g = in_rows_groups(op, b); i < g; i++) {
+        size_t n, c;
+        in_nc(o, r0 + i, &n, &c);
+        in_finalize1(o, n, c, &mo[i], 0, &pp->m[i], &pp->a[i], &pp->b[i]);
     }
+}
+
+static void in_rows_normalize(void *op, size_t b, size_t p, const void *par)
+{
+    const in_op *o = op;
+    const nk_call *cl = o->cl;
+    const in_rpar *pp = par;
+    const size_t r0 = b * o->rb, r1 = r0 + in_rows_groups(op, b);
+    if (o->pieces > 1) {
+        size_t lo, hi;
+        nk_piece_range(cl->s, o->pieces, p, &lo, &hi);
+        cl->k->norm_rows(cl->x + nk_grid_x(&o->g, r0) + lo, cl->y + nk_grid_y(&o->g, r0) + lo, 1,
+                         hi - lo, hi - lo, hi - lo, pp->m, pp->a, pp->b, 0, &cl->ep);
+        return;
+    }
+    for (size_t r = r0; r < r1;) {
+        size_t xs, ys, e = nk_grid_run(&o->g, r, r1, &xs, &ys);
+        cl->k->norm_rows(cl->x + nk_grid_x(&o->g, r), cl->y + nk_grid_y(&o->g, r), e - r, cl->s, xs,
+                         ys, pp->m + (r - r0), pp->a + (r - r0), pp->b + (r - r0), 1, &cl->ep);
+        r = e;
+    }
+}
+
+static void in_channels_first(nk_call *cl, in_op *o)
+{
+    const size_t N = cl->n, C = cl->c, S = cl->s;
+    o->rows = N * C;
+    if (o->rs)
+        o->g = (nk_grid){N, cl->xs1, cl->xs0, cl->ys1, cl->ys0};
+    else
+        o->g = (nk_grid){C, cl->xs0, cl->xs1, cl->ys0, cl->ys1};
+    o->rb = S > NK_FUSE_FLOATS ? 1 : nk_row_block(S);
+    o->pieces = S > NK_FUSE_FLOATS ? nk_pieces_for(S) : 1;
+    nk_plan pl = {
+        .blocks = (o->rows + o->rb - 1) / o->rb,
+        .pieces = o->pieces,
+        .bgroups = o->rb,
+        .bfloats = 2 * o->rb * S,
+        .seq_finalize = o->rs != NULL,
+        .op = o,
+        .groups = in_rows_groups,
+        .moments = in_rows_moments,
+        .finalize = in_rows_finalize,
+        .normalize = in_rows_normalize,
+        .param_bytes = sizeof(in_rpar),
+    };
+    nk_call_run(cl, &pl);
+}
+
+/* ---- channels-last ---- */
+
+typedef struct in_cpar {
+    float w[3 * NK_CBLK]; /* per-column m, a, b */
+} in_cpar;
+
+/* Block b: sample n and first channel; channel-block major with running
+ * statistics (each channel's samples finalize consecutively). */
+static void in_cblock(const in_op *o, size_t b, size_t *n, size_t *c0, size_t *nc)
+{
+    size_t cbi;
+    if (o->rs)
+        cbi = b / o->cl->n, *n = b % o->cl->n;
+    else
+        *n = b / o->nblk, cbi = b % o->nblk;
+    *c0 = cbi * o->cb;
+    *nc = o->cl->c - *c0 < o->cb ? o->cl->c - *c0 : o->cb;
+}
+
+static size_t in_cols_groups(void *op, size_t b)
+{
+    size_t n, c0, nc;
+    in_cblock(op, b, &n, &c0, &nc);
+    return nc;
+}
+
+static void in_cols_moments(void *op, size_t b, size_t p, nk_moments *part)
+{
+    const in_op *o = op;
+    size_t n, c0, nc, r0, r1;
+    in_cblock(o, b, &n, &c0, &nc);
+    nk_cv cv;
+    nk_cv_for_sample(o->cl, n, &cv);
+    nk_piece_range(cv.rows, o->pieces, p, &r0, &r1);
+    nk_cv_moments(&cv, r0, r1, c0, nc, part);
+}
+
+static void in_cols_finalize(void *op, size_t b, const nk_moments *mo, void *par)
+{
+    in_op *o = op;
+    in_cpar *pp = par;
+    size_t n, c0, nc;
+    in_cblock(o, b, &n, &c0, &nc);
+    float m[NK_CBLK], a[NK_CBLK], bb[NK_CBLK];
+    for (size_t i = 0; i < nc; i++)
+        in_finalize1(o, n, c0 + i, &mo[i], i, &m[i], &a[i], &bb[i]);
+    nk_cv cv;
+    nk_cv_for_sample(o->cl, n, &cv);
+    const size_t W = nk_cv_cols(&cv, nc);
+    nk_cv_expand(&cv, nc, m, a, bb, pp->w, pp->w + W, pp->w + 2 * W);
+}
+
+static void in_cols_normalize(void *op, size_t b, size_t p, const void *par)
+{
+    const in_op *o = op;
+    const in_cpar *pp = par;
+    size_t n, c0, nc, r0, r1;
+    in_cblock(o, b, &n, &c0, &nc);
+    nk_cv cv;
+    nk_cv_for_sample(o->cl, n, &cv);
+    nk_piece_range(cv.rows, o->pieces, p, &r0, &r1);
+    const size_t W = nk_cv_cols(&cv, nc);
+    nk_cv_normalize(&cv, r0, r1, c0, nc, pp->w, pp->w + W, pp->w + 2 * W, &o->cl->ep);
+}
+
+static void in_channels_last(nk_call *cl, in_op *o)
+{
+    const size_t N = cl->n, C = cl->c, S = cl->s;
+    nk_cv cv;
+    nk_cv_for_sample(cl, 0, &cv);
+    o->pieces = nk_cv_pieces(&cv, C);
+    nk_plan pl = {
+        .pieces = o->pieces,
+        .seq_finalize = o->rs != NULL,
+        .op = o,
+        .groups = in_cols_groups,
+        .moments = in_cols_moments,
+        .finalize = in_cols_finalize,
+        .normalize = in_cols_normalize,
+        .param_bytes = sizeof(in_cpar),
+    };
+    /* in_cpar: at most NK_CBLK columns (a widened full block has at most NK_CBLK too) */
+    o->cb = nk_cv_block(&cv, &pl, C, NK_CBLK);
+    o->nblk = (C + o->cb - 1) / o->cb;
+    pl.bgroups = o->cb;
+    pl.blocks = N * o->nblk;
+    pl.bfloats = 2 * S * o->cb;
+    nk_call_run(cl, &pl);
+}
+
+static nk_status in_run(nk_call *cl, const float *weight, const float *bias, double eps,
+                        int use_input_stats, nk_running_stats *running, float *save_mean,
+                        float *save_invstd)
+{
+    nk_status st;
+    if (running && (st = nk_check_running(running, cl->fn, use_input_stats != 0)))
+        return st;
+    if (!use_input_stats) {
+        if (!running)
+            return nk_fail(NK_ERR_BAD_PARAM,
+                           "Expected running_mean and running_var to be defined when "
+                           "use_input_stats is false");
+        return nk_bn_infer_call(cl, weight, bias, running->mean, running->var, eps);
+    }
+    /* PyTorch checks the spatial size alone, so an empty batch is refused too */
+    if (cl->s == 1)
+        return nk_fail(NK_ERR_TOO_FEW_VALUES,
+                       "Expected more than 1 spatial element when training, got input size "
+                       "[%lld, %lld, 1]",
+                       (long long)cl->n, (long long)cl->c);
+    if (cl->total) {
+        in_op o = {.cl = cl, .weight = weight, .bias = bias, .eps = eps, .rs = running,
+                   .save_mean = save_mean, .save_invstd = save_invstd};
+        if (running)
+            o.momentum = running->cumulative ? 0.0 : running->momentum;
+        if (cl->layout == NK_CHANNELS_FIRST)
+            in_channels_first(cl, &o);
+        else
+            in_channels_last(cl, &o);
+    }
+    nk_clear_error();
+    return NK_OK;
 }
 
 nk_status nk_instance_norm(const float *x, const nk_shape *shape, const float *weight,
@@ -109,40 +287,19 @@ nk_status nk_instance_norm(const float *x, const nk_shape *shape, const float *w
                            nk_running_stats *running, float *y, float *save_mean,
                            float *save_invstd, const nk_options *opts)
 {
-    static const char fn[] = "nk_instance_norm";
-    size_t total;
-    nk_epilogue ep;
-    nk_status st = nk_check_tensor_args(fn, x, shape, y, eps, opts, &total, &ep);
-    if (st)
-        return st;
-    if (running && (st = nk_check_running(running, fn, use_input_stats != 0)))
-        return st;
-    if (!use_input_stats) {
-        if (!running)
-            return nk_fail(NK_ERR_BAD_PARAM,
-                           "Expected running_mean and running_var to be defined when "
-                           "use_input_stats is false");
-        return nk_batch_norm_infer_as(fn, x, shape, weight, bias, running->mean, running->var, eps,
-                                      y, opts);
-    }
-    /* PyTorch checks the spatial size alone, so an empty batch is refused too */
-    if (shape->spatial == 1)
-        return nk_fail(NK_ERR_TOO_FEW_VALUES,
-                       "Expected more than 1 spatial element when training, got input size "
-                       "[%lld, %lld, 1]",
-                       (long long)shape->n, (long long)shape->c);
-    if (total == 0) {
-        nk_clear_error();
-        return NK_OK;
-    }
-    in_ctx cx = {weight, bias, eps, 0.0, running, save_mean, save_invstd, (size_t)shape->c};
-    if (running)
-        cx.momentum = running->cumulative ? 0.0 : running->momentum;
-    const nk_kernels *k = nk_kernels_current();
-    if (shape->layout == NK_CHANNELS_FIRST)
-        in_channels_first(k, x, shape, &cx, y, &ep);
-    else
-        in_channels_last(k, x, shape, &cx, y, &ep);
-    nk_clear_error();
-    return NK_OK;
+    nk_call cl;
+    nk_status st = nk_call_from_shape(&cl, "nk_instance_norm", x, shape, y, eps, opts);
+    return st ? st
+              : in_run(&cl, weight, bias, eps, use_input_stats, running, save_mean, save_invstd);
+}
+
+nk_status nk_instance_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, const void *x,
+                              void *y, const float *weight, const float *bias, double eps,
+                              int use_input_stats, nk_running_stats *running, float *save_mean,
+                              float *save_invstd)
+{
+    nk_call cl;
+    nk_status st = nk_call_from_desc(&cl, "nk_instance_norm_ex", ctx, desc, x, y, eps, true);
+    return st ? st
+              : in_run(&cl, weight, bias, eps, use_input_stats, running, save_mean, save_invstd);
 }

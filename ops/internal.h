@@ -8,6 +8,7 @@
 
 #include "dispatch/dispatch.h"
 #include "dispatch/status.h"
+#include "ops/driver.h"
 #include "normkit.h"
 
 /* Channel block for per-column parameter arrays kept on the stack. */
@@ -35,6 +36,43 @@ nk_status nk_check_tensor_args(const char *fn, const float *x, const nk_shape *s
 nk_status nk_check_running(const nk_running_stats *rs, const char *fn, bool need_momentum);
 nk_status nk_check_product(int64_t a, int64_t b, const char *fn, size_t *out);
 
+/*
+ * One validated call: extents, element strides (the innermost extent is
+ * contiguous; see nk_tensor_desc), buffers, epilogue and execution.
+ *   channels-first (n, c, s) at n * xs0 + c * xs1 + s
+ *   channels-last  (n, s, c) at n * xs0 + s * xs1 + c
+ */
+typedef struct nk_call {
+    const char *fn;
+    size_t n, c, s;
+    int layout;
+    size_t xs0, xs1, ys0, ys1;
+    size_t total;
+    const float *x;
+    float *y;
+    nk_epilogue ep;
+    nk_exec ex;
+    const nk_kernels *k;
+} nk_call;
+
+/* The functions without _ex: nk_check_tensor_args on a dense tensor, run in
+ * the calling thread. */
+nk_status nk_call_from_shape(nk_call *cl, const char *fn, const float *x, const nk_shape *s,
+                             const float *y, double eps, const nk_options *opts);
+/* (rows, cols) of LayerNorm / RMSNorm without _ex. */
+nk_status nk_call_from_rows(nk_call *cl, const char *fn, const float *x, int64_t rows,
+                            int64_t cols, const float *y, double eps, const nk_options *opts);
+/* The _ex functions: context, descriptor (y == NULL allowed when !has_y). */
+nk_status nk_call_from_desc(nk_call *cl, const char *fn, const nk_context *ctx,
+                            const nk_tensor_desc *d, const void *x, const void *y, double eps,
+                            bool has_y);
+/* Both tensors dense. */
+bool nk_call_dense(const nk_call *cl);
+/* The (n, c, spatial, layout) of a call as an nk_shape. */
+nk_shape nk_call_shape(const nk_call *cl);
+/* Runs pl with scratch from the calling thread's stack. */
+void nk_call_run(nk_call *cl, const nk_plan *pl);
+
 /* Writes "[n, c]" or "[n, c, spatial]" into buf. */
 void nk_format_size(char *buf, size_t len, int64_t a, int64_t b, int64_t spatial);
 
@@ -45,16 +83,52 @@ void nk_cols_moments(const nk_kernels *k, const float *x, size_t rows, size_t co
                      nk_moments *acc);
 
 /*
- * Per-channel data as a matrix of columns: `rows` rows of `width` floats,
- * row r at x + r * width, column j belonging to channel (j % width) / rep.
- *   channels-last (N, S, C):          rows = N * S, width = C,     rep = 1
- *   channels-first (N, C, S), small S: rows = N,     width = C * S, rep = S
- * The column moments and normalize kernels then run on whole rows however
- * short the spatial extent; narrow rows are widened to full vectors.
+ * Rows of a two-level grid: row r at (r / per) * s0 + (r % per) * s1 in x
+ * (ys0, ys1 in y). Kernels take runs of equally strided rows.
  */
-typedef struct nk_colview {
+typedef struct nk_grid {
+    size_t per, xs0, xs1, ys0, ys1;
+} nk_grid;
+
+static inline size_t nk_grid_x(const nk_grid *g, size_t r)
+{
+    return (r / g->per) * g->xs0 + (r % g->per) * g->xs1;
+}
+static inline size_t nk_grid_y(const nk_grid *g, size_t r)
+{
+    return (r / g->per) * g->ys0 + (r % g->per) * g->ys1;
+}
+/* End (at most r1) of the run of equally strided rows from r; its strides. */
+static inline size_t nk_grid_run(const nk_grid *g, size_t r, size_t r1, size_t *xs, size_t *ys)
+{
+    if (g->per == 1) {
+        *xs = g->xs0, *ys = g->ys0;
+        return r1;
+    }
+    *xs = g->xs1, *ys = g->ys1;
+    if (g->xs0 == g->per * g->xs1 && g->ys0 == g->per * g->ys1)
+        return r1;
+    size_t e = (r / g->per + 1) * g->per;
+    return e < r1 ? e : r1;
+}
+
+/*
+ * Per-channel data as a matrix of columns: `rows` rows of `width` floats,
+ * column j belonging to channel (j % width) / rep; rows on the grid g.
+ *   channels-last (N, S, C):           rows = N * S, width = C,     rep = 1, per = S
+ *   channels-first (N, C, S), small S: rows = N,     width = C * S, rep = S, per = N
+ * The column moments and normalize kernels then run on whole rows however
+ * short the spatial extent; narrow contiguous rows are widened to full
+ * vectors (several rows read as one).
+ */
+typedef struct nk_cv {
+    const nk_kernels *k;
+    const float *x;
+    float *y;
     size_t rows, width, rep;
-} nk_colview;
+    nk_grid g;
+    bool contiguous; /* row r at r * width in x and y */
+} nk_cv;
 
 /* Channels-first tensors whose spatial extent is below this use the column
  * view for BatchNorm; longer (n, c) rows run the row kernels. */
@@ -62,18 +136,32 @@ typedef struct nk_colview {
 #  define NK_COLVIEW_MAX_SPATIAL 32
 #endif
 
-/* The column view of a per-channel (BatchNorm) shape; false when the row
- * kernels are the better fit (channels-first with long rows). */
-bool nk_bn_colview(const nk_shape *s, nk_colview *v);
-/* Channels per block so that a block has at most NK_CBLK columns (>= 1). */
-size_t nk_colview_block(const nk_colview *v);
-/* Merges the moments of channels [c0, c0 + nc) into acc[0 .. nc). */
-void nk_colview_moments(const nk_kernels *k, const float *x, const nk_colview *v, size_t c0,
-                        size_t nc, nk_moments *acc);
-/* Normalizes channels [c0, c0 + nc) given m, a, b per channel (indexed from c0). */
-void nk_colview_normalize(const nk_kernels *k, const float *x, float *y, const nk_colview *v,
-                          size_t c0, size_t nc, const float *m, const float *a, const float *b,
-                          const nk_epilogue *ep);
+/* The column view of a BatchNorm call; false when the row kernels are the
+ * better fit (channels-first with long rows, or with padded channels). */
+bool nk_cv_for_bn(const nk_call *cl, nk_cv *cv);
+/* The column view of sample n of a channels-last call (InstanceNorm, GroupNorm). */
+void nk_cv_for_sample(const nk_call *cl, size_t n, nk_cv *cv);
+/* Channel block granularity: whole vectors of columns where possible. */
+size_t nk_cv_align(const nk_cv *cv);
+/* Columns of the parameter arrays of a block of nc channels. */
+size_t nk_cv_cols(const nk_cv *cv, size_t nc);
+/* Per-channel m, a, b of channels [c0, c0 + nc) -> per-column arrays of
+ * nk_cv_cols(cv, nc) entries. */
+void nk_cv_expand(const nk_cv *cv, size_t nc, const float *m, const float *a, const float *b,
+                  float *cm, float *ca, float *cb);
+/* Merges the moments of channels [c0, c0 + nc) over rows [r0, r1) into acc[0 .. nc). */
+void nk_cv_moments(const nk_cv *cv, size_t r0, size_t r1, size_t c0, size_t nc, nk_moments *acc);
+/* Pieces of rows of a column plan (shape only): about NK_PIECE_FLOATS each,
+ * and few enough that `parts` partial moments per piece (0: none) fit the
+ * scratch of one wave. */
+size_t nk_cv_pieces(const nk_cv *cv, size_t parts);
+/* Channels per block of a column plan whose wave needs `per_channel` scratch
+ * bytes per channel: at most max_ch (and C), as many as NK_STACK_SCRATCH
+ * holds, in whole vectors of columns. */
+size_t nk_cv_block(const nk_cv *cv, const nk_plan *pl, size_t C, size_t max_ch);
+/* Normalizes rows [r0, r1) of channels [c0, c0 + nc) with the expanded arrays. */
+void nk_cv_normalize(const nk_cv *cv, size_t r0, size_t r1, size_t c0, size_t nc, const float *cm,
+                     const float *ca, const float *cb, const nk_epilogue *ep);
 
 /* 1 / sqrt(max(var, 0) + eps) (LayerNorm / GroupNorm: NaN path for eps == 0 kept). */
 double nk_rstd(double var, double eps);
@@ -97,11 +185,20 @@ static inline size_t nk_row_block(size_t len)
 /* Output size in bytes above which stores may bypass the cache. */
 size_t nk_stream_threshold(void);
 
-/* nk_batch_norm_infer with fn naming the caller's entry point in messages. */
-nk_status nk_batch_norm_infer_as(const char *fn, const float *x, const nk_shape *shape,
-                                 const float *weight, const float *bias, const float *running_mean,
-                                 const float *running_var, double eps, float *y,
-                                 const nk_options *opts);
+/* BatchNorm inference of a validated call (InstanceNorm without input
+ * statistics runs it too). */
+nk_status nk_bn_infer_call(nk_call *cl, const float *weight, const float *bias,
+                           const float *running_mean, const float *running_var, double eps);
+
+/* A group made of rows of len floats, row j at x + j * stride, seen as one
+ * sequence of positions: moments of positions [lo, hi) merged in order into
+ * acc (the kernels' chunking per row, 64 rows per call); normalize of the
+ * same positions with one m, a, b. */
+void nk_segs_moments(const nk_kernels *k, const float *x, size_t len, size_t stride, size_t lo,
+                     size_t hi, nk_moments *acc);
+void nk_segs_normalize(const nk_kernels *k, const float *x, float *y, size_t len, size_t xstride,
+                       size_t ystride, size_t lo, size_t hi, float m, float a, float b,
+                       const nk_epilogue *ep);
 
 /* momentum after bumping num_batches_tracked when cumulative (BatchNorm rule). */
 double nk_effective_momentum(nk_running_stats *rs);

@@ -1,86 +1,185 @@
 /*
- * LayerNorm and RMSNorm over the trailing `cols` elements of each row. Rows
- * go in blocks that stay in L2 between the statistics and normalize passes,
- * and the kernels take whole blocks so short rows share one call.
+ * LayerNorm and RMSNorm over c at every (n, position) of a channels-last
+ * tensor: rows of c floats. Plan: a group is a row; rows go in blocks that
+ * stay in L1/L2 between the statistics and normalize passes (fused), and the
+ * kernels take whole runs of equally strided rows so short rows share a call.
+ * Rows longer than NK_FUSE_FLOATS are cut into pieces of columns.
  */
 #include <math.h>
 
 #include "ops/internal.h"
 
-static nk_status rows_check(const char *fn, const float *x, int64_t rows, int64_t cols,
-                            const float *y, double eps, const nk_options *opts, size_t *total,
-                            nk_epilogue *ep)
+typedef struct ln_op {
+    const nk_call *cl;
+    const float *weight, *bias;
+    double eps;
+    float *save_mean, *save_inv;
+    bool rms;
+    size_t rows, rb, pieces;
+    nk_grid g;
+} ln_op;
+
+typedef struct ln_par {
+    float m[64], s[64];
+} ln_par;
+
+static size_t ln_groups(void *op, size_t b)
 {
-    if (rows < 0 || cols < 1)
-        return nk_fail(NK_ERR_BAD_SHAPE, "%s: need rows >= 0 and cols >= 1, got rows=%lld cols=%lld",
-                       fn, (long long)rows, (long long)cols);
-    const int64_t ext[2] = {rows, cols};
-    if (!nk_extents_fit(ext, 2, sizeof(float)))
-        return nk_fail(NK_ERR_BAD_SHAPE,
-                       "%s: rows=%lld x cols=%lld is too large: the product of the non-zero extents "
-                       "must be at most %lld elements",
-                       fn, (long long)rows, (long long)cols, (long long)(PTRDIFF_MAX / sizeof(float)));
-    *total = (size_t)rows * (size_t)cols;
-    return nk_check_io(fn, x, y, *total, eps, opts, ep);
+    const ln_op *o = op;
+    if (o->pieces > 1)
+        return 1;
+    return o->rows - b * o->rb < o->rb ? o->rows - b * o->rb : o->rb;
+}
+
+/* Rows [r0, r1), columns [lo, hi) of each: moments merged into part[r - r0]. */
+static void ln_moments(void *op, size_t b, size_t p, nk_moments *part)
+{
+    const ln_op *o = op;
+    const nk_call *cl = o->cl;
+    size_t r0 = b * o->rb, r1 = r0 + ln_groups(op, b), lo = 0, hi = cl->c;
+    if (o->pieces > 1)
+        nk_piece_range(cl->c, o->pieces, p, &lo, &hi);
+    const size_t len = hi - lo;
+    for (size_t r = r0; r < r1;) {
+        size_t xs, ys, e = nk_grid_run(&o->g, r, r1, &xs, &ys);
+        const float *x = cl->x + nk_grid_x(&o->g, r) + lo;
+        nk_moments *out = part + (r - r0);
+        if (o->rms) {
+            double ss[64];
+            cl->k->sumsq_rows(x, e - r, len, xs, ss);
+            for (size_t i = 0; i < e - r; i++) {
+                if (!isfinite(ss[i]))
+                    ss[i] = nk_sumsq_f64(x + i * xs, len);
+                out[i] = (nk_moments){(double)len, 0.0, ss[i]};
+            }
+        } else {
+            nk_rows_moments(cl->k, x, e - r, len, xs, out);
+        }
+        r = e;
+    }
+}
+
+static void ln_finalize(void *op, size_t b, const nk_moments *mo, void *par)
+{
+    const ln_op *o = op;
+    ln_par *pp = par;
+    size_t r0 = o->pieces > 1 ? b : b * o->rb, g = ln_groups(op, b);
+    for (size_t i = 0; i < g; i++) {
+        float s;
+        if (o->rms) {
+            s = (float)(1.0 / sqrt(mo[i].m2 / mo[i].count + o->eps));
+            pp->m[i] = 0.0f;
+        } else {
+            s = (float)nk_rstd(mo[i].m2 / mo[i].count, o->eps);
+            pp->m[i] = (float)mo[i].mean;
+            if (o->save_mean)
+                o->save_mean[r0 + i] = pp->m[i];
+        }
+        pp->s[i] = s;
+        if (o->save_inv)
+            o->save_inv[r0 + i] = s;
+    }
+}
+
+static void ln_normalize(void *op, size_t b, size_t p, const void *par)
+{
+    const ln_op *o = op;
+    const nk_call *cl = o->cl;
+    const ln_par *pp = par;
+    size_t r0 = o->pieces > 1 ? b : b * o->rb, r1 = r0 + ln_groups(op, b), lo = 0, hi = cl->c;
+    if (o->pieces > 1)
+        nk_piece_range(cl->c, o->pieces, p, &lo, &hi);
+    const float *g = o->weight ? o->weight + lo : NULL, *bb = o->bias ? o->bias + lo : NULL;
+    for (size_t r = r0; r < r1;) {
+        size_t xs, ys, e = nk_grid_run(&o->g, r, r1, &xs, &ys);
+        cl->k->norm_affine(cl->x + nk_grid_x(&o->g, r) + lo, cl->y + nk_grid_y(&o->g, r) + lo, e - r,
+                           hi - lo,
+                           xs, ys, o->rms ? NULL : pp->m + (r - r0), pp->s + (r - r0), g, bb,
+                           &cl->ep);
+        r = e;
+    }
+}
+
+static void ln_run(nk_call *cl, const float *weight, const float *bias, double eps, float *save_mean,
+                   float *save_inv, bool rms)
+{
+    const size_t rows = cl->n * cl->s, D = cl->c;
+    if (rows) {
+        ln_op o = {cl, weight, bias, eps, save_mean, save_inv, rms, rows, nk_row_block(D), 1,
+                   {cl->s, cl->xs0, cl->xs1, cl->ys0, cl->ys1}};
+        if (D > NK_FUSE_FLOATS) {
+            o.rb = 1;
+            o.pieces = nk_pieces_for(D);
+        }
+        nk_plan pl = {
+            .blocks = (rows + o.rb - 1) / o.rb,
+            .pieces = o.pieces,
+            .bgroups = o.rb,
+            .bfloats = 2 * o.rb * D,
+            .op = &o,
+            .groups = ln_groups,
+            .moments = ln_moments,
+            .finalize = ln_finalize,
+            .normalize = ln_normalize,
+            .param_bytes = sizeof(ln_par),
+        };
+        nk_call_run(cl, &pl);
+    }
+    nk_clear_error();
+}
+
+static nk_status ln_layout(const nk_call *cl)
+{
+    if (cl->layout != NK_CHANNELS_LAST)
+        return nk_fail(NK_ERR_UNSUPPORTED,
+                       "%s: desc->layout must be NK_CHANNELS_LAST (1): LayerNorm and RMSNorm "
+                       "normalize over c, the innermost extent",
+                       cl->fn);
+    return NK_OK;
 }
 
 nk_status nk_layer_norm(const float *x, int64_t rows, int64_t cols, const float *weight,
                         const float *bias, double eps, float *y, float *save_mean,
                         float *save_invstd, const nk_options *opts)
 {
-    static const char fn[] = "nk_layer_norm";
-    size_t total;
-    nk_epilogue ep;
-    nk_status st = rows_check(fn, x, rows, cols, y, eps, opts, &total, &ep);
+    nk_call cl;
+    nk_status st = nk_call_from_rows(&cl, "nk_layer_norm", x, rows, cols, y, eps, opts);
     if (st)
         return st;
-    const nk_kernels *k = nk_kernels_current();
-    const size_t R = (size_t)rows, D = (size_t)cols, rb = nk_row_block(D);
-    nk_moments mo[64];
-    float m[64], s[64];
-    for (size_t r0 = 0; r0 < R; r0 += rb) {
-        size_t nb = R - r0 < rb ? R - r0 : rb;
-        nk_rows_moments(k, x + r0 * D, nb, D, D, mo);
-        for (size_t i = 0; i < nb; i++) {
-            double r = nk_rstd(mo[i].m2 / mo[i].count, eps);
-            m[i] = (float)mo[i].mean;
-            s[i] = (float)r;
-            if (save_mean)
-                save_mean[r0 + i] = m[i];
-            if (save_invstd)
-                save_invstd[r0 + i] = s[i];
-        }
-        k->norm_affine(x + r0 * D, y + r0 * D, nb, D, D, D, m, s, weight, bias, &ep);
-    }
-    nk_clear_error();
+    ln_run(&cl, weight, bias, eps, save_mean, save_invstd, false);
+    return NK_OK;
+}
+
+nk_status nk_layer_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, const void *x, void *y,
+                           const float *weight, const float *bias, double eps, float *save_mean,
+                           float *save_invstd)
+{
+    nk_call cl;
+    nk_status st = nk_call_from_desc(&cl, "nk_layer_norm_ex", ctx, desc, x, y, eps, true);
+    if (st || (st = ln_layout(&cl)))
+        return st;
+    ln_run(&cl, weight, bias, eps, save_mean, save_invstd, false);
     return NK_OK;
 }
 
 nk_status nk_rms_norm(const float *x, int64_t rows, int64_t cols, const float *weight, double eps,
                       float *y, float *save_rstd, const nk_options *opts)
 {
-    static const char fn[] = "nk_rms_norm";
-    size_t total;
-    nk_epilogue ep;
-    nk_status st = rows_check(fn, x, rows, cols, y, eps, opts, &total, &ep);
+    nk_call cl;
+    nk_status st = nk_call_from_rows(&cl, "nk_rms_norm", x, rows, cols, y, eps, opts);
     if (st)
         return st;
-    const nk_kernels *k = nk_kernels_current();
-    const size_t R = (size_t)rows, D = (size_t)cols, rb = nk_row_block(D);
-    double ss[64];
-    float s[64];
-    for (size_t r0 = 0; r0 < R; r0 += rb) {
-        size_t nb = R - r0 < rb ? R - r0 : rb;
-        k->sumsq_rows(x + r0 * D, nb, D, D, ss);
-        for (size_t i = 0; i < nb; i++) {
-            if (!isfinite(ss[i]))
-                ss[i] = nk_sumsq_f64(x + (r0 + i) * D, D);
-            s[i] = (float)(1.0 / sqrt(ss[i] / (double)D + eps));
-            if (save_rstd)
-                save_rstd[r0 + i] = s[i];
-        }
-        k->norm_affine(x + r0 * D, y + r0 * D, nb, D, D, D, NULL, s, weight, NULL, &ep);
-    }
-    nk_clear_error();
+    ln_run(&cl, weight, NULL, eps, NULL, save_rstd, true);
+    return NK_OK;
+}
+
+nk_status nk_rms_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, const void *x, void *y,
+                         const float *weight, double eps, float *save_rstd)
+{
+    nk_call cl;
+    nk_status st = nk_call_from_desc(&cl, "nk_rms_norm_ex", ctx, desc, x, y, eps, true);
+    if (st || (st = ln_layout(&cl)))
+        return st;
+    ln_run(&cl, weight, NULL, eps, NULL, save_rstd, true);
     return NK_OK;
 }
