@@ -86,6 +86,11 @@ NK_INLINE vf vf_sub_n(vf x, vf m, size_t n)
 {
     return _mm512_maskz_sub_ps((vmask)((1u << n) - 1u), x, m);
 }
+/* lanes below n from a, the others from b (n < 16) */
+NK_INLINE vf vf_first(size_t n, vf a, vf b)
+{
+    return _mm512_mask_blend_ps((vmask)((1u << n) - 1u), b, a);
+}
 
 #  if defined(NK_SIMDE)
 /* SIMDe 0.7.4 lacks masked loads/stores, reductions and streaming stores;
@@ -206,6 +211,11 @@ NK_INLINE vf vf_leaky(vf v, vf alpha)
 NK_INLINE vf vf_sub_n(vf x, vf m, size_t n)
 {
     return _mm256_and_ps(_mm256_sub_ps(x, m), _mm256_castsi256_ps(vm_first(n)));
+}
+/* lanes below n from a, the others from b (n < 8) */
+NK_INLINE vf vf_first(size_t n, vf a, vf b)
+{
+    return _mm256_blendv_ps(b, a, _mm256_castsi256_ps(vm_first(n)));
 }
 NK_INLINE vf vf_load_n(const float *p, size_t n) { return _mm256_maskload_ps(p, vm_first(n)); }
 NK_INLINE void vf_store_n(float *p, vf v, size_t n) { _mm256_maskstore_ps(p, vm_first(n), v); }
