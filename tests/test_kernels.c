@@ -351,10 +351,12 @@ static void fill_const(nkt_buf *b, float v)
         b->p[i] = v;
 }
 
+/* pad == SIZE_MAX: back-to-back rows in x and y (one stream of rows) */
 static void run_norm_rows(const tbl *t, nkt_rng *rng, size_t rows, size_t len, size_t pad,
                           size_t xs, size_t ys, size_t ps, int act, int stream)
 {
-    const size_t xstride = len + pad, ystride = len + (pad + 1) % 4;
+    const int dense = pad == SIZE_MAX;
+    const size_t xstride = dense ? len : len + pad, ystride = dense ? len : len + (pad + 1) % 4;
     const size_t nx = rows ? (rows - 1) * xstride + len : 0;
     const size_t ny = rows ? (rows - 1) * ystride + len : 0;
     nkt_buf xb = nkt_alloc(nx, xs), yb = nkt_alloc(ny, ys);
@@ -395,6 +397,12 @@ static void test_norm_rows(void **state)
                 for (size_t k = 0; k < sizeof big / sizeof big[0]; k++)
                     run_norm_rows(&tables[ti], &rng, 2, big[k], k, k % 4, (k + 1) % 4, k % 2, act,
                                   stream);
+                /* back-to-back rows with their own parameters: vectors that
+                 * straddle two rows, heads and tails in every position */
+                for (size_t len = 1; len <= 260; len += 1 + len / 40)
+                    for (size_t rows = 2; rows <= 9; rows += 1 + rows / 3)
+                        run_norm_rows(&tables[ti], &rng, rows, len, SIZE_MAX, len % 4,
+                                      (len + rows) % 4, 1, act, stream);
             }
     }
 }

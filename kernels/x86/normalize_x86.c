@@ -113,16 +113,9 @@ NK_INLINE void rows_flat(const float *x, float *y, size_t rows, size_t len, cons
         else
             vf_storeu(y + i, o);
     }
-    if (i < n) {
-        const size_t k = n - i;
-        vf pm = vm, pa = va, pb = vb;
-        if (left < k) {
-            r++;
-            vm = vf_set1(m[r]), va = vf_set1(a[r]), vb = vf_set1(b[r]);
-            pm = vf_first(left, pm, vm), pa = vf_first(left, pa, va), pb = vf_first(left, pb, vb);
-        }
-        vf_store_n(y + i, norm1(vf_load_n(x + i, k), pm, pa, pb, act, alpha), k);
-    }
+    /* the tail (< NK_VL <= len) lies in the last row */
+    if (i < n)
+        vf_store_n(y + i, norm1(vf_load_n(x + i, n - i), vm, va, vb, act, alpha), n - i);
 }
 
 NK_INLINE void rows_body(const float *x, float *y, size_t rows, size_t len, size_t xstride,
