@@ -39,32 +39,44 @@ static void in_nc(const in_op *o, size_t q, size_t *n, size_t *c)
         *n = q / o->cl->c, *c = q % o->cl->c;
 }
 
-/* Group (n, c): m, a, b; saves; running update (slot: its channel's sums). */
-static void in_finalize1(in_op *o, size_t n, size_t c, const nk_moments *mo, size_t slot, float *m,
-                         float *a, float *b)
+/* Groups (n[i], c[i]) of one block, i < g: m, a, b; saves; running update
+ * (slot i: its channel's sums). The inverse standard deviations come
+ * vectorised from the kernel table (the same IEEE expression as
+ * nk_inv_std1). */
+static void in_finalize(in_op *o, size_t g, const size_t *nn, const size_t *cc,
+                        const nk_moments *mo, float *m, float *a, float *b)
 {
-    double var = mo->m2 / mo->count;
-    double inv = nk_inv_std1(var, o->eps);
-    *m = (float)mo->mean;
-    *a = (float)((o->weight ? o->weight[c] : 1.0) * inv);
-    *b = o->bias ? o->bias[c] : 0.0f;
+    double var[NK_CBLK], inv[NK_CBLK];
+    o->cl->k->inv_std(mo, g, o->eps, var, inv);
     const size_t C = o->cl->c, N = o->cl->n;
-    if (o->save_mean)
-        o->save_mean[n * C + c] = (float)mo->mean;
-    if (o->save_invstd)
-        o->save_invstd[n * C + c] = (float)inv;
+    for (size_t i = 0; i < g; i++) {
+        const size_t n = nn[i], c = cc[i];
+        m[i] = (float)mo[i].mean;
+        a[i] = (float)((o->weight ? o->weight[c] : 1.0) * inv[i]);
+        b[i] = o->bias ? o->bias[c] : 0.0f;
+        if (o->save_mean)
+            o->save_mean[n * C + c] = (float)mo[i].mean;
+        if (o->save_invstd)
+            o->save_invstd[n * C + c] = (float)inv[i];
+    }
     if (!o->rs)
         return;
     const double mom = o->momentum;
-    double v = o->rs->unbiased ? mo->m2 / (mo->count - 1.0) : var;
-    if (n == 0)
-        o->sum_mean[slot] = o->sum_var[slot] = 0.0;
-    /* each per-(n, c) copy is rounded to float as PyTorch stores it */
-    o->sum_mean[slot] += (float)(mom * mo->mean + (1.0 - mom) * (double)o->rs->mean[c]);
-    o->sum_var[slot] += (float)(mom * v + (1.0 - mom) * (double)o->rs->var[c]);
-    if (n == N - 1) {
-        o->rs->mean[c] = (float)(o->sum_mean[slot] / (double)N);
-        o->rs->var[c] = (float)(o->sum_var[slot] / (double)N);
+    for (size_t i = 0; i < g; i++) {
+        const size_t n = nn[i], c = cc[i];
+        double v = o->rs->unbiased ? mo[i].m2 / (mo[i].count - 1.0) : var[i];
+        /* slot of channel c: its position in a channels-last block, 0 for
+         * the channel-major rows of channels-first */
+        const size_t slot = o->rows ? 0 : i;
+        if (n == 0)
+            o->sum_mean[slot] = o->sum_var[slot] = 0.0;
+        /* each per-(n, c) copy is rounded to float as PyTorch stores it */
+        o->sum_mean[slot] += (float)(mom * mo[i].mean + (1.0 - mom) * (double)o->rs->mean[c]);
+        o->sum_var[slot] += (float)(mom * v + (1.0 - mom) * (double)o->rs->var[c]);
+        if (n == N - 1) {
+            o->rs->mean[c] = (float)(o->sum_mean[slot] / (double)N);
+            o->rs->var[c] = (float)(o->sum_var[slot] / (double)N);
+        }
     }
 }
 
@@ -103,12 +115,11 @@ static void in_rows_finalize(void *op, size_t b, const nk_moments *mo, void *par
 {
     in_op *o = op;
     in_rpar *pp = par;
-    const size_t r0 = b * o->rb;
-    for (size_t i = 0, g = in_rows_groups(op, b); i < g; i++) {
-        size_t n, c;
-        in_nc(o, r0 + i, &n, &c);
-        in_finalize1(o, n, c, &mo[i], 0, &pp->m[i], &pp->a[i], &pp->b[i]);
-    }
+    const size_t r0 = b * o->rb, g = in_rows_groups(op, b);
+    size_t nn[64], cc[64];
+    for (size_t i = 0; i < g; i++)
+        in_nc(o, r0 + i, &nn[i], &cc[i]);
+    in_finalize(o, g, nn, cc, mo, pp->m, pp->a, pp->b);
 }
 
 static void in_rows_normalize(void *op, size_t b, size_t p, const void *par)
@@ -202,8 +213,10 @@ static void in_cols_finalize(void *op, size_t b, const nk_moments *mo, void *par
     size_t n, c0, nc;
     in_cblock(o, b, &n, &c0, &nc);
     float m[NK_CBLK], a[NK_CBLK], bb[NK_CBLK];
+    size_t nn[NK_CBLK], cc[NK_CBLK];
     for (size_t i = 0; i < nc; i++)
-        in_finalize1(o, n, c0 + i, &mo[i], i, &m[i], &a[i], &bb[i]);
+        nn[i] = n, cc[i] = c0 + i;
+    in_finalize(o, nc, nn, cc, mo, m, a, bb);
     nk_cv cv;
     nk_cv_for_sample(o->cl, n, &cv);
     const size_t W = nk_cv_cols(&cv, nc);
