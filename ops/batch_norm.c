@@ -54,27 +54,37 @@ static void bn_finalize_chunk(const bn_op *o, size_t c0, size_t nc, const nk_mom
     const nk_kernels *k = o->cl->k;
     double var[NK_CBLK], inv[NK_CBLK];
     k->inv_std(mo, nc, o->eps, var, inv);
-    for (size_t c = 0; c < nc; c++) {
+    for (size_t c = 0; c < nc; c++)
         m[c] = (float)mo[c].mean;
-        a[c] = (float)((o->weight ? (double)o->weight[c0 + c] : 1.0) * inv[c]);
-        b[c] = o->bias ? o->bias[c0 + c] : 0.0f;
-    }
-    if (o->save_mean)
+    if (o->weight)
         for (size_t c = 0; c < nc; c++)
-            o->save_mean[c0 + c] = (float)mo[c].mean;
+            a[c] = (float)((double)o->weight[c0 + c] * inv[c]);
+    else
+        for (size_t c = 0; c < nc; c++)
+            a[c] = (float)inv[c];
+    if (o->bias)
+        memcpy(b, o->bias + c0, nc * sizeof *b);
+    else
+        memset(b, 0, nc * sizeof *b);
+    if (o->save_mean)
+        memcpy(o->save_mean + c0, m, nc * sizeof *m);
     if (o->save_invstd)
         for (size_t c = 0; c < nc; c++)
             o->save_invstd[c0 + c] = (float)inv[c];
     if (!o->rs)
         return;
+    /* branch-free over the block: empty channels keep their values */
     const double mom = o->momentum;
     float *rm = o->rs->mean + c0, *rv = o->rs->var + c0;
+    if (o->rs->unbiased)
+        for (size_t c = 0; c < nc; c++)
+            var[c] = mo[c].m2 / (mo[c].count - 1.0);
     for (size_t c = 0; c < nc; c++) {
-        if (!(mo[c].count > 0.0))
-            continue;
-        double v = o->rs->unbiased ? mo[c].m2 / (mo[c].count - 1.0) : var[c];
-        rm[c] = (float)(mom * mo[c].mean + (1.0 - mom) * (double)rm[c]);
-        rv[c] = (float)(mom * v + (1.0 - mom) * (double)rv[c]);
+        const int keep = !(mo[c].count > 0.0);
+        float nm = (float)(mom * mo[c].mean + (1.0 - mom) * (double)rm[c]);
+        float nv = (float)(mom * var[c] + (1.0 - mom) * (double)rv[c]);
+        rm[c] = keep ? rm[c] : nm;
+        rv[c] = keep ? rv[c] : nv;
     }
 }
 
