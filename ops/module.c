@@ -1,7 +1,10 @@
 /*
  * Framework modules: each framework's normalization layer on top of the
- * functional API. A module maps its framework's parameter names, defaults,
- * momentum convention, train/eval rules and accepted ranks onto one call.
+ * functional API. What differs between frameworks lives in one table, a row
+ * per (framework, layer): defaults, momentum convention, running-variance
+ * bias, accepted ranks, the train/eval rule, layout and the framework's own
+ * argument names. The code reads the row and never tests a framework, so a
+ * framework is added as rows.
  */
 #include <float.h>
 #include <math.h>
@@ -12,8 +15,296 @@
 
 #include "ops/internal.h"
 
+#define DEF(v) ((v) == NK_DEFAULT)
+
+/* How a momentum converts to PyTorch's weight of the new batch. Each
+ * convention is its own inverse, so one conversion serves both ways. */
+enum convention {
+    MOM_NEW_WEIGHT, /* PyTorch: momentum is the weight of the new batch */
+    MOM_OLD_WEIGHT  /* the weight of the old value: m_torch = 1 - m */
+};
+
+enum affine {
+    AFFINE_ON,    /* affine defaults to True */
+    AFFINE_OFF,   /* affine defaults to False (PyTorch InstanceNorm) */
+    AFFINE_ALWAYS /* weight and bias whatever affine says: ONNX scale/B are inputs,
+                   * MindSpore applies gamma/beta even when they are frozen */
+};
+
+/* What the config's axis means. */
+enum axis_rule {
+    AXIS_NONE,
+    AXIS_NORM,  /* ONNX: first normalized (and parameter) axis of LayerNorm / RMSNorm */
+    AXIS_LAYOUT /* Keras: -1 is channels-last, 1 channels-first */
+};
+
+/* Which statistics a BatchNorm / InstanceNorm call normalizes with. */
+enum stats {
+    STATS_TRAINING,    /* batch statistics when training or without running ones; updated when training */
+    STATS_RUNNING,     /* running statistics where there are some, never updated */
+    STATS_BATCH,       /* batch statistics; running ones updated when training */
+    STATS_BATCH_UPDATE /* batch statistics; running ones updated in both modes */
+};
+
+/* The arguments of nk_module_config whose meaning or presence differs
+ * between rows, in the order they are checked (the order decides which error
+ * a config with several mistakes gets): the name the messages give each and
+ * what "has no parameter" adds to it. Every row has affine; an argument a row
+ * lacks must stay NK_DEFAULT. */
+#define MODULE_ARGS(X)                                                                             \
+    X(AFFINE, "affine", "")                                                                        \
+    X(TRACK_RUNNING_STATS, "track_running_stats", "")                                              \
+    X(USE_BATCH_STATISTICS, "use_batch_statistics", "")                                            \
+    X(GAMMA_BETA_INIT, "gamma_init/beta_init", "")                                                 \
+    X(MOVING_INIT, "moving_mean_init/moving_var_init", "")                                         \
+    X(BEGIN_AXES, "begin_norm_axis/begin_params_axis", "") /* they place the LayerNorm axes */     \
+    X(FREEZE, "freeze", "")                                                                        \
+    X(TRAINING_MODE, "training_mode", "")                                                          \
+    X(AXIS, "axis", "")                                                                            \
+    X(TRAINABLE, "trainable", "")                                                                  \
+    X(USE_GLOBAL_STATS, "use_global_stats", "")                                                    \
+    X(BIAS, "bias", "")                                                                            \
+    X(RUNNING_VAR_UNBIASED, "running_var_unbiased", " (backend-dependent only in MindSpore)")      \
+    X(NUM_GROUPS, "num_groups", "")                                                                \
+    X(DATA_FORMAT, "data_format", "")                                                              \
+    X(NORMALIZED_SHAPE, "normalized_shape", "")                                                    \
+    X(MOMENTUM, "momentum", "") /* whose default is the row's */
+
+enum arg {
+#define ARG_ID(id, name, note) ARG_##id,
+    MODULE_ARGS(ARG_ID)
+#undef ARG_ID
+    ARG_MOMENTUM_NONE, /* momentum=None (NK_MOMENTUM_NONE): cumulative average */
+    ARG_EPS_NONE,      /* eps=None (NK_EPS_NONE): the default eps */
+    ARG_COUNT
+};
+#define A(name) (1u << ARG_##name)
+/* the arguments checked before any value is */
+#define A_FIELDS (((A(DATA_FORMAT) << 1) - 1) & ~A(AFFINE))
+
+static const struct {
+    const char *name, *note;
+} args[] = {
+#define ARG_NAME(id, name, note) {name, note},
+    MODULE_ARGS(ARG_NAME)
+#undef ARG_NAME
+};
+#define NAMED_ARGS ((int)(sizeof args / sizeof args[0]))
+
+/* The train/eval rule: the statistics each value of the framework's mode
+ * flag selects. A row without a mode flag leaves it zero: every value then
+ * selects STATS_TRAINING. */
+typedef struct mode_rule {
+    enum arg flag;
+    enum stats by[3]; /* for NK_DEFAULT (None), 0 and 1 */
+} mode_rule;
+
+/* Accepted input ranks of a channel layer, by spatial_rank 1, 2, 3 (entry 0
+ * alone where the row ignores spatial_rank). */
+typedef struct rank_rule {
+    uint32_t ndims[3];   /* bit k: a kD input is accepted */
+    const char *want[3]; /* the accepted ranks as the error message names them */
+    int unbatched;       /* a (C, *spatial) input, one rank short, is accepted as N = 1 */
+} rank_rule;
+
+#define ND(k) (1u << (k))
+#define ND_FROM(k) (~0u << (k))
+
+static const rank_rule batched = {{ND(2) | ND(3), ND(4), ND(5)}, {"2D or 3D", "4D", "5D"}, 0};
+static const rank_rule maybe_batched = {
+    {ND(2) | ND(3), ND(3) | ND(4), ND(4) | ND(5)},
+    {"2D (unbatched) or 3D", "3D (unbatched) or 4D", "4D (unbatched) or 5D"},
+    1};
+static const rank_rule exact = {{ND(3), ND(4), ND(5)}, {"3D", "4D", "5D"}, 0};
+static const rank_rule nchw = {{ND(4)}, {"4D (N, C, H, W)"}, 0};
+static const rank_rule from_1d = {{ND_FROM(1)}, {"at least 1D"}, 0};
+static const rank_rule from_2d = {{ND_FROM(2)}, {"at least 2D"}, 0};
+static const rank_rule from_3d = {{ND_FROM(3)}, {"at least 3D"}, 0};
+
+typedef struct module_row {
+    const char *name; /* the framework's; NULL where it has no such layer */
+    /* framework-wide: equal in every row of a framework */
+    enum convention convention;
+    int unbiased;    /* running variance n / (n - 1) times the batch one */
+    int training;    /* mode after construction */
+    int dims_nc;     /* dims are (N, C, *) in either memory format (PyTorch) */
+    nk_layout layout;
+    enum axis_rule axis;
+    /* the layer's */
+    enum affine affine;
+    double eps;
+    double momentum;  /* own convention; with A(MOMENTUM) only */
+    int track;        /* running statistics by default */
+    int weight_only;  /* no bias (RMSNorm) */
+    int spatial;      /* highest spatial_rank (1d/2d/3d) accepted; 0: spatial_rank is ignored */
+    const rank_rule *ranks; /* NULL: any rank, the normalized axes decide (LayerNorm / RMSNorm) */
+    int any_channels; /* InstanceNorm: without weight or running statistics any channel count goes */
+    mode_rule mode;
+    int64_t groups;   /* default num_groups; 0: required */
+    unsigned args;    /* A(...) */
+} module_row;
+
+#define LAYER_COUNT (NK_LAYER_RMS_NORM + 1)
+
+/* SEMANTICS.md section 2. */
+static const module_row table[][LAYER_COUNT] = {
+    [NK_FW_PYTORCH] = {
+        [NK_LAYER_BATCH_NORM] = {
+            .name = "PyTorch", .convention = MOM_NEW_WEIGHT, .unbiased = 1, .training = 1, .dims_nc = 1,
+            .eps = 1e-5, .momentum = 0.1, .track = 1, .spatial = 3, .ranks = &batched,
+            .args = A(MOMENTUM) | A(MOMENTUM_NONE) | A(TRACK_RUNNING_STATS) | A(DATA_FORMAT)},
+        [NK_LAYER_INSTANCE_NORM] = {
+            .name = "PyTorch", .convention = MOM_NEW_WEIGHT, .unbiased = 1, .training = 1, .dims_nc = 1,
+            .affine = AFFINE_OFF, .eps = 1e-5, .momentum = 0.1, .spatial = 3, .ranks = &maybe_batched,
+            .any_channels = 1,
+            .args = A(MOMENTUM) | A(MOMENTUM_NONE) | A(TRACK_RUNNING_STATS) | A(DATA_FORMAT)},
+        [NK_LAYER_GROUP_NORM] = {
+            .name = "PyTorch", .convention = MOM_NEW_WEIGHT, .unbiased = 1, .training = 1, .dims_nc = 1,
+            .eps = 1e-5, .ranks = &from_2d, .args = A(NUM_GROUPS) | A(DATA_FORMAT)},
+        [NK_LAYER_LAYER_NORM] = {
+            .name = "PyTorch", .convention = MOM_NEW_WEIGHT, .unbiased = 1, .training = 1, .dims_nc = 1,
+            .eps = 1e-5, .args = A(NORMALIZED_SHAPE) | A(BIAS)},
+        [NK_LAYER_RMS_NORM] = {
+            .name = "PyTorch", .convention = MOM_NEW_WEIGHT, .unbiased = 1, .training = 1, .dims_nc = 1,
+            .eps = FLT_EPSILON, /* eps=None: torch.finfo(float32).eps */
+            .weight_only = 1, .args = A(NORMALIZED_SHAPE) | A(EPS_NONE)},
+    },
+    [NK_FW_MINDSPORE] = {
+        [NK_LAYER_BATCH_NORM] = {
+            .name = "MindSpore", .convention = MOM_OLD_WEIGHT, .unbiased = 1, .affine = AFFINE_ALWAYS,
+            .eps = 1e-5, .momentum = 0.9, .track = 1, .spatial = 3, .ranks = &batched,
+            .mode = {ARG_USE_BATCH_STATISTICS, {STATS_TRAINING, STATS_RUNNING, STATS_BATCH_UPDATE}},
+            .args = A(MOMENTUM) | A(USE_BATCH_STATISTICS) | A(GAMMA_BETA_INIT) | A(MOVING_INIT) |
+                    A(RUNNING_VAR_UNBIASED) | A(DATA_FORMAT)},
+        [NK_LAYER_INSTANCE_NORM] = {
+            .name = "MindSpore", .convention = MOM_OLD_WEIGHT, .unbiased = 1, .affine = AFFINE_ALWAYS,
+            .eps = 1e-5, .momentum = 0.1, /* accepted, never used */
+            .spatial = 3, .ranks = &exact, .args = A(MOMENTUM) | A(GAMMA_BETA_INIT)},
+        [NK_LAYER_GROUP_NORM] = {
+            .name = "MindSpore", .convention = MOM_OLD_WEIGHT, .unbiased = 1, .affine = AFFINE_ALWAYS,
+            .eps = 1e-5, .ranks = &from_2d, .args = A(GAMMA_BETA_INIT) | A(NUM_GROUPS)},
+        [NK_LAYER_LAYER_NORM] = {
+            .name = "MindSpore", .convention = MOM_OLD_WEIGHT, .unbiased = 1, .affine = AFFINE_ALWAYS,
+            .eps = 1e-7, .args = A(GAMMA_BETA_INIT) | A(BEGIN_AXES) | A(NORMALIZED_SHAPE)},
+        [NK_LAYER_RMS_NORM] = {
+            .name = "MindSpore", .convention = MOM_OLD_WEIGHT, .unbiased = 1, .affine = AFFINE_ALWAYS,
+            .eps = 1e-6, .weight_only = 1, .args = A(GAMMA_BETA_INIT) | A(NORMALIZED_SHAPE)},
+    },
+    [NK_FW_MEGENGINE] = {
+        [NK_LAYER_BATCH_NORM] = {
+            .name = "MegEngine", .convention = MOM_OLD_WEIGHT, .unbiased = 1, .training = 1,
+            .eps = 1e-5, .momentum = 0.9, .track = 1, .spatial = 2, .ranks = &batched,
+            /* freeze acts only with running statistics to freeze (STATS_RUNNING) */
+            .mode = {ARG_FREEZE, {STATS_TRAINING, STATS_TRAINING, STATS_RUNNING}},
+            .args = A(MOMENTUM) | A(TRACK_RUNNING_STATS) | A(FREEZE)},
+        [NK_LAYER_INSTANCE_NORM] = {
+            .name = "MegEngine", .convention = MOM_OLD_WEIGHT, .unbiased = 1, .training = 1,
+            .eps = 1e-5, .ranks = &nchw},
+        [NK_LAYER_GROUP_NORM] = {
+            .name = "MegEngine", .convention = MOM_OLD_WEIGHT, .unbiased = 1, .training = 1,
+            .eps = 1e-5, .ranks = &from_2d, .args = A(NUM_GROUPS)},
+        [NK_LAYER_LAYER_NORM] = {
+            .name = "MegEngine", .convention = MOM_OLD_WEIGHT, .unbiased = 1, .training = 1,
+            .eps = 1e-5, .args = A(NORMALIZED_SHAPE)},
+    },
+    [NK_FW_ONNX] = {
+        [NK_LAYER_BATCH_NORM] = {
+            .name = "ONNX", .convention = MOM_OLD_WEIGHT, .axis = AXIS_NORM, .affine = AFFINE_ALWAYS,
+            .eps = 1e-5, .momentum = 0.9, .track = 1, .ranks = &from_1d,
+            .args = A(MOMENTUM) | A(TRAINING_MODE) | A(AXIS)},
+        [NK_LAYER_INSTANCE_NORM] = {
+            .name = "ONNX", .convention = MOM_OLD_WEIGHT, .axis = AXIS_NORM, .affine = AFFINE_ALWAYS,
+            .eps = 1e-5, .ranks = &from_3d, .args = A(AXIS)},
+        [NK_LAYER_GROUP_NORM] = {
+            .name = "ONNX", .convention = MOM_OLD_WEIGHT, .axis = AXIS_NORM, .affine = AFFINE_ALWAYS,
+            .eps = 1e-5, .ranks = &from_2d, .args = A(AXIS) | A(NUM_GROUPS)},
+        [NK_LAYER_LAYER_NORM] = {
+            .name = "ONNX", .convention = MOM_OLD_WEIGHT, .axis = AXIS_NORM, .affine = AFFINE_ALWAYS,
+            .eps = 1e-5, .args = A(AXIS) | A(NORMALIZED_SHAPE)},
+        [NK_LAYER_RMS_NORM] = {
+            .name = "ONNX", .convention = MOM_OLD_WEIGHT, .axis = AXIS_NORM, .affine = AFFINE_ALWAYS,
+            .eps = 1e-5, .weight_only = 1, .args = A(AXIS) | A(NORMALIZED_SHAPE)},
+    },
+    [NK_FW_KERAS] = {
+        [NK_LAYER_BATCH_NORM] = {
+            .name = "Keras", .convention = MOM_OLD_WEIGHT, .layout = NK_CHANNELS_LAST, .axis = AXIS_LAYOUT,
+            .eps = 1e-3, .momentum = 0.99, .track = 1, .ranks = &from_2d,
+            .mode = {ARG_TRAINABLE, {STATS_TRAINING, STATS_RUNNING, STATS_TRAINING}},
+            .args = A(MOMENTUM) | A(AXIS) | A(TRAINABLE)},
+        [NK_LAYER_GROUP_NORM] = {
+            .name = "Keras", .convention = MOM_OLD_WEIGHT, .layout = NK_CHANNELS_LAST, .axis = AXIS_LAYOUT,
+            .eps = 1e-3, .ranks = &from_2d, .groups = 32, .args = A(AXIS) | A(TRAINABLE) | A(NUM_GROUPS)},
+        [NK_LAYER_LAYER_NORM] = {
+            .name = "Keras", .convention = MOM_OLD_WEIGHT, .layout = NK_CHANNELS_LAST, .axis = AXIS_LAYOUT,
+            .eps = 1e-3, .args = A(AXIS) | A(TRAINABLE) | A(NORMALIZED_SHAPE)},
+        [NK_LAYER_RMS_NORM] = {
+            .name = "Keras", .convention = MOM_OLD_WEIGHT, .layout = NK_CHANNELS_LAST, .axis = AXIS_LAYOUT,
+            .eps = 1e-6, .weight_only = 1, .args = A(AXIS) | A(TRAINABLE) | A(NORMALIZED_SHAPE)},
+    },
+    [NK_FW_PADDLE] = {
+        [NK_LAYER_BATCH_NORM] = {
+            .name = "Paddle", .convention = MOM_OLD_WEIGHT, .training = 1,
+            .eps = 1e-5, .momentum = 0.9, .track = 1, .spatial = 3, .ranks = &batched,
+            .mode = {ARG_USE_GLOBAL_STATS, {STATS_TRAINING, STATS_BATCH, STATS_RUNNING}},
+            .args = A(MOMENTUM) | A(USE_GLOBAL_STATS) | A(DATA_FORMAT)},
+        [NK_LAYER_INSTANCE_NORM] = {
+            .name = "Paddle", .convention = MOM_OLD_WEIGHT, .training = 1,
+            .eps = 1e-5, .momentum = 0.9, .spatial = 3, .ranks = &exact,
+            .args = A(MOMENTUM) | A(DATA_FORMAT)},
+        [NK_LAYER_GROUP_NORM] = {
+            .name = "Paddle", .convention = MOM_OLD_WEIGHT, .training = 1,
+            .eps = 1e-5, .ranks = &from_2d, .args = A(NUM_GROUPS) | A(DATA_FORMAT)},
+        [NK_LAYER_LAYER_NORM] = {
+            .name = "Paddle", .convention = MOM_OLD_WEIGHT, .training = 1,
+            .eps = 1e-5, .args = A(NORMALIZED_SHAPE) | A(DATA_FORMAT)},
+    },
+};
+
+#define FW_COUNT ((int)(sizeof table / sizeof table[0]))
+
+static const char *const layer_names[LAYER_COUNT] = {
+    [NK_LAYER_BATCH_NORM] = "BatchNorm",
+    [NK_LAYER_INSTANCE_NORM] = "InstanceNorm",
+    [NK_LAYER_GROUP_NORM] = "GroupNorm",
+    [NK_LAYER_LAYER_NORM] = "LayerNorm",
+    [NK_LAYER_RMS_NORM] = "RMSNorm",
+};
+
+/* The row of (fw, layer); NULL when the framework has no such layer. */
+static const module_row *find_row(nk_framework fw, nk_layer layer)
+{
+    if ((unsigned)fw >= (unsigned)FW_COUNT || (unsigned)layer >= LAYER_COUNT || !table[fw][layer].name)
+        return NULL;
+    return &table[fw][layer];
+}
+
+/* Any row of fw, for the framework-wide columns. */
+static const module_row *framework_row(nk_framework fw)
+{
+    for (int l = 0; l < LAYER_COUNT; l++) {
+        const module_row *r = find_row(fw, (nk_layer)l);
+        if (r)
+            return r;
+    }
+    return NULL;
+}
+
+static double default_momentum(const module_row *r)
+{
+    return r->args & A(MOMENTUM) ? r->momentum : NAN;
+}
+
+/* The public conversions take any fw: one out of range (no row) converts
+ * as 1 - m. */
+static double to_torch(const module_row *r, double m)
+{
+    return r && r->convention == MOM_NEW_WEIGHT ? m : 1.0 - m;
+}
+
+/* ------------------------------------------------------------------------ */
+
 struct nk_module {
-    nk_framework fw;
+    const module_row *row;
     nk_layer layer;
     int spatial_rank;
     int64_t C;          /* channels, or normalized size P for LayerNorm / RMSNorm */
@@ -23,103 +314,46 @@ struct nk_module {
     int affine;
     int track;          /* owns running statistics */
     int training;
-    int mode;           /* use_batch_statistics / use_global_stats, NK_DEFAULT = None */
-    int freeze, trainable;
+    enum stats stats;   /* what the row's mode flag selected */
     int unbiased;
     nk_layout layout;
-    int logical_nc;     /* dims are (N, C, *) whatever the memory layout (PyTorch) */
     int64_t groups;
     int norm_ndim;
     int64_t norm_shape[NK_MAX_NORM_DIMS];
-    int begin_norm_axis, begin_params_axis, axis;
+    /* LayerNorm / RMSNorm: first reduced and first parameter dim, < 0 from the end */
+    int norm_axis, params_axis;
     nk_options opts;
     int64_t nbt;
     float *weight, *bias, *rmean, *rvar;
     float storage[];
 };
 
-#define DEF(v) ((v) == NK_DEFAULT)
-
 const char *nk_framework_name(nk_framework fw)
 {
-    switch (fw) {
-    case NK_FW_PYTORCH: return "PyTorch";
-    case NK_FW_MINDSPORE: return "MindSpore";
-    case NK_FW_MEGENGINE: return "MegEngine";
-    case NK_FW_ONNX: return "ONNX";
-    case NK_FW_KERAS: return "Keras";
-    case NK_FW_PADDLE: return "Paddle";
-    }
-    return "unknown";
-}
-
-static const char *layer_name(nk_layer l)
-{
-    switch (l) {
-    case NK_LAYER_BATCH_NORM: return "BatchNorm";
-    case NK_LAYER_INSTANCE_NORM: return "InstanceNorm";
-    case NK_LAYER_GROUP_NORM: return "GroupNorm";
-    case NK_LAYER_LAYER_NORM: return "LayerNorm";
-    case NK_LAYER_RMS_NORM: return "RMSNorm";
-    }
-    return "unknown";
-}
-
-/* Which layers each framework has. */
-static int layer_exists(nk_framework fw, nk_layer l)
-{
-    switch (fw) {
-    case NK_FW_PYTORCH: case NK_FW_MINDSPORE: case NK_FW_ONNX:
-        return 1;
-    case NK_FW_MEGENGINE: case NK_FW_PADDLE:
-        return l != NK_LAYER_RMS_NORM;
-    case NK_FW_KERAS:
-        return l != NK_LAYER_INSTANCE_NORM;
-    }
-    return 0;
+    const module_row *r = framework_row(fw);
+    return r ? r->name : "unknown";
 }
 
 double nk_default_eps(nk_framework fw, nk_layer layer)
 {
-    if ((unsigned)fw > NK_FW_PADDLE || (unsigned)layer > NK_LAYER_RMS_NORM || !layer_exists(fw, layer))
-        return NAN;
-    if (fw == NK_FW_KERAS)
-        return layer == NK_LAYER_RMS_NORM ? 1e-6 : 1e-3;
-    if (fw == NK_FW_MINDSPORE && layer == NK_LAYER_LAYER_NORM)
-        return 1e-7;
-    if (fw == NK_FW_MINDSPORE && layer == NK_LAYER_RMS_NORM)
-        return 1e-6;
-    if (fw == NK_FW_PYTORCH && layer == NK_LAYER_RMS_NORM)
-        return FLT_EPSILON; /* eps=None: torch.finfo(float32).eps */
-    return 1e-5;
+    const module_row *r = find_row(fw, layer);
+    return r ? r->eps : NAN;
 }
 
 double nk_default_momentum(nk_framework fw, nk_layer layer)
 {
-    if ((unsigned)fw > NK_FW_PADDLE || !layer_exists(fw, layer))
-        return NAN;
-    if (layer == NK_LAYER_BATCH_NORM) {
-        switch (fw) {
-        case NK_FW_PYTORCH: return 0.1;
-        case NK_FW_KERAS: return 0.99;
-        default: return 0.9;
-        }
-    }
-    if (layer == NK_LAYER_INSTANCE_NORM && (fw == NK_FW_PYTORCH || fw == NK_FW_MINDSPORE))
-        return 0.1; /* MindSpore accepts it and never uses it */
-    if (layer == NK_LAYER_INSTANCE_NORM && fw == NK_FW_PADDLE)
-        return 0.9;
-    return NAN;
+    const module_row *r = find_row(fw, layer);
+    return r ? default_momentum(r) : NAN;
 }
 
 double nk_momentum_to_torch(nk_framework fw, double m)
 {
-    return fw == NK_FW_PYTORCH ? m : 1.0 - m;
+    return to_torch(framework_row(fw), m);
 }
 
 double nk_momentum_from_torch(nk_framework fw, double m)
 {
-    return fw == NK_FW_PYTORCH ? m : 1.0 - m;
+    return to_torch(framework_row(fw), m);
 }
 
 void nk_module_config_init(nk_module_config *cfg)
@@ -149,51 +383,37 @@ void nk_module_config_init(nk_module_config *cfg)
     cfg->options.alpha = 0.01f;
 }
 
-static nk_status not_for(nk_framework fw, const char *field)
+/* The A(...) arguments cfg sets. */
+static unsigned given_args(const nk_module_config *c)
 {
-    return nk_fail(NK_ERR_BAD_PARAM, "nk_module_create: %s has no parameter '%s'",
-                   nk_framework_name(fw), field);
+    return (DEF(c->track_running_stats) ? 0 : A(TRACK_RUNNING_STATS)) |
+           (DEF(c->use_batch_statistics) ? 0 : A(USE_BATCH_STATISTICS)) |
+           (DEF(c->gamma_init) && DEF(c->beta_init) ? 0 : A(GAMMA_BETA_INIT)) |
+           (DEF(c->moving_mean_init) && DEF(c->moving_var_init) ? 0 : A(MOVING_INIT)) |
+           (DEF(c->begin_norm_axis) && DEF(c->begin_params_axis) ? 0 : A(BEGIN_AXES)) |
+           (DEF(c->freeze) ? 0 : A(FREEZE)) | (DEF(c->training_mode) ? 0 : A(TRAINING_MODE)) |
+           (DEF(c->axis) ? 0 : A(AXIS)) | (DEF(c->trainable) ? 0 : A(TRAINABLE)) |
+           (DEF(c->use_global_stats) ? 0 : A(USE_GLOBAL_STATS)) | (DEF(c->bias) ? 0 : A(BIAS)) |
+           (DEF(c->running_var_unbiased) ? 0 : A(RUNNING_VAR_UNBIASED)) |
+           (DEF(c->num_groups) ? 0 : A(NUM_GROUPS)) | (DEF(c->data_format) ? 0 : A(DATA_FORMAT)) |
+           (DEF(c->normalized_ndim) ? 0 : A(NORMALIZED_SHAPE)) | (DEF(c->momentum) ? 0 : A(MOMENTUM));
 }
 
-/* Fields a framework does not have must stay at NK_DEFAULT. */
-static nk_status check_fields(nk_framework fw, nk_layer l, const nk_module_config *c)
+/* Fails on the first of the arguments given that row r does not have. */
+static nk_status check_args(const module_row *r, unsigned given)
 {
-    int bn = l == NK_LAYER_BATCH_NORM;
-    if (!DEF(c->track_running_stats) && !(fw == NK_FW_PYTORCH && (bn || l == NK_LAYER_INSTANCE_NORM)) &&
-        !(fw == NK_FW_MEGENGINE && bn))
-        return not_for(fw, "track_running_stats");
-    if (!DEF(c->use_batch_statistics) && !(fw == NK_FW_MINDSPORE && bn))
-        return not_for(fw, "use_batch_statistics");
-    if ((!DEF(c->gamma_init) || !DEF(c->beta_init)) && fw != NK_FW_MINDSPORE)
-        return not_for(fw, "gamma_init/beta_init");
-    if ((!DEF(c->moving_mean_init) || !DEF(c->moving_var_init)) && !(fw == NK_FW_MINDSPORE && bn))
-        return not_for(fw, "moving_mean_init/moving_var_init");
-    if ((!DEF(c->begin_norm_axis) || !DEF(c->begin_params_axis)) &&
-        !(fw == NK_FW_MINDSPORE && l == NK_LAYER_LAYER_NORM))
-        return not_for(fw, "begin_norm_axis/begin_params_axis");
-    if (!DEF(c->freeze) && !(fw == NK_FW_MEGENGINE && bn))
-        return not_for(fw, "freeze");
-    if (!DEF(c->training_mode) && !(fw == NK_FW_ONNX && bn))
-        return not_for(fw, "training_mode");
-    if (!DEF(c->axis) && fw != NK_FW_ONNX && fw != NK_FW_KERAS)
-        return not_for(fw, "axis");
-    if (!DEF(c->trainable) && fw != NK_FW_KERAS)
-        return not_for(fw, "trainable");
-    if (!DEF(c->use_global_stats) && !(fw == NK_FW_PADDLE && bn))
-        return not_for(fw, "use_global_stats");
-    if (!DEF(c->bias) && !(fw == NK_FW_PYTORCH && l == NK_LAYER_LAYER_NORM))
-        return not_for(fw, "bias");
-    if (!DEF(c->running_var_unbiased) && !(fw == NK_FW_MINDSPORE && bn))
-        return not_for(fw, "running_var_unbiased (backend-dependent only in MindSpore)");
-    if (!DEF(c->num_groups) && l != NK_LAYER_GROUP_NORM)
-        return not_for(fw, "num_groups");
-    if (!DEF(c->data_format) && !((fw == NK_FW_MINDSPORE && bn) || fw == NK_FW_PADDLE) &&
-        !(fw == NK_FW_PYTORCH && (bn || l == NK_LAYER_INSTANCE_NORM || l == NK_LAYER_GROUP_NORM)))
-        return not_for(fw, "data_format");
+    const unsigned lacking = given & ~r->args;
+    for (int i = 0; i < NAMED_ARGS; i++)
+        if (lacking & (1u << i))
+            return nk_fail(NK_ERR_BAD_PARAM, "nk_module_create: %s has no parameter '%s%s'", r->name,
+                           args[i].name, args[i].note);
     return NK_OK;
 }
 
 static int tri(int v) { return v == NK_DEFAULT || v == 0 || v == 1; }
+
+/* The configured value of a tri-state flag, else the row's default. */
+static int flag_or(int v, int row_default) { return DEF(v) ? row_default : v; }
 
 nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank, int64_t num_features,
                            const nk_module_config *cfg_in, nk_module **out)
@@ -201,146 +421,130 @@ nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank, in
     static const char fn[] = "nk_module_create";
     if (!out)
         return nk_fail(NK_ERR_NULL_POINTER, "%s: out is NULL", fn);
-    if ((unsigned)fw > NK_FW_PADDLE)
+    if ((unsigned)fw >= (unsigned)FW_COUNT)
         return nk_fail(NK_ERR_BAD_PARAM, "%s: fw must be an nk_framework in [0, %d], got %d", fn,
-                       (int)NK_FW_PADDLE, (int)fw);
-    if ((unsigned)layer > NK_LAYER_RMS_NORM)
+                       FW_COUNT - 1, (int)fw);
+    if ((unsigned)layer >= LAYER_COUNT)
         return nk_fail(NK_ERR_BAD_PARAM, "%s: layer must be an nk_layer in [0, %d], got %d", fn,
-                       (int)NK_LAYER_RMS_NORM, (int)layer);
-    if (!layer_exists(fw, layer))
-        return nk_fail(NK_ERR_UNSUPPORTED, "%s: %s has no %s layer", fn, nk_framework_name(fw),
-                       layer_name(layer));
+                       LAYER_COUNT - 1, (int)layer);
+    const module_row *r = find_row(fw, layer);
+    const char *lname = layer_names[layer];
+    if (!r)
+        return nk_fail(NK_ERR_UNSUPPORTED, "%s: %s has no %s layer", fn, nk_framework_name(fw), lname);
     nk_module_config cfg;
     if (cfg_in)
         cfg = *cfg_in;
     else
         nk_module_config_init(&cfg);
-    nk_status st = check_fields(fw, layer, &cfg);
+    const unsigned given = given_args(&cfg);
+    nk_status st = check_args(r, given & A_FIELDS);
     if (st)
         return st;
-    const struct {
-        const char *name;
-        int v;
-    } flags[] = {{"affine", cfg.affine},
-                 {"track_running_stats", cfg.track_running_stats},
-                 {"use_batch_statistics", cfg.use_batch_statistics},
-                 {"freeze", cfg.freeze},
-                 {"training_mode", cfg.training_mode},
-                 {"trainable", cfg.trainable},
-                 {"use_global_stats", cfg.use_global_stats},
-                 {"bias", cfg.bias},
-                 {"running_var_unbiased", cfg.running_var_unbiased}};
-    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
-        if (!tri(flags[i].v))
+    /* the tri-state flags (NK_DEFAULT, 0 or 1); 0 stands in for the other arguments */
+    const int flag[ARG_COUNT] = {
+        [ARG_AFFINE] = cfg.affine,
+        [ARG_TRACK_RUNNING_STATS] = cfg.track_running_stats,
+        [ARG_USE_BATCH_STATISTICS] = cfg.use_batch_statistics,
+        [ARG_FREEZE] = cfg.freeze,
+        [ARG_TRAINING_MODE] = cfg.training_mode,
+        [ARG_TRAINABLE] = cfg.trainable,
+        [ARG_USE_GLOBAL_STATS] = cfg.use_global_stats,
+        [ARG_BIAS] = cfg.bias,
+        [ARG_RUNNING_VAR_UNBIASED] = cfg.running_var_unbiased,
+    };
+    for (int i = 0; i < NAMED_ARGS; i++)
+        if (!tri(flag[i]))
             return nk_fail(NK_ERR_BAD_PARAM, "%s: %s %s: cfg.%s takes NK_DEFAULT (-1), 0 or 1, got %d",
-                           fn, nk_framework_name(fw), layer_name(layer), flags[i].name, flags[i].v);
+                           fn, r->name, lname, args[i].name, flag[i]);
 
-    int channel_layer = layer == NK_LAYER_BATCH_NORM || layer == NK_LAYER_INSTANCE_NORM;
-    if (channel_layer && fw != NK_FW_ONNX && fw != NK_FW_KERAS &&
-        !(fw == NK_FW_MEGENGINE && layer == NK_LAYER_INSTANCE_NORM)) {
+    if (r->spatial) {
         if (spatial_rank < 1 || spatial_rank > 3)
             return nk_fail(NK_ERR_BAD_PARAM, "%s: spatial_rank must be 1, 2 or 3, got %d", fn, spatial_rank);
-        if (fw == NK_FW_MEGENGINE && spatial_rank == 3)
-            return nk_fail(NK_ERR_UNSUPPORTED, "%s: MegEngine has no BatchNorm3d", fn);
+        if (spatial_rank > r->spatial)
+            return nk_fail(NK_ERR_UNSUPPORTED, "%s: %s has no %s%dd", fn, r->name, lname, spatial_rank);
     }
 
     /* normalized shape (LayerNorm / RMSNorm) */
     int nd = 1;
     int64_t nshape[NK_MAX_NORM_DIMS] = {num_features};
     int64_t P = num_features;
-    if (layer == NK_LAYER_LAYER_NORM || layer == NK_LAYER_RMS_NORM) {
-        if (!DEF(cfg.normalized_ndim)) {
-            if (cfg.normalized_ndim < 1 || cfg.normalized_ndim > NK_MAX_NORM_DIMS)
-                return nk_fail(NK_ERR_BAD_PARAM, "%s: normalized_ndim must be in [1, %d], got %d", fn,
-                               NK_MAX_NORM_DIMS, cfg.normalized_ndim);
-            nd = cfg.normalized_ndim;
-            P = 1;
-            for (int i = 0; i < nd; i++) {
-                nshape[i] = cfg.normalized_shape[i];
-                if (nshape[i] < 1)
-                    return nk_fail(NK_ERR_BAD_SHAPE, "%s: normalized_shape[%d] must be >= 1, got %lld", fn,
-                                   i, (long long)nshape[i]);
-                size_t p;
-                if ((st = nk_check_product(P, nshape[i], fn, &p)))
-                    return st;
-                P = (int64_t)p;
-            }
-            if (num_features != 0 && num_features != NK_DEFAULT && num_features != P)
-                return nk_fail(NK_ERR_BAD_PARAM,
-                               "%s: num_features = %lld disagrees with normalized_shape, whose product "
-                               "is %lld: pass 0, NK_DEFAULT or %lld",
-                               fn, (long long)num_features, (long long)P, (long long)P);
+    if ((st = check_args(r, given & A(NORMALIZED_SHAPE))))
+        return st;
+    if (!DEF(cfg.normalized_ndim)) {
+        if (cfg.normalized_ndim < 1 || cfg.normalized_ndim > NK_MAX_NORM_DIMS)
+            return nk_fail(NK_ERR_BAD_PARAM, "%s: normalized_ndim must be in [1, %d], got %d", fn,
+                           NK_MAX_NORM_DIMS, cfg.normalized_ndim);
+        nd = cfg.normalized_ndim;
+        P = 1;
+        for (int i = 0; i < nd; i++) {
+            nshape[i] = cfg.normalized_shape[i];
+            if (nshape[i] < 1)
+                return nk_fail(NK_ERR_BAD_SHAPE, "%s: normalized_shape[%d] must be >= 1, got %lld", fn, i,
+                               (long long)nshape[i]);
+            size_t p;
+            if ((st = nk_check_product(P, nshape[i], fn, &p)))
+                return st;
+            P = (int64_t)p;
         }
-    } else if (!DEF(cfg.normalized_ndim)) {
-        return not_for(fw, "normalized_shape");
+        if (num_features != 0 && num_features != NK_DEFAULT && num_features != P)
+            return nk_fail(NK_ERR_BAD_PARAM,
+                           "%s: num_features = %lld disagrees with normalized_shape, whose product "
+                           "is %lld: pass 0, NK_DEFAULT or %lld",
+                           fn, (long long)num_features, (long long)P, (long long)P);
     }
     if (P < 1)
         return nk_fail(NK_ERR_BAD_SHAPE, "%s: %s %s: num_features must be at least 1, got %lld", fn,
-                       nk_framework_name(fw), layer_name(layer), (long long)P);
+                       r->name, lname, (long long)P);
 
     /* eps and momentum */
     double eps = cfg.eps;
-    if (eps == NK_DEFAULT || (eps == NK_EPS_NONE && fw == NK_FW_PYTORCH && layer == NK_LAYER_RMS_NORM))
-        eps = nk_default_eps(fw, layer);
+    if (eps == NK_DEFAULT || (eps == NK_EPS_NONE && (r->args & A(EPS_NONE))))
+        eps = r->eps;
     else if (eps == NK_EPS_NONE)
         return nk_fail(NK_ERR_BAD_PARAM,
                        "%s: %s %s: cfg.eps = NK_EPS_NONE (-2) is PyTorch RMSNorm's eps=None only", fn,
-                       nk_framework_name(fw), layer_name(layer));
+                       r->name, lname);
     if (!(eps >= 0.0) || isinf(eps))
         return nk_fail(NK_ERR_BAD_PARAM, "%s: %s %s: cfg.eps must be finite and >= 0, got %g", fn,
-                       nk_framework_name(fw), layer_name(layer), eps);
+                       r->name, lname, eps);
     double mom = cfg.momentum;
     int cumulative = 0;
-    double defmom = nk_default_momentum(fw, layer);
     if (mom == NK_DEFAULT) {
-        mom = defmom;
-    } else if (isnan(defmom)) {
-        return not_for(fw, "momentum");
-    } else if (mom == NK_MOMENTUM_NONE && fw == NK_FW_PYTORCH) {
+        mom = default_momentum(r);
+    } else if ((st = check_args(r, A(MOMENTUM)))) {
+        return st;
+    } else if (mom == NK_MOMENTUM_NONE && (r->args & A(MOMENTUM_NONE))) {
         cumulative = 1;
         mom = 0.0;
     } else if (mom == NK_MOMENTUM_NONE) {
         return nk_fail(NK_ERR_BAD_PARAM,
                        "%s: %s %s: cfg.momentum = NK_MOMENTUM_NONE (-2) is PyTorch's momentum=None "
                        "only; %s takes a momentum in [0, 1]",
-                       fn, nk_framework_name(fw), layer_name(layer), nk_framework_name(fw));
+                       fn, r->name, lname, r->name);
     } else if (!(mom >= 0.0 && mom <= 1.0)) {
-        return nk_fail(NK_ERR_BAD_PARAM, "%s: %s %s: cfg.momentum must be in [0, 1], got %g", fn,
-                       nk_framework_name(fw), layer_name(layer), mom);
+        return nk_fail(NK_ERR_BAD_PARAM, "%s: %s %s: cfg.momentum must be in [0, 1], got %g", fn, r->name,
+                       lname, mom);
     }
 
     nk_epilogue ep;
     if ((st = nk_check_options(&cfg.options, fn, &ep)))
         return st;
 
-    /* affine, running statistics, mode */
-    int affine = DEF(cfg.affine) ? !(fw == NK_FW_PYTORCH && layer == NK_LAYER_INSTANCE_NORM) : cfg.affine;
-    if (fw == NK_FW_ONNX || fw == NK_FW_MINDSPORE)
-        affine = 1; /* ONNX scale/B are inputs; MindSpore applies frozen gamma/beta */
-    int track = 0;
-    if (layer == NK_LAYER_BATCH_NORM)
-        track = (fw == NK_FW_PYTORCH || fw == NK_FW_MEGENGINE) ? (DEF(cfg.track_running_stats) ? 1 : cfg.track_running_stats) : 1;
-    else if (layer == NK_LAYER_INSTANCE_NORM && fw == NK_FW_PYTORCH)
-        track = DEF(cfg.track_running_stats) ? 0 : cfg.track_running_stats;
-    int unbiased = 1;
-    if (fw == NK_FW_ONNX || fw == NK_FW_KERAS || fw == NK_FW_PADDLE)
-        unbiased = 0;
-    if (fw == NK_FW_MINDSPORE && !DEF(cfg.running_var_unbiased))
-        unbiased = cfg.running_var_unbiased;
-    int training = fw == NK_FW_PYTORCH || fw == NK_FW_MEGENGINE || fw == NK_FW_PADDLE;
-    if (fw == NK_FW_ONNX && !DEF(cfg.training_mode))
-        training = cfg.training_mode;
+    /* Flags a row does not have are NK_DEFAULT here (check_args), so each
+     * resolves to the row's default. */
+    const int affine = r->affine == AFFINE_ALWAYS || flag_or(flag[ARG_AFFINE], r->affine == AFFINE_ON);
+    const int track = flag_or(flag[ARG_TRACK_RUNNING_STATS], r->track);
 
-    nk_layout layout = NK_CHANNELS_FIRST;
-    if (fw == NK_FW_KERAS) {
+    nk_layout layout = r->layout;
+    if (r->axis == AXIS_LAYOUT) {
         if (!DEF(cfg.axis) && cfg.axis != 1)
-            return nk_fail(NK_ERR_UNSUPPORTED, "%s: Keras axis must be -1 (channels-last) or 1, got %d", fn, cfg.axis);
-        layout = cfg.axis == 1 ? NK_CHANNELS_FIRST : NK_CHANNELS_LAST;
-        if (layer == NK_LAYER_LAYER_NORM || layer == NK_LAYER_RMS_NORM) {
-            if (cfg.axis == 1)
-                return nk_fail(NK_ERR_UNSUPPORTED, "%s: Keras %s over axis 1 is not supported; use -1", fn,
-                               layer_name(layer));
-        }
+            return nk_fail(NK_ERR_UNSUPPORTED, "%s: %s axis must be -1 (channels-last) or 1, got %d", fn,
+                           r->name, cfg.axis);
+        if (cfg.axis == 1 && (layer == NK_LAYER_LAYER_NORM || layer == NK_LAYER_RMS_NORM))
+            return nk_fail(NK_ERR_UNSUPPORTED, "%s: %s %s over axis 1 is not supported; use -1", fn, r->name,
+                           lname);
+        if (cfg.axis == 1)
+            layout = NK_CHANNELS_FIRST;
     }
     if (!DEF(cfg.data_format)) {
         if (cfg.data_format != NK_CHANNELS_FIRST && cfg.data_format != NK_CHANNELS_LAST)
@@ -353,21 +557,17 @@ nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank, in
 
     int64_t groups = 0;
     if (layer == NK_LAYER_GROUP_NORM) {
-        groups = DEF(cfg.num_groups) ? (fw == NK_FW_KERAS ? 32 : 0) : cfg.num_groups;
+        groups = DEF(cfg.num_groups) ? r->groups : cfg.num_groups;
         if (groups < 1)
             return nk_fail(NK_ERR_BAD_PARAM, "%s: %s GroupNorm: cfg.num_groups must be at least 1, got %lld",
-                           fn, nk_framework_name(fw), (long long)groups);
+                           fn, r->name, (long long)groups);
         if (num_features % groups)
             return nk_fail(NK_ERR_BAD_PARAM,
                            "%s: %s GroupNorm: num_channels (%lld) must be divisible by num_groups (%lld)",
-                           fn, nk_framework_name(fw), (long long)num_features, (long long)groups);
+                           fn, r->name, (long long)num_features, (long long)groups);
     }
 
-    int has_bias = affine;
-    if (fw == NK_FW_PYTORCH && layer == NK_LAYER_LAYER_NORM && cfg.bias == 0)
-        has_bias = 0;
-    if (layer == NK_LAYER_RMS_NORM)
-        has_bias = 0;
+    const int has_bias = affine && !r->weight_only && cfg.bias != 0;
 
     /* P floats per parameter array: the bytes must fit size_t and ptrdiff_t
      * on this target (a 32-bit size_t wraps long before 2^40) */
@@ -378,12 +578,12 @@ nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank, in
         return nk_fail(NK_ERR_BAD_SHAPE,
                        "%s: %s %s: num_features = %lld needs %lld parameter arrays of that size, more "
                        "than this target can address",
-                       fn, nk_framework_name(fw), layer_name(layer), (long long)P, (long long)arrays);
+                       fn, r->name, lname, (long long)P, (long long)arrays);
     size_t nfloats = (size_t)P * (size_t)arrays;
     nk_module *m = calloc(1, sizeof *m + nfloats * sizeof(float));
     if (!m)
         return nk_fail(NK_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu parameters", fn, nfloats);
-    m->fw = fw;
+    m->row = r;
     m->layer = layer;
     m->spatial_rank = spatial_rank;
     m->C = P;
@@ -392,26 +592,29 @@ nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank, in
     m->cumulative = cumulative;
     m->affine = affine;
     m->track = track;
-    m->training = training;
-    m->mode = fw == NK_FW_MINDSPORE ? cfg.use_batch_statistics : fw == NK_FW_PADDLE ? cfg.use_global_stats : NK_DEFAULT;
-    m->freeze = cfg.freeze == 1;
-    m->trainable = cfg.trainable != 0;
-    m->unbiased = unbiased;
+    m->training = flag_or(flag[ARG_TRAINING_MODE], r->training);
+    m->stats = r->mode.by[flag[r->mode.flag] + 1];
+    m->unbiased = flag_or(flag[ARG_RUNNING_VAR_UNBIASED], r->unbiased);
     m->layout = layout;
-    m->logical_nc = fw == NK_FW_PYTORCH;
     m->groups = groups;
     m->norm_ndim = nd;
     memcpy(m->norm_shape, nshape, sizeof nshape);
-    m->begin_norm_axis = DEF(cfg.begin_norm_axis) ? -1 : cfg.begin_norm_axis;
-    m->begin_params_axis = DEF(cfg.begin_params_axis) ? -1 : cfg.begin_params_axis;
-    m->axis = DEF(cfg.axis) ? -1 : cfg.axis;
+    /* the trailing nd dims, unless the framework places the axes (their
+     * NK_DEFAULT, -1, is the last axis) */
+    m->norm_axis = m->params_axis = -nd;
+    if (r->args & A(BEGIN_AXES)) {
+        m->norm_axis = cfg.begin_norm_axis;
+        m->params_axis = cfg.begin_params_axis;
+    } else if (r->axis == AXIS_NORM) {
+        m->norm_axis = m->params_axis = cfg.axis;
+    }
     m->opts = cfg.options;
 
     float *p = m->storage;
-    float g0 = fw == NK_FW_MINDSPORE && !DEF(cfg.gamma_init) ? (float)cfg.gamma_init : 1.0f;
-    float b0 = fw == NK_FW_MINDSPORE && !DEF(cfg.beta_init) ? (float)cfg.beta_init : 0.0f;
-    float mm0 = fw == NK_FW_MINDSPORE && !DEF(cfg.moving_mean_init) ? (float)cfg.moving_mean_init : 0.0f;
-    float mv0 = fw == NK_FW_MINDSPORE && !DEF(cfg.moving_var_init) ? (float)cfg.moving_var_init : 1.0f;
+    float g0 = DEF(cfg.gamma_init) ? 1.0f : (float)cfg.gamma_init;
+    float b0 = DEF(cfg.beta_init) ? 0.0f : (float)cfg.beta_init;
+    float mm0 = DEF(cfg.moving_mean_init) ? 0.0f : (float)cfg.moving_mean_init;
+    float mv0 = DEF(cfg.moving_var_init) ? 1.0f : (float)cfg.moving_var_init;
     if (affine) {
         m->weight = p;
         for (int64_t i = 0; i < P; i++)
@@ -462,8 +665,8 @@ nk_status nk_module_set_num_batches_tracked(nk_module *m, int64_t count)
     if (!m)
         return nk_fail(NK_ERR_NULL_POINTER, "%s: module is NULL", fn);
     if (m->layer != NK_LAYER_BATCH_NORM || !m->track)
-        return nk_fail(NK_ERR_UNSUPPORTED, "%s: this %s %s tracks no running statistics", fn,
-                       nk_framework_name(m->fw), layer_name(m->layer));
+        return nk_fail(NK_ERR_UNSUPPORTED, "%s: this %s %s tracks no running statistics", fn, m->row->name,
+                       layer_names[m->layer]);
     /* every training call adds one: INT64_MAX has no successor */
     if (count < 0 || count == INT64_MAX)
         return nk_fail(NK_ERR_BAD_PARAM, "%s: count must be in [0, INT64_MAX - 1], got %lld", fn,
@@ -478,7 +681,7 @@ double nk_module_momentum_torch(const nk_module *m)
 {
     if (!m || m->cumulative)
         return NAN;
-    return nk_momentum_to_torch(m->fw, m->momentum);
+    return to_torch(m->row, m->momentum);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -499,38 +702,14 @@ static nk_status rank_error(const char *want, int ndim)
     return nk_fail(NK_ERR_BAD_SHAPE, "expected %s input (got %dD input)", want, ndim);
 }
 
-/* Accepted ranks of BatchNorm / InstanceNorm; sets *unbatched for (C, L...) input. */
+/* The row's accepted input ranks (BatchNorm, InstanceNorm, GroupNorm); sets
+ * *unbatched for a (C, *spatial) input. */
 static nk_status check_rank(const nk_module *m, int ndim, int *unbatched)
 {
-    static const char *const names[3][3] = {
-        {"2D or 3D", "4D", "5D"},                                                 /* BatchNorm */
-        {"2D (unbatched) or 3D", "3D (unbatched) or 4D", "4D (unbatched) or 5D"}, /* PyTorch IN */
-        {"3D", "4D", "5D"}};                                                      /* exact rank */
-    int r = m->spatial_rank;
-    *unbatched = 0;
-    if (m->layer == NK_LAYER_BATCH_NORM) {
-        if (m->fw == NK_FW_ONNX)
-            return ndim >= 1 ? NK_OK : rank_error("at least 1D", ndim);
-        if (m->fw == NK_FW_KERAS)
-            return ndim >= 2 ? NK_OK : rank_error("at least 2D", ndim);
-        int ok = r == 1 ? (ndim == 2 || ndim == 3) : ndim == r + 2;
-        return ok ? NK_OK : rank_error(names[0][r - 1], ndim);
-    }
-    /* InstanceNorm */
-    switch (m->fw) {
-    case NK_FW_PYTORCH:
-        if (ndim == r + 1) {
-            *unbatched = 1;
-            return NK_OK;
-        }
-        return ndim == r + 2 ? NK_OK : rank_error(names[1][r - 1], ndim);
-    case NK_FW_MEGENGINE:
-        return ndim == 4 ? NK_OK : rank_error("4D (N, C, H, W)", ndim);
-    case NK_FW_ONNX:
-        return ndim >= 3 ? NK_OK : rank_error("at least 3D", ndim);
-    default:
-        return ndim == r + 2 ? NK_OK : rank_error(names[2][r - 1], ndim);
-    }
+    const module_row *r = m->row;
+    const int i = r->spatial ? m->spatial_rank - 1 : 0;
+    *unbatched = r->ranks->unbatched && ndim == m->spatial_rank + 1;
+    return r->ranks->ndims[i] >> ndim & 1u ? NK_OK : rank_error(r->ranks->want[i], ndim);
 }
 
 static nk_status dims_product(const int64_t *dims, int from, int to, int64_t *out)
@@ -567,7 +746,7 @@ static nk_status channel_shape(const nk_module *m, int ndim, const int64_t *dims
     if (n < 0)
         return nk_fail(NK_ERR_BAD_SHAPE, "nk_module_forward: negative extent %lld at dim 0", (long long)n);
     /* PyTorch names the dims (N, C, *) in either memory format */
-    const int cfirst = m->layout == NK_CHANNELS_FIRST || m->logical_nc;
+    const int cfirst = m->layout == NK_CHANNELS_FIRST || m->row->dims_nc;
     int cdim = cfirst ? b : ndim - 1;
     int64_t sp = 0;
     if (cfirst)
@@ -600,7 +779,7 @@ static nk_status module_error(const nk_module *m, nk_status st)
             i = 0;
     }
     snprintf(copy, sizeof copy, "%s", msg + i);
-    return nk_fail(st, "nk_module_forward: %s %s: %s", nk_framework_name(m->fw), layer_name(m->layer),
+    return nk_fail(st, "nk_module_forward: %s %s: %s", m->row->name, layer_names[m->layer],
                    copy);
 }
 
@@ -614,6 +793,16 @@ static void running_as_saved(const float *rmean, const float *rvar, double eps, 
         if (o->invstd)
             o->invstd[c] = (float)(1.0 / sqrt((double)rvar[c] + eps));
     }
+}
+
+/* Whether a BatchNorm / InstanceNorm call normalizes with batch (instance)
+ * statistics, and whether it updates the running ones. */
+static void stats_rule(const nk_module *m, int *batch, int *update)
+{
+    const int running =
+        m->track && (m->stats == STATS_RUNNING || (m->stats == STATS_TRAINING && !m->training));
+    *batch = !running;
+    *update = !running && m->track && (m->training || m->stats == STATS_BATCH_UPDATE);
 }
 
 static nk_status forward_bn(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y,
@@ -631,40 +820,15 @@ static nk_status forward_bn(nk_module *m, const float *x, int ndim, const int64_
     if (s.c != m->C && (m->track || m->affine))
         return nk_fail(NK_ERR_BAD_SHAPE, "%s should contain %lld elements not %lld",
                        m->track ? "running_mean" : "weight", (long long)s.c, (long long)m->C);
-    /* batch statistics or running statistics, and whether to update them */
     int batch, update;
-    switch (m->fw) {
-    case NK_FW_PYTORCH:
-        batch = m->training || !m->track;
-        update = m->training && m->track;
-        break;
-    case NK_FW_MINDSPORE:
-        batch = m->mode == NK_DEFAULT ? m->training : m->mode;
-        update = batch;
-        break;
-    case NK_FW_MEGENGINE:
-        /* freeze takes effect only with running statistics to freeze */
-        batch = !(m->freeze && m->track) && (m->training || !m->track);
-        update = batch && m->training && m->track;
-        break;
-    case NK_FW_KERAS:
-        batch = update = m->training && m->trainable;
-        break;
-    case NK_FW_PADDLE:
-        batch = m->mode == NK_DEFAULT ? m->training : !m->mode;
-        update = batch && m->training;
-        break;
-    default: /* ONNX training_mode */
-        batch = update = m->training;
-        break;
-    }
+    stats_rule(m, &batch, &update);
     if (!batch) {
         st = nk_batch_norm_infer(x, &s, m->weight, m->bias, m->rmean, m->rvar, m->eps, y, &m->opts);
         if (st == NK_OK)
             running_as_saved(m->rmean, m->rvar, m->eps, s.c, o);
         return module_error(m, st);
     }
-    nk_running_stats rs = {m->rmean, m->rvar, nk_momentum_to_torch(m->fw, m->momentum), m->cumulative,
+    nk_running_stats rs = {m->rmean, m->rvar, to_torch(m->row, m->momentum), m->cumulative,
                            m->unbiased, m->nbt};
     st = nk_batch_norm_train(x, &s, m->weight, m->bias, m->eps, update ? &rs : NULL, y, o->mean,
                              o->invstd, &m->opts);
@@ -690,17 +854,14 @@ static nk_status forward_in(nk_module *m, const float *x, int ndim, const int64_
         return st;
     if (s.c != m->C) {
         /* PyTorch only warns when affine is off and there is nothing per channel */
-        if (!(m->fw == NK_FW_PYTORCH && !m->affine && !m->track))
+        if (!(m->row->any_channels && !m->affine && !m->track))
             return nk_fail(NK_ERR_BAD_SHAPE,
                            "expected input's size at dim=%d to match num_features (%lld), but got: %lld.",
                            unb ? 0 : 1, (long long)m->C, (long long)s.c);
     }
-    int use_input = 1, update = 0;
-    if (m->fw == NK_FW_PYTORCH && m->track) {
-        use_input = m->training;
-        update = m->training;
-    }
-    nk_running_stats rs = {m->rmean, m->rvar, nk_momentum_to_torch(m->fw, m->momentum), m->cumulative,
+    int use_input, update;
+    stats_rule(m, &use_input, &update);
+    nk_running_stats rs = {m->rmean, m->rvar, to_torch(m->row, m->momentum), m->cumulative,
                            m->unbiased, 0};
     /* PyTorch checks the spatial size alone: (0, C, 1) is refused too */
     if (s.spatial == 1 && use_input) {
@@ -724,11 +885,12 @@ static nk_status forward_in(nk_module *m, const float *x, int ndim, const int64_
 static nk_status forward_gn(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y,
                             const nk_module_outputs *o)
 {
-    if (ndim < 2)
-        return rank_error("at least 2D", ndim);
-    nk_shape s;
-    nk_status st = channel_shape(m, ndim, dims, 0, &s);
+    int unb;
+    nk_status st = check_rank(m, ndim, &unb);
     if (st)
+        return st;
+    nk_shape s;
+    if ((st = channel_shape(m, ndim, dims, 0, &s)))
         return st;
     /* without weight and bias only divisibility by num_groups matters */
     if (s.c != m->C && m->affine)
@@ -743,18 +905,11 @@ static int norm_axis(int a, int ndim) { return a < 0 ? a + ndim : a; }
 static nk_status forward_ln(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y,
                             const nk_module_outputs *o)
 {
-    int rs, ps; /* first reduced dim, first parameter dim */
-    if (m->fw == NK_FW_MINDSPORE && m->layer == NK_LAYER_LAYER_NORM) {
-        rs = norm_axis(m->begin_norm_axis, ndim);
-        ps = norm_axis(m->begin_params_axis, ndim);
-    } else if (m->fw == NK_FW_ONNX) {
-        rs = ps = norm_axis(m->axis, ndim);
-    } else {
-        rs = ps = ndim - m->norm_ndim;
-    }
+    const int rs = norm_axis(m->norm_axis, ndim);   /* first reduced dim */
+    const int ps = norm_axis(m->params_axis, ndim); /* first parameter dim */
     if (rs < 0 || rs >= ndim || ps < 0 || ps >= ndim)
         return nk_fail(NK_ERR_BAD_SHAPE, "%s %s: normalization axes out of range for a %dD input",
-                       nk_framework_name(m->fw), layer_name(m->layer), ndim);
+                       m->row->name, layer_names[m->layer], ndim);
     int64_t rows = 0, D = 0, P = 0;
     nk_status st;
     if ((st = dims_product(dims, 0, rs, &rows)) || (st = dims_product(dims, rs, ndim, &D)) ||
@@ -856,12 +1011,12 @@ nk_status nk_module_forward_ex(nk_module *m, const float *x, int ndim, const int
             return nk_fail(NK_ERR_BAD_PARAM,
                            "nk_module_forward_ex: %s %s has no running statistics to return "
                            "(outputs->running_mean / running_var must be NULL)",
-                           nk_framework_name(m->fw), layer_name(m->layer));
+                           m->row->name, layer_names[m->layer]);
         if ((o.running_mean || o.running_var) && !m->rmean)
             return nk_fail(NK_ERR_BAD_PARAM,
                            "nk_module_forward_ex: this %s BatchNorm tracks no running statistics "
                            "(outputs->running_mean / running_var must be NULL)",
-                           nk_framework_name(m->fw));
+                           m->row->name);
     }
     switch (m->layer) {
     case NK_LAYER_BATCH_NORM: st = forward_bn(m, x, ndim, dims, y, &o); break;
