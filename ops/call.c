@@ -73,7 +73,7 @@ static bool tail_zero(const void *p, size_t caller, size_t known)
     return true;
 }
 
-static nk_status check_context(const char *fn, const nk_context *ctx, nk_context *out)
+nk_status nk_check_context(const char *fn, const nk_context *ctx, nk_context *out)
 {
     memset(out, 0, sizeof *out);
     if (!ctx)
@@ -143,7 +143,7 @@ nk_status nk_call_from_desc(nk_call *cl, const char *fn, const nk_context *ctx,
                             bool has_y)
 {
     nk_context c;
-    nk_status st = check_context(fn, ctx, &c);
+    nk_status st = nk_check_context(fn, ctx, &c);
     if (st)
         return st;
     if (!d)

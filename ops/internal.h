@@ -66,6 +66,9 @@ nk_status nk_call_from_rows(nk_call *cl, const char *fn, const float *x, int64_t
 nk_status nk_call_from_desc(nk_call *cl, const char *fn, const nk_context *ctx,
                             const nk_tensor_desc *d, const void *x, const void *y, double eps,
                             bool has_y);
+/* A caller's context (NULL: the calling thread), checked and copied with the
+ * fields past the caller's struct_size zero. */
+nk_status nk_check_context(const char *fn, const nk_context *ctx, nk_context *out);
 /* Both tensors dense. */
 bool nk_call_dense(const nk_call *cl);
 /* The (n, c, spatial, layout) of a call as an nk_shape. */

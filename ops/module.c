@@ -323,6 +323,7 @@ struct nk_module {
     /* LayerNorm / RMSNorm: first reduced and first parameter dim, < 0 from the end */
     int norm_axis, params_axis;
     nk_options opts;
+    nk_context ctx; /* nk_module_set_context: the pool the calls run on */
     int64_t nbt;
     float *weight, *bias, *rmean, *rvar;
     float storage[];
@@ -584,6 +585,7 @@ nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank, in
     if (!m)
         return nk_fail(NK_ERR_OUT_OF_MEMORY, "%s: cannot allocate %zu parameters", fn, nfloats);
     m->row = r;
+    m->ctx = (nk_context)NK_CONTEXT_INIT;
     m->layer = layer;
     m->spatial_rank = spatial_rank;
     m->C = P;
@@ -783,6 +785,33 @@ static nk_status module_error(const nk_module *m, nk_status st)
                    copy);
 }
 
+/* The descriptor of a dense call on s with the module's activation. */
+static nk_tensor_desc module_desc(const nk_module *m, const nk_shape *s)
+{
+    nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+    d.n = s->n;
+    d.c = s->c;
+    d.spatial = s->spatial;
+    d.layout = (uint32_t)s->layout;
+    d.activation = (int32_t)m->opts.activation;
+    d.alpha = m->opts.alpha;
+    return d;
+}
+
+/* LayerNorm / RMSNorm of rows x D through the module's context. */
+static nk_status module_rows(const nk_module *m, const float *x, int64_t rows, int64_t D,
+                             const float *w, const float *b, float *y, float *mean, float *invstd,
+                             int with_act)
+{
+    const nk_shape s = {rows, D, 1, NK_CHANNELS_LAST};
+    nk_tensor_desc d = module_desc(m, &s);
+    if (!with_act)
+        d.activation = NK_ACT_NONE;
+    if (m->layer == NK_LAYER_RMS_NORM)
+        return nk_rms_norm_ex(&m->ctx, &d, x, y, w, m->eps, invstd);
+    return nk_layer_norm_ex(&m->ctx, &d, x, y, w, b, m->eps, mean, invstd);
+}
+
 /* Eval mode: the statistics used are the running ones. */
 static void running_as_saved(const float *rmean, const float *rvar, double eps, int64_t C,
                              const nk_module_outputs *o)
@@ -823,15 +852,17 @@ static nk_status forward_bn(nk_module *m, const float *x, int ndim, const int64_
     int batch, update;
     stats_rule(m, &batch, &update);
     if (!batch) {
-        st = nk_batch_norm_infer(x, &s, m->weight, m->bias, m->rmean, m->rvar, m->eps, y, &m->opts);
+        const nk_tensor_desc d = module_desc(m, &s);
+        st = nk_batch_norm_infer_ex(&m->ctx, &d, x, y, m->weight, m->bias, m->rmean, m->rvar, m->eps);
         if (st == NK_OK)
             running_as_saved(m->rmean, m->rvar, m->eps, s.c, o);
         return module_error(m, st);
     }
     nk_running_stats rs = {m->rmean, m->rvar, to_torch(m->row, m->momentum), m->cumulative,
                            m->unbiased, m->nbt};
-    st = nk_batch_norm_train(x, &s, m->weight, m->bias, m->eps, update ? &rs : NULL, y, o->mean,
-                             o->invstd, &m->opts);
+    const nk_tensor_desc d = module_desc(m, &s);
+    st = nk_batch_norm_train_ex(&m->ctx, &d, x, y, m->weight, m->bias, m->eps, update ? &rs : NULL,
+                                o->mean, o->invstd);
     if (st == NK_ERR_TOO_FEW_VALUES) {
         char sz[200];
         format_dims(sz, sizeof sz, ndim, dims);
@@ -870,9 +901,10 @@ static nk_status forward_in(nk_module *m, const float *x, int ndim, const int64_
         return nk_fail(NK_ERR_TOO_FEW_VALUES,
                        "Expected more than 1 spatial element when training, got input size %s", sz);
     }
-    st = nk_instance_norm(x, &s, m->weight, m->bias, m->eps, use_input,
-                          (update || !use_input) ? &rs : NULL, y, use_input ? o->mean : NULL,
-                          use_input ? o->invstd : NULL, &m->opts);
+    const nk_tensor_desc d = module_desc(m, &s);
+    st = nk_instance_norm_ex(&m->ctx, &d, x, y, m->weight, m->bias, m->eps, use_input,
+                             (update || !use_input) ? &rs : NULL, use_input ? o->mean : NULL,
+                             use_input ? o->invstd : NULL);
     if (st == NK_OK && !use_input)
         for (int64_t n = 0; n < s.n; n++) { /* N * C entries, each image the running ones */
             nk_module_outputs on = {sizeof on, 0, o->mean ? o->mean + n * s.c : NULL,
@@ -896,8 +928,9 @@ static nk_status forward_gn(nk_module *m, const float *x, int ndim, const int64_
     if (s.c != m->C && m->affine)
         return nk_fail(NK_ERR_BAD_SHAPE, "expected %lld channels, got input with %lld", (long long)m->C,
                        (long long)s.c);
-    return module_error(m, nk_group_norm(x, &s, m->groups, m->weight, m->bias, m->eps, y, o->mean,
-                                         o->invstd, &m->opts));
+    const nk_tensor_desc d = module_desc(m, &s);
+    return module_error(m, nk_group_norm_ex(&m->ctx, &d, x, y, m->groups, m->weight, m->bias,
+                                            m->eps, o->mean, o->invstd));
 }
 
 static int norm_axis(int a, int ndim) { return a < 0 ? a + ndim : a; }
@@ -932,26 +965,24 @@ static nk_status forward_ln(nk_module *m, const float *x, int ndim, const int64_
         nk_clear_error();
         return NK_OK;
     }
-    if (m->layer == NK_LAYER_RMS_NORM)
-        return module_error(m, nk_rms_norm(x, rows, D, m->weight, m->eps, y, o->invstd, &m->opts));
-    if (ps == rs)
-        return module_error(m, nk_layer_norm(x, rows, D, m->weight, m->bias, m->eps, y, o->mean,
-                                             o->invstd, &m->opts));
+    if (m->layer == NK_LAYER_RMS_NORM || ps == rs)
+        return module_error(m, module_rows(m, x, rows, D, m->weight, m->bias, y, o->mean,
+                                           o->invstd, 1));
     if (ps < rs) {
         /* parameters also span trailing row dims: row r uses the slice (r % (P / D)) */
         int64_t k = P / D;
         for (int64_t r = 0; r < rows; r++) {
             int64_t off = (r % k) * D;
-            st = nk_layer_norm(x + r * D, 1, D, m->weight ? m->weight + off : NULL,
-                               m->bias ? m->bias + off : NULL, m->eps, y + r * D,
-                               o->mean ? o->mean + r : NULL, o->invstd ? o->invstd + r : NULL, &m->opts);
+            st = module_rows(m, x + r * D, 1, D, m->weight ? m->weight + off : NULL,
+                             m->bias ? m->bias + off : NULL, y + r * D, o->mean ? o->mean + r : NULL,
+                             o->invstd ? o->invstd + r : NULL, 1);
             if (st)
                 return module_error(m, st);
         }
         return NK_OK;
     }
     /* ps > rs: each row holds D / P slices sharing the parameters */
-    if ((st = nk_layer_norm(x, rows, D, NULL, NULL, m->eps, y, o->mean, o->invstd, NULL)))
+    if ((st = module_rows(m, x, rows, D, NULL, NULL, y, o->mean, o->invstd, 0)))
         return module_error(m, st);
     nk_epilogue ep;
     nk_check_options(&m->opts, "nk_module_forward", &ep);
@@ -960,6 +991,20 @@ static nk_status forward_ln(nk_module *m, const float *x, int ndim, const int64_
     for (int64_t i = 0; i < rows * (D / P); i++)
         kt->norm_affine(y + i * P, y + i * P, 1, (size_t)P, (size_t)P, (size_t)P, NULL, &one, m->weight,
                         m->bias, &ep);
+    nk_clear_error();
+    return NK_OK;
+}
+
+nk_status nk_module_set_context(nk_module *m, const nk_context *ctx)
+{
+    if (!m)
+        return nk_fail(NK_ERR_NULL_POINTER, "nk_module_set_context: module is NULL");
+    nk_context c;
+    nk_status st = nk_check_context("nk_module_set_context", ctx, &c);
+    if (st)
+        return st;
+    m->ctx = c;
+    m->ctx.struct_size = sizeof m->ctx;
     nk_clear_error();
     return NK_OK;
 }

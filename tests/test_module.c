@@ -496,6 +496,77 @@ static void layer_and_rms_norm(void **state)
     nk_module_destroy(m);
 }
 
+/* A pool that runs its tasks one after another in reverse order and counts them. */
+typedef struct count_pool {
+    size_t calls, tasks;
+} count_pool;
+
+static size_t count_threads(void *ctx)
+{
+    (void)ctx;
+    return 4;
+}
+
+static void count_for(void *ctx, void (*task)(void *, size_t), void *arg, size_t n)
+{
+    count_pool *p = ctx;
+    p->calls++;
+    p->tasks += n;
+    for (size_t i = n; i-- > 0;)
+        task(arg, i);
+}
+
+/* nk_module_set_context: later calls run on the pool, with the bits of the
+ * calling-thread module; a bad context is refused. */
+static void module_context(void **state)
+{
+    (void)state;
+    const int64_t N = 8, C = 32, H = 32, W = 32, total = N * C * H * W;
+    const int64_t dims[4] = {N, C, H, W};
+    float *x = malloc((size_t)total * sizeof *x), *y0 = malloc((size_t)total * sizeof *y0),
+          *y1 = malloc((size_t)total * sizeof *y1);
+    assert_true(x && y0 && y1);
+    for (int64_t i = 0; i < total; i++)
+        x[i] = 3.0f + (float)((i * 7919) % 1013) / 1013.0f;
+    for (int layer = NK_LAYER_BATCH_NORM; layer <= NK_LAYER_GROUP_NORM; layer++) {
+        nk_module_config cfg;
+        nk_module_config_init(&cfg);
+        if (layer == NK_LAYER_GROUP_NORM)
+            cfg.num_groups = 8;
+        nk_module *a, *b;
+        assert_int_equal(nk_module_create(NK_FW_PYTORCH, (nk_layer)layer, 2, C, &cfg, &a), NK_OK);
+        assert_int_equal(nk_module_create(NK_FW_PYTORCH, (nk_layer)layer, 2, C, &cfg, &b), NK_OK);
+        count_pool cp = {0, 0};
+        nk_threadpool pool = {&cp, count_threads, count_for};
+        nk_context ctx = NK_CONTEXT_INIT;
+        ctx.pool = &pool;
+        assert_int_equal(nk_module_set_context(b, &ctx), NK_OK);
+        assert_int_equal(nk_module_forward(a, x, 4, dims, y0), NK_OK);
+        assert_int_equal(nk_module_forward(b, x, 4, dims, y1), NK_OK);
+        assert_true(cp.calls > 0 && cp.tasks > cp.calls);
+        assert_memory_equal(y0, y1, (size_t)total * sizeof *y0);
+        if (layer == NK_LAYER_BATCH_NORM) {
+            assert_memory_equal(nk_module_running_mean(a), nk_module_running_mean(b), C * sizeof(float));
+            assert_memory_equal(nk_module_running_var(a), nk_module_running_var(b), C * sizeof(float));
+        }
+        /* back to the calling thread */
+        assert_int_equal(nk_module_set_context(b, NULL), NK_OK);
+        size_t before = cp.calls;
+        assert_int_equal(nk_module_forward(b, x, 4, dims, y1), NK_OK);
+        assert_int_equal(cp.calls, before);
+        nk_context bad = NK_CONTEXT_INIT;
+        bad.struct_size = 4;
+        assert_int_equal(nk_module_set_context(b, &bad), NK_ERR_BAD_PARAM);
+        assert_non_null(strstr(nk_last_error(), "struct_size"));
+        nk_module_destroy(a);
+        nk_module_destroy(b);
+    }
+    assert_int_equal(nk_module_set_context(NULL, NULL), NK_ERR_NULL_POINTER);
+    free(x);
+    free(y0);
+    free(y1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -507,6 +578,7 @@ int main(void)
         cmocka_unit_test(accepted_ranks),
         cmocka_unit_test(layouts_and_inits),
         cmocka_unit_test(layer_and_rms_norm),
+        cmocka_unit_test(module_context),
     };
     return cmocka_run_group_tests_name("module", tests, NULL, NULL);
 }
