@@ -314,8 +314,9 @@ typedef struct nk_context {
  *         channels-last  (n, s, c) at  n * stride[0] + s * stride[1] + c
  *       0 means dense (stride[1] = spatial resp. c, stride[0] = c * spatial).
  *       Non-zero strides must not make rows overlap: stride[1] >= innermost
- *       extent and stride[0] >= middle extent * stride[1] (when those
- *       extents exceed 1), and every addressed element must fit in memory.
+ *       extent when the middle extent exceeds 1, and stride[0] >= one
+ *       sample's span, (middle extent - 1) * stride[1] + innermost extent,
+ *       when n exceeds 1; every addressed element must fit in memory.
  *       In place (y == x) requires equal strides.
  *   activation, alpha      fused activation of the output (NK_ACT_*), alpha
  *                           the LeakyReLU slope; 0 and any alpha = none.

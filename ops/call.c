@@ -113,15 +113,26 @@ static nk_status check_strides(const char *fn, const char *name, const int64_t i
                        "%s: desc->%s_stride[1] = %lld is below the innermost extent %zu (rows "
                        "would overlap)",
                        fn, name, (long long)in[1], inner);
-    uint64_t need0;
-    if (__builtin_mul_overflow((uint64_t)mid, (uint64_t)out[1], &need0))
+    /* one sample's span: (mid - 1) * stride[1] + inner */
+    uint64_t need0 = 0;
+    if (mid && (__builtin_mul_overflow((uint64_t)(mid - 1), (uint64_t)out[1], &need0) ||
+                __builtin_add_overflow(need0, (uint64_t)inner, &need0)))
         return nk_fail(NK_ERR_BAD_SHAPE, "%s: desc->%s_stride[1] = %lld is too large", fn, name,
                        (long long)in[1]);
-    out[0] = in[0] ? (size_t)in[0] : (size_t)need0;
+    if (!in[0]) {
+        /* dense: mid * stride[1], the span itself when stride[1] is dense */
+        uint64_t d;
+        if (__builtin_mul_overflow((uint64_t)mid, (uint64_t)out[1], &d) || d > (uint64_t)SIZE_MAX)
+            return nk_fail(NK_ERR_BAD_SHAPE, "%s: desc->%s_stride[1] = %lld is too large", fn, name,
+                           (long long)in[1]);
+        out[0] = (size_t)d;
+    } else {
+        out[0] = (size_t)in[0];
+    }
     if (n > 1 && (uint64_t)out[0] < need0)
         return nk_fail(NK_ERR_BAD_SHAPE,
-                       "%s: desc->%s_stride[0] = %lld is below %llu (the middle extent times "
-                       "stride[1]: samples would overlap)",
+                       "%s: desc->%s_stride[0] = %lld is below one sample's span %llu "
+                       "((middle extent - 1) * stride[1] + innermost extent): samples would overlap",
                        fn, name, (long long)in[0], (unsigned long long)need0);
     if (!total)
         return NK_OK;
