@@ -5,7 +5,7 @@
  * shapes, next to memcpy of the same bytes and, where built, oneDNN and
  * PyTorch ATen.
  *
- * Usage: normkit-bench [--models] [--sweep] [--quick] [--table]
+ * Usage: normkit-bench [--models] [--sweep] [--quick] [--table] [--threads=T]
  *                      [--min-time=SECONDS] [--train-batch=N] [--max-mb=MB]
  *                      [Google Benchmark flags: --benchmark_filter=...,
  *                       --benchmark_out=FILE --benchmark_out_format=json ...]
@@ -20,6 +20,11 @@
  *                     of the physical limit reached (memcpy measured in this
  *                     process, per size)
  *   vs_onednn, vs_aten  (model rows of normkit) their time / ours: > 1 = faster
+ *
+ * --threads=T (0: one per online CPU) runs normkit through the _ex entry
+ * points on an nk_threadpool_create(T) pool, times wall-clock, and takes as
+ * memcpy the faster of one thread and T threads copying slices on the same
+ * pool (the T-thread ceiling). oneDNN and ATen rows run at T = 1 only.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -47,11 +52,16 @@ static double g_ref_time = 0.1; /* seconds spent timing a reference measured ad 
 static int64_t g_train_batch = 8;
 static int64_t g_max_mb = 1024; /* cap on x + y of a sweep cell */
 
+static int g_threads = 1;       /* --threads */
+static nk_threadpool *g_pool;   /* g_threads > 1 */
+static nk_context g_ctx = NK_CONTEXT_INIT;
+
 static double cpu_seconds(void)
 {
-    /* process CPU time, the clock Google Benchmark divides rates by */
+    /* one thread: process CPU time, the clock Google Benchmark divides rates
+     * by; several: wall-clock, as the benchmarks then use real time */
     struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    clock_gettime(g_threads > 1 ? CLOCK_MONOTONIC : CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -183,6 +193,21 @@ static void run_copy(void *p)
     nkb_do_not_optimize(c->dst);
 }
 
+static void copy_slice(void *p, size_t i)
+{
+    struct copy_ctx *c = p;
+    size_t per = (c->bytes / (size_t)g_threads + 63) & ~(size_t)63, lo = i * per;
+    if (lo < c->bytes)
+        memcpy((char *)c->dst + lo, (const char *)c->src + lo, c->bytes - lo < per ? c->bytes - lo : per);
+}
+
+/* memcpy in g_threads slices on the pool */
+static void run_copy_pool(void *p)
+{
+    g_pool->parallel_for(g_pool->ctx, copy_slice, p, (size_t)g_threads);
+    nkb_do_not_optimize(((struct copy_ctx *)p)->dst);
+}
+
 /* Seconds per memcpy of bytes (read bytes + write bytes), cached per size. */
 static double memcpy_seconds(size_t bytes)
 {
@@ -195,6 +220,11 @@ static double memcpy_seconds(size_t bytes)
     memset(c.dst, 0, bytes);
     memset((void *)c.src, 1, bytes);
     double t = time_it(run_copy, &c);
+    if (g_pool) {
+        /* the T-thread ceiling: the faster of one thread and the pool */
+        double tp = time_it(run_copy_pool, &c);
+        t = tp < t ? tp : t;
+    }
     free(c.dst);
     free((void *)c.src);
     ref_store(key, t, NULL);
@@ -250,22 +280,33 @@ static void params_free(struct params *p)
 
 static nk_status run_ours(const nkb_case *cs, struct params *p, const float *x, float *y)
 {
-    nk_shape sh = {cs->n, cs->c, cs->spatial, cs->layout};
-    nk_options o = {cs->act, 0.01f};
+    nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+    d.n = cs->n;
+    d.c = cs->c;
+    d.spatial = cs->spatial;
+    d.layout = (uint32_t)cs->layout;
+    d.activation = (int32_t)cs->act;
+    const nk_context *ctx = &g_ctx;
     switch (cs->op) {
     case NKB_OP_BN_TRAIN:
         /* as PyTorch training: running statistics and saved statistics */
-        return nk_batch_norm_train(x, &sh, p->w, p->b, cs->eps, &p->running, y, p->smean, p->sinv, &o);
+        return nk_batch_norm_train_ex(ctx, &d, x, y, p->w, p->b, cs->eps, &p->running, p->smean,
+                                      p->sinv);
     case NKB_OP_BN_INFER:
-        return nk_batch_norm_infer(x, &sh, p->w, p->b, p->rmean, p->rvar, cs->eps, y, &o);
+        return nk_batch_norm_infer_ex(ctx, &d, x, y, p->w, p->b, p->rmean, p->rvar, cs->eps);
     case NKB_OP_IN:
-        return nk_instance_norm(x, &sh, p->w, p->b, cs->eps, 1, NULL, y, p->smean, p->sinv, &o);
+        return nk_instance_norm_ex(ctx, &d, x, y, p->w, p->b, cs->eps, 1, NULL, p->smean, p->sinv);
     case NKB_OP_GN:
-        return nk_group_norm(x, &sh, cs->groups, p->w, p->b, cs->eps, y, p->smean, p->sinv, &o);
+        return nk_group_norm_ex(ctx, &d, x, y, cs->groups, p->w, p->b, cs->eps, p->smean, p->sinv);
     case NKB_OP_LN:
-        return nk_layer_norm(x, cs->n * cs->spatial, cs->c, p->w, p->b, cs->eps, y, NULL, NULL, &o);
     case NKB_OP_RMS:
-        return nk_rms_norm(x, cs->n * cs->spatial, cs->c, p->w, cs->eps, y, NULL, &o);
+        /* rows of c: n * spatial of them */
+        d.n = cs->n * cs->spatial;
+        d.spatial = 1;
+        d.layout = NK_CHANNELS_LAST;
+        if (cs->op == NKB_OP_LN)
+            return nk_layer_norm_ex(ctx, &d, x, y, p->w, p->b, cs->eps, NULL, NULL);
+        return nk_rms_norm_ex(ctx, &d, x, y, p->w, cs->eps, NULL);
     }
     return NK_ERR_BAD_PARAM;
 }
@@ -404,7 +445,7 @@ static void bm_ours(nkb_state *st)
     }
     /* references first: their timing must not sit inside our loop */
     double ref[2] = {-1, -1};
-    if (it->model[0]) {
+    if (it->model[0] && g_threads == 1) {
         ref[0] = ext_seconds(IMPL_ONEDNN, it, x);
         ref[1] = ext_seconds(IMPL_ATEN, it, x);
     }
@@ -432,6 +473,10 @@ static void bm_ext(nkb_state *st)
     ext_key(key, sizeof key, it->impl, it);
     if (!ext_of(it->impl, &api)) {
         nkb_skip(st, "not built (library not found at configure time)");
+        return;
+    }
+    if (g_threads > 1) {
+        nkb_skip(st, "run at --threads=1 only");
         return;
     }
     float *x, *y;
@@ -463,15 +508,20 @@ static void bm_memcpy(nkb_state *st)
     size_t bytes = (size_t)case_elems(&it->cs) * sizeof(float);
     float *x, *y;
     buffers((size_t)case_elems(&it->cs), &x, &y);
+    struct copy_ctx c = {y, x, bytes};
     double t0 = cpu_seconds();
     while (nkb_keep_running(st)) {
-        memcpy(y, x, bytes);
-        nkb_do_not_optimize(y);
+        if (g_pool)
+            run_copy_pool(&c);
+        else
+            run_copy(&c);
     }
     double sec = loop_seconds(st, t0);
     char key[64];
     snprintf(key, sizeof key, "memcpy:%zu", bytes);
-    if (sec > 0)
+    /* with a pool the ceiling is the faster of one thread and the pool,
+     * which memcpy_seconds measures */
+    if (sec > 0 && !g_pool)
         ref_store(key, sec, NULL);
     nkb_set_bytes(st, 2 * (int64_t)bytes);
     nkb_set_items(st, case_elems(&it->cs));
@@ -515,6 +565,19 @@ static const struct model models[] = {
     {"bn1d_eval_64x512", "BatchNorm1d eval 64x512", NKB_OP_BN_INFER, CF, 64, 512, 1, 0, NK_ACT_NONE},
     {"bn1d_train_32x128x9", "BatchNorm1d train 32x128x9", NKB_OP_BN_TRAIN, CF, 32, 128, 9, 0, NK_ACT_NONE},
     {"bn1d_eval_32x128x9", "BatchNorm1d eval 32x128x9", NKB_OP_BN_INFER, CF, 32, 128, 9, 0, NK_ACT_NONE},
+    /* short groups and small tensors: the per-group cost */
+    {"ln_8192x16", "LayerNorm 8192x16", NKB_OP_LN, CL, 8192, 16, 1, 0, NK_ACT_NONE},
+    {"ln_50176x16", "LayerNorm 50176x16", NKB_OP_LN, CL, 50176, 16, 1, 0, NK_ACT_NONE},
+    {"ln_50176x64", "LayerNorm 50176x64", NKB_OP_LN, CL, 50176, 64, 1, 0, NK_ACT_NONE},
+    {"rms_8192x16", "RMSNorm 8192x16", NKB_OP_RMS, CL, 8192, 16, 1, 0, NK_ACT_NONE},
+    {"rms_50176x16", "RMSNorm 50176x16", NKB_OP_RMS, CL, 50176, 16, 1, 0, NK_ACT_NONE},
+    {"ln_decode_1x4096", "LayerNorm 1x4096 (one token)", NKB_OP_LN, CL, 1, 4096, 1, 0, NK_ACT_NONE},
+    {"rms_decode_1x4096", "RMSNorm 1x4096 (one token)", NKB_OP_RMS, CL, 1, 4096, 1, 0, NK_ACT_NONE},
+    {"in2d_1x256x7x7", "InstanceNorm2d 1x256x7x7", NKB_OP_IN, CF, 1, 256, 49, 0, NK_ACT_NONE},
+    {"in2d_1x64x14x14", "InstanceNorm2d 1x64x14x14", NKB_OP_IN, CF, 1, 64, 196, 0, NK_ACT_NONE},
+    {"bn_eval_1x512x7x7", "BatchNorm2d eval 1x512x7x7", NKB_OP_BN_INFER, CF, 1, 512, 49, 0, NK_ACT_NONE},
+    {"bn_eval_1x1024x7x7", "BatchNorm2d eval 1x1024x7x7", NKB_OP_BN_INFER, CF, 1, 1024, 49, 0, NK_ACT_NONE},
+    {"bn_eval_1x256x7x7_nhwc", "BatchNorm2d eval 1x256x7x7 NHWC", NKB_OP_BN_INFER, CL, 1, 256, 49, 0, NK_ACT_NONE},
 };
 #define N_MODELS (sizeof models / sizeof models[0])
 
@@ -643,7 +706,13 @@ static void ratio_cell(char *buf, size_t len, long row, const char *counter, enu
 
 static void print_table(void)
 {
-    printf("\nnormkit %s, one thread; ratio columns: their time / ours (> 1: normkit faster)\n", nk_version());
+    if (g_threads > 1)
+        printf("\nnormkit %s, %d threads (memcpy: the faster of 1 and %d threads); ratio columns: their "
+               "time / ours, measured at 1 thread only\n",
+               nk_version(), g_threads, g_threads);
+    else
+        printf("\nnormkit %s, one thread; ratio columns: their time / ours (> 1: normkit faster)\n",
+               nk_version());
     printf("%-20s %-36s %-7s %8s %7s %10s %9s\n", "model", "shape", "best", "GB/s", "memcpy", "vs oneDNN",
            "vs ATen");
     int any_na = 0;
@@ -715,7 +784,9 @@ static void usage(void)
             "  --table        per-benchmark lines to stderr, headline table to stdout\n"
             "  --min-time=S   minimum time per benchmark (default: Google Benchmark's)\n"
             "  --train-batch  BatchNorm training batch of the sweep (default 8)\n"
-            "  --max-mb       skip sweep cells whose x + y exceed this (default 1024)\n");
+            "  --max-mb       skip sweep cells whose x + y exceed this (default 1024)\n"
+            "  --threads=T    normkit on a T-thread pool (0: every online CPU), wall-clock,\n"
+            "                 against the T-thread memcpy; oneDNN/ATen rows at 1 thread only\n");
 }
 
 int main(int argc, char **argv)
@@ -738,6 +809,8 @@ int main(int argc, char **argv)
             g_train_batch = strtoll(v, NULL, 10);
         else if (opt_value(a, "--max-mb", &v))
             g_max_mb = strtoll(v, NULL, 10);
+        else if (opt_value(a, "--threads", &v))
+            g_threads = atoi(v);
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage();
             return 0;
@@ -754,6 +827,15 @@ int main(int argc, char **argv)
         g_ref_time = g_min_time < 0.1 ? (g_min_time > 0.02 ? g_min_time : 0.02) : 0.1;
     if (g_train_batch < 2)
         g_train_batch = 2;
+    if (g_threads != 1) {
+        if (nk_threadpool_create(g_threads, &g_pool) != NK_OK) {
+            fprintf(stderr, "normkit-bench: --threads=%d: %s\n", g_threads, nk_last_error());
+            return 2;
+        }
+        g_threads = (int)g_pool->num_threads(g_pool->ctx);
+        g_ctx.pool = g_pool;
+        nkb_use_real_time(g_threads > 1);
+    }
 
     nkb_init(&argc, argv);
     if (argc > 1) {
@@ -761,8 +843,8 @@ int main(int argc, char **argv)
         usage();
         return 2;
     }
-    fprintf(stderr, "normkit-bench: normkit %s, ISA default %s; oneDNN %s, ATen %s\n", nk_version(),
-            nk_isa_name(nk_get_isa()),
+    fprintf(stderr, "normkit-bench: normkit %s, %d thread(s), ISA default %s; oneDNN %s, ATen %s\n",
+            nk_version(), g_threads, nk_isa_name(nk_get_isa()),
 #if NKB_HAVE_ONEDNN
             nkb_onednn_version(),
 #else
@@ -782,6 +864,7 @@ int main(int argc, char **argv)
     if (table && models_on)
         print_table();
     nkb_shutdown();
+    nk_threadpool_destroy(g_pool);
     free(g_buf.x);
     free(g_buf.y);
     return 0;

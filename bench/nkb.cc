@@ -28,6 +28,7 @@ struct Result {
 };
 
 std::vector<Result> g_results;
+bool g_real_time = false;
 
 // Console output as usual, plus a copy of every iteration run for the
 // summary printed by the C side.
@@ -85,9 +86,13 @@ int nkb_register(const char *name, nkb_fn fn, void *ctx, int nargs, const int64_
     }
     if (min_time_s > 0)
         b->MinTime(min_time_s);
+    if (g_real_time)
+        b->UseRealTime();
     b->Unit(benchmark::kMicrosecond);
     return 0;
 }
+
+void nkb_use_real_time(int on) { g_real_time = on != 0; }
 
 void *nkb_ctx(nkb_state *st) { return st->ctx; }
 int64_t nkb_arg(nkb_state *st, int i) { return st->s->range(static_cast<std::size_t>(i)); }

@@ -50,6 +50,9 @@ typedef enum nkb_counter_kind {
 int nkb_register(const char *name, nkb_fn fn, void *ctx, int nargs, const int64_t *args,
                  const char *const *arg_names, double min_time_s);
 
+/* Benchmarks registered after this time wall-clock rather than CPU time
+ * (work spread over threads). */
+void nkb_use_real_time(int on);
 /* Inside a benchmark */
 void *nkb_ctx(nkb_state *st);
 int64_t nkb_arg(nkb_state *st, int i);

@@ -2,13 +2,15 @@
 # The benchmark job: installs what it needs, builds the release build with the
 # bench suite and prints the headline table of the model shapes.
 #
-#   tools/bench.sh            model shapes on every ISA + memcpy, oneDNN, ATen; headline table
+#   tools/bench.sh            model shapes on every ISA + memcpy, oneDNN, ATen; headline tables
+#                             at one thread and at every core (THREADS, default: all online CPUs)
 #   tools/bench.sh --quick    the same with short timings plus a 2x2 sweep (about a minute)
 #   tools/bench.sh --full     sweeps + model shapes, JSON and PNG plots into bench-out/
 #
 # Environment: BUILD_DIR (default build-bench), OUT_DIR (default bench-out),
 # MIN_TIME (seconds per benchmark; --full default 0.2), NORMKIT_BENCH_ARGS
-# (extra arguments for normkit-bench, e.g. --benchmark_filter=model/bert).
+# (extra arguments for normkit-bench, e.g. --benchmark_filter=model/bert), THREADS (the
+# second headline's thread count; 1 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=headline
@@ -37,7 +39,13 @@ bin="$build/bench/normkit-bench"
 extra=(${NORMKIT_BENCH_ARGS:-})
 case "$mode" in
   headline)
-    "$bin" --models --table ${MIN_TIME:+--min-time=$MIN_TIME} "${extra[@]}" 2>"$build/bench-progress.log" ;;
+    "$bin" --models --table ${MIN_TIME:+--min-time=$MIN_TIME} "${extra[@]}" 2>"$build/bench-progress.log"
+    threads=${THREADS:-$(nproc)}
+    if [ "$threads" -gt 1 ]; then
+      # normkit on a pool of every core against the same-thread memcpy
+      "$bin" --models --table --threads="$threads" ${MIN_TIME:+--min-time=$MIN_TIME} "${extra[@]}" \
+        2>>"$build/bench-progress.log"
+    fi ;;
   quick)
     "$bin" --models --sweep --quick --table ${MIN_TIME:+--min-time=$MIN_TIME} "${extra[@]}" 2>"$build/bench-progress.log" ;;
   full)
