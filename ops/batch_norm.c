@@ -148,6 +148,8 @@ static void bn_rows_finalize(void *op, size_t blk, const nk_moments *mo, void *p
 static void bn_rows_normalize(void *op, size_t blk, size_t p, const void *par)
 {
     const bn_op *o = op;
+    if (!o->cl->total) /* an empty shard: statistics only */
+        return;
     const nk_call *cl = o->cl;
     const bn_rpar *pp = par;
     const size_t S = cl->s, L = cl->n * S;
@@ -240,6 +242,8 @@ static void bn_cols_finalize(void *op, size_t blk, const nk_moments *mo, void *p
 static void bn_cols_normalize(void *op, size_t blk, size_t p, const void *par)
 {
     const bn_op *o = op;
+    if (!o->cl->total) /* an empty shard: statistics only */
+        return;
     const size_t nc = bn_groups(op, blk), W = nk_cv_cols(&o->cv, nc);
     const float *cm = par, *ca = cm + W, *cb = ca + W;
     size_t r0, r1;

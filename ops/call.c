@@ -107,6 +107,12 @@ static nk_status check_strides(const char *fn, const char *name, const int64_t i
     if (in[0] < 0 || in[1] < 0)
         return nk_fail(NK_ERR_BAD_SHAPE, "%s: desc->%s_stride = {%lld, %lld} must be >= 0", fn,
                        name, (long long)in[0], (long long)in[1]);
+    if ((uint64_t)in[0] > PTRDIFF_MAX / sizeof(float) || (uint64_t)in[1] > PTRDIFF_MAX / sizeof(float))
+        return nk_fail(NK_ERR_BAD_SHAPE,
+                       "%s: desc->%s_stride = {%lld, %lld}: a stride above %lld floats cannot be "
+                       "addressed",
+                       fn, name, (long long)in[0], (long long)in[1],
+                       (long long)(PTRDIFF_MAX / sizeof(float)));
     out[1] = in[1] ? (size_t)in[1] : inner;
     if (mid > 1 && out[1] < inner)
         return nk_fail(NK_ERR_BAD_SHAPE,
@@ -134,6 +140,12 @@ static nk_status check_strides(const char *fn, const char *name, const int64_t i
                        "%s: desc->%s_stride[0] = %lld is below one sample's span %llu "
                        "((middle extent - 1) * stride[1] + innermost extent): samples would overlap",
                        fn, name, (long long)in[0], (unsigned long long)need0);
+    /* strides of an extent of 1 are never stepped: dense values, so no
+     * kernel computes an address from them */
+    if (mid <= 1)
+        out[1] = inner;
+    if (n <= 1)
+        out[0] = (size_t)need0;
     if (!total)
         return NK_OK;
     /* last element: (n-1)*s0 + (mid-1)*s1 + inner - 1 < PTRDIFF_MAX / 4 */

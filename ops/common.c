@@ -134,6 +134,8 @@ void nk_rows_moments(const nk_kernels *k, const float *x, size_t rows, size_t le
 void nk_segs_moments(const nk_kernels *k, const float *x, size_t len, size_t stride, size_t lo,
                      size_t hi, nk_moments *acc)
 {
+    if (!len || lo >= hi)
+        return;
     nk_moments part[64];
     size_t j = lo / len, off = lo % len;
     if (off && lo < hi) {
@@ -161,6 +163,8 @@ void nk_segs_normalize(const nk_kernels *k, const float *x, float *y, size_t len
                        size_t ystride, size_t lo, size_t hi, float m, float a, float b,
                        const nk_epilogue *ep)
 {
+    if (!len || lo >= hi)
+        return;
     size_t j = lo / len, off = lo % len;
     if (off && lo < hi) {
         size_t n = len - off < hi - lo ? len - off : hi - lo;
