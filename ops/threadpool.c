@@ -11,8 +11,11 @@
  * from holding up the rest of its share. Each index is claimed by one
  * compare-and-swap on its share's cursor, so it runs exactly once.
  *
- * Workers sleep on their own condition variable between jobs; nothing
- * spins. A job closes when the caller has run out of indices to claim: from
+ * Between jobs a worker first watches the job counter for NK_POOL_SPIN_NS
+ * (a runtime calls operators back to back, and waking a sleeping thread
+ * costs tens of microseconds, more than a small job), then sleeps on its own
+ * condition variable. The caller waits for the workers still inside a job
+ * the same way. A job closes when the caller has run out of indices to claim: from
  * then on a worker that wakes late stays asleep instead of entering, and the
  * caller waits only for the workers that entered (they finish the indices
  * they claimed). So an oversubscribed machine, where some workers are not
@@ -26,9 +29,11 @@
  */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dispatch/status.h"
@@ -37,6 +42,45 @@
 /* Two 64-byte lines: x86's adjacent-line prefetcher pairs them, and Apple's
  * cores have 128-byte lines; a cursor shares its line with no other cursor. */
 #define NK_POOL_LINE 128
+/* How long a thread watches for the next job, or for the last worker of the
+ * current one, before it sleeps. */
+#ifndef NK_POOL_SPIN_NS
+#  define NK_POOL_SPIN_NS 200000
+#endif
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Spins until done(arg) or NK_POOL_SPIN_NS have passed; done's result. */
+static bool spin_until(bool (*done)(const void *arg), const void *arg)
+{
+    uint64_t start = 0;
+    for (unsigned i = 0;; i++) {
+        if (done(arg))
+            return true;
+        cpu_relax();
+        if ((i & 63) == 63) {
+            uint64_t t = now_ns();
+            if (!start)
+                start = t;
+            else if (t - start > NK_POOL_SPIN_NS)
+                return false;
+        }
+    }
+}
 
 typedef void (*nk_task_fn)(void *arg, size_t i);
 
@@ -66,8 +110,10 @@ typedef struct nk_pool {
     pthread_cond_t done;     /* the caller waits here for busy == 0 */
     nk_pool_job job;
     uint64_t gen;            /* jobs published so far */
-    size_t busy;             /* workers inside the current job */
+    atomic_uint_fast64_t gen_seen; /* gen, for the spinning workers; stop sets it to ~0 */
+    atomic_size_t busy;      /* workers inside the current job (entered under lock) */
     int open;                /* workers may still enter the current job */
+    int waiting;             /* the caller sleeps on done */
     int stop;
     size_t nsync;            /* sync objects initialised (teardown order) */
     size_t started;          /* workers running */
@@ -101,28 +147,55 @@ static void run_shares(nk_pool_slot *slots, const nk_pool_job *job, size_t self)
     }
 }
 
+typedef struct spin_arg {
+    const nk_pool *pool;
+    uint64_t seen;
+} spin_arg;
+
+static bool new_job(const void *arg)
+{
+    const spin_arg *a = arg;
+    return atomic_load_explicit(&((nk_pool *)a->pool)->gen_seen, memory_order_acquire) != a->seen;
+}
+
+static bool no_busy(const void *arg)
+{
+    return atomic_load_explicit(&((nk_pool *)arg)->busy, memory_order_acquire) == 0;
+}
+
 static void *worker_main(void *arg)
 {
     nk_pool_slot *s = arg;
     nk_pool *pool = s->pool;
     uint64_t seen = 0;
-    pthread_mutex_lock(&pool->lock);
     for (;;) {
-        /* a worker without a share in this job (n < threads) stays asleep */
-        while (!pool->stop && !(pool->open && pool->gen != seen && s->id < pool->job.active))
+        /* watch for the next job a while; the lock decides whether to enter */
+        spin_arg sa = {pool, seen};
+        spin_until(new_job, &sa);
+        pthread_mutex_lock(&pool->lock);
+        /* a worker without a share in this job (n < threads) stays asleep;
+         * a job that closed before this worker came is skipped */
+        while (!pool->stop && !(pool->open && pool->gen != seen && s->id < pool->job.active)) {
+            seen = pool->gen;
             pthread_cond_wait(&s->wake, &pool->lock);
-        if (pool->stop)
+        }
+        if (pool->stop) {
+            pthread_mutex_unlock(&pool->lock);
             break;
+        }
         seen = pool->gen;
         nk_pool_job job = pool->job;
-        pool->busy++;
+        atomic_fetch_add_explicit(&pool->busy, 1, memory_order_relaxed);
         pthread_mutex_unlock(&pool->lock);
         run_shares(pool->slots, &job, s->id);
-        pthread_mutex_lock(&pool->lock);
-        if (--pool->busy == 0 && !pool->open)
-            pthread_cond_signal(&pool->done);
+        /* release: the tasks' writes reach the caller that sees busy == 0 */
+        if (atomic_fetch_sub_explicit(&pool->busy, 1, memory_order_release) == 1) {
+            pthread_mutex_lock(&pool->lock);
+            if (pool->waiting)
+                pthread_cond_signal(&pool->done);
+            pthread_mutex_unlock(&pool->lock);
+        }
     }
-    pthread_mutex_unlock(&pool->lock);
     return NULL;
 }
 
@@ -153,6 +226,7 @@ static void pool_parallel_for(void *ctx, nk_task_fn task, void *arg, size_t n)
     pool->job = job;
     pool->gen++;
     pool->open = 1;
+    atomic_store_explicit(&pool->gen_seen, pool->gen, memory_order_release);
     pthread_mutex_unlock(&pool->lock);
     for (size_t p = 1; p < active; p++)
         pthread_cond_signal(&pool->slots[p].wake);
@@ -162,9 +236,15 @@ static void pool_parallel_for(void *ctx, nk_task_fn task, void *arg, size_t n)
     /* every index is claimed; the workers that entered finish theirs */
     pthread_mutex_lock(&pool->lock);
     pool->open = 0;
-    while (pool->busy)
-        pthread_cond_wait(&pool->done, &pool->lock);
     pthread_mutex_unlock(&pool->lock);
+    if (!spin_until(no_busy, pool)) {
+        pthread_mutex_lock(&pool->lock);
+        pool->waiting = 1;
+        while (atomic_load_explicit(&pool->busy, memory_order_acquire))
+            pthread_cond_wait(&pool->done, &pool->lock);
+        pool->waiting = 0;
+        pthread_mutex_unlock(&pool->lock);
+    }
     pthread_mutex_unlock(&pool->calls);
 }
 
@@ -178,6 +258,7 @@ static void pool_teardown(nk_pool *pool)
     if (pool->started) {
         pthread_mutex_lock(&pool->lock);
         pool->stop = 1;
+        atomic_store_explicit(&pool->gen_seen, ~(uint_fast64_t)0, memory_order_release);
         pthread_mutex_unlock(&pool->lock);
         for (size_t w = 1; w <= pool->started; w++)
             pthread_cond_signal(&pool->slots[w].wake);
