@@ -205,6 +205,21 @@ size_t nk_cv_block(const nk_cv *cv, const nk_plan *pl, size_t C, size_t max_ch)
 
 #define NK_CV_PIECE_ROWS 64
 
+size_t nk_cv_fused_channels(const nk_cv *cv, size_t C)
+{
+    const size_t al = nk_cv_align(cv);
+    /* the parameters fit a fused task; each block holds about a piece of work */
+    size_t cols = NK_FUSED_PARAM_BYTES / (3 * sizeof(float));
+    size_t work = cv->rows * cv->rep;
+    size_t par = (NK_PIECE_FLOATS + work - 1) / (work ? work : 1);
+    size_t cb = cols / cv->rep;
+    cb = cb < par ? cb : par;
+    cb = cb < NK_MAX_BGROUPS ? cb : NK_MAX_BGROUPS;
+    cb -= cb % al;
+    cb = cb < al ? al : cb;
+    return cb < C ? cb : C;
+}
+
 size_t nk_cv_pieces(const nk_cv *cv, size_t parts)
 {
     size_t p = nk_pieces_for(cv->rows * cv->width);
@@ -216,7 +231,8 @@ size_t nk_cv_pieces(const nk_cv *cv, size_t parts)
         size_t most = room / (parts * sizeof(nk_moments));
         p = p < most ? p : most ? most : 1;
     }
-    /* each column pays a merge per piece: at least a chunk of rows each */
-    size_t rows = cv->rows / NK_CV_PIECE_ROWS;
+    /* each column pays a merge per piece: at least a chunk of rows each;
+     * without partial moments (inference) any row count will do */
+    size_t rows = parts ? cv->rows / NK_CV_PIECE_ROWS : cv->rows;
     return p < rows ? p : rows ? rows : 1;
 }

@@ -40,7 +40,8 @@ static void fused_task(void *arg, size_t b)
         mo = part;
     }
     pl->finalize(pl->op, b, mo, par);
-    pl->normalize(pl->op, b, 0, par);
+    if (pl->normalize)
+        pl->normalize(pl->op, b, 0, par);
 }
 
 /* ---- waves ---- */
@@ -91,7 +92,7 @@ size_t nk_plan_wave_bytes(const nk_plan *pl, size_t nb)
 void nk_plan_run(const nk_exec *ex, const nk_plan *pl)
 {
     if (pl->pieces == 1 && !pl->seq_finalize && pl->param_bytes <= NK_FUSED_PARAM_BYTES &&
-        pl->bgroups <= NK_MAX_BGROUPS && pl->normalize) {
+        pl->bgroups <= NK_MAX_BGROUPS) {
         nk_par_run(ex, pl->blocks, pl->blocks * pl->bfloats, fused_task, (void *)pl);
         return;
     }

@@ -155,13 +155,24 @@ void nk_cv_expand(const nk_cv *cv, size_t nc, const float *m, const float *a, co
 /* Merges the moments of channels [c0, c0 + nc) over rows [r0, r1) into acc[0 .. nc). */
 void nk_cv_moments(const nk_cv *cv, size_t r0, size_t r1, size_t c0, size_t nc, nk_moments *acc);
 /* Pieces of rows of a column plan (shape only): about NK_PIECE_FLOATS each,
- * and few enough that `parts` partial moments per piece (0: none) fit the
- * scratch of one wave. */
+ * and few enough that `parts` partial moments per piece fit the scratch of
+ * one wave; with partial moments at least NK_CV_PIECE_ROWS rows a piece,
+ * without (parts == 0, inference) at least one. */
 size_t nk_cv_pieces(const nk_cv *cv, size_t parts);
 /* Channels per block of a column plan whose wave needs `per_channel` scratch
  * bytes per channel: at most max_ch (and C), as many as NK_STACK_SCRATCH
  * holds, in whole vectors of columns. */
 size_t nk_cv_block(const nk_cv *cv, const nk_plan *pl, size_t C, size_t max_ch);
+/* Channels per block of a column plan whose groups are not split into
+ * pieces: blocks that run fused (their parameters fit a task's stack) and
+ * hold about NK_PIECE_FLOATS floats each, so that mid-sized tensors spread
+ * over a pool. Shape only. */
+size_t nk_cv_fused_channels(const nk_cv *cv, size_t C);
+/* Floats of a training tensor from which its column plan is split into
+ * blocks of channels when its rows are too few to cut. */
+#ifndef NK_CV_SPLIT_FLOATS
+#  define NK_CV_SPLIT_FLOATS ((size_t)1 << 16)
+#endif
 /* Normalizes rows [r0, r1) of channels [c0, c0 + nc) with the expanded arrays. */
 void nk_cv_normalize(const nk_cv *cv, size_t r0, size_t r1, size_t c0, size_t nc, const float *cm,
                      const float *ca, const float *cb, const nk_epilogue *ep);
