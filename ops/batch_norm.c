@@ -262,12 +262,20 @@ static void bn_run(nk_call *cl, bn_op *o)
         o->pieces = nk_cv_pieces(&o->cv, given ? 0 : C);
         pl.pieces = o->pieces;
         pl.moments = given ? NULL : bn_cols_moments;
-        /* groups that are not cut into pieces go in blocks of channels
-         * when the tensor is large enough to pay for the strided blocks
-         * (AVX-512, 64x512 training in two blocks of 256 channels: 0.20 ->
-         * 0.18 of memcpy on one thread); inference is cut into row pieces */
-        const bool split = o->pieces == 1 && (given || rows * o->cv.width >= NK_CV_SPLIT_FLOATS);
-        o->cb = nk_cv_block(&o->cv, &pl, C, split ? nk_cv_fused_channels(&o->cv, C) : C);
+        o->cb = nk_cv_block(&o->cv, &pl, C, C);
+        if (given && o->cb < C) {
+            /* inference whose per-column parameters do not fit one wave:
+             * fused blocks of channels over whole rows instead of waves of
+             * one block */
+            o->pieces = pl.pieces = 1;
+            o->cb = nk_cv_block(&o->cv, &pl, C, nk_cv_fused_channels(&o->cv, C));
+        } else if (!given && o->pieces == 1 && rows * o->cv.width >= NK_CV_SPLIT_FLOATS) {
+            /* training with rows too few to cut: blocks of channels, once the
+             * tensor is large enough to pay for reading rows in strided
+             * parts (AVX-512, 64x512 in two blocks of 256 channels: 0.20 ->
+             * 0.18 of memcpy on one thread) */
+            o->cb = nk_cv_block(&o->cv, &pl, C, nk_cv_fused_channels(&o->cv, C));
+        }
         pl.bgroups = o->cb;
         pl.param_bytes = stats ? 0 : 3 * nk_cv_cols(&o->cv, o->cb) * sizeof(float);
         pl.bfloats = 2 * rows * o->cb * o->cv.rep;

@@ -104,15 +104,16 @@ nk_status nk_check_context(const char *fn, const nk_context *ctx, nk_context *ou
 static nk_status check_strides(const char *fn, const char *name, const int64_t in[2], size_t n,
                                size_t mid, size_t inner, size_t total, size_t out[2])
 {
-    if (in[0] < 0 || in[1] < 0)
-        return nk_fail(NK_ERR_BAD_SHAPE, "%s: desc->%s_stride = {%lld, %lld} must be >= 0", fn,
-                       name, (long long)in[0], (long long)in[1]);
-    if ((uint64_t)in[0] > PTRDIFF_MAX / sizeof(float) || (uint64_t)in[1] > PTRDIFF_MAX / sizeof(float))
-        return nk_fail(NK_ERR_BAD_SHAPE,
-                       "%s: desc->%s_stride = {%lld, %lld}: a stride above %lld floats cannot be "
-                       "addressed",
-                       fn, name, (long long)in[0], (long long)in[1],
-                       (long long)(PTRDIFF_MAX / sizeof(float)));
+    for (int i = 0; i < 2; i++) {
+        if (in[i] < 0)
+            return nk_fail(NK_ERR_BAD_SHAPE, "%s: desc->%s_stride[%d] = %lld must be >= 0", fn,
+                           name, i, (long long)in[i]);
+        if ((uint64_t)in[i] > PTRDIFF_MAX / sizeof(float))
+            return nk_fail(NK_ERR_BAD_SHAPE,
+                           "%s: desc->%s_stride[%d] = %lld: a stride above %lld floats cannot be "
+                           "addressed",
+                           fn, name, i, (long long)in[i], (long long)(PTRDIFF_MAX / sizeof(float)));
+    }
     out[1] = in[1] ? (size_t)in[1] : inner;
     if (mid > 1 && out[1] < inner)
         return nk_fail(NK_ERR_BAD_SHAPE,
