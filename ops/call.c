@@ -234,6 +234,8 @@ nk_status nk_call_from_desc(nk_call *cl, const char *fn, const nk_context *ctx,
     }
     call_common(cl, fn, x, y);
     nk_exec_init(&cl->ex, &c);
+    if (cl->ex.pool && cl->total * sizeof(float) <= nk_stream_threshold_pool())
+        cl->ep.stream = 0;
     return NK_OK;
 }
 

@@ -198,6 +198,8 @@ static inline size_t nk_row_block(size_t len)
 
 /* Output size in bytes above which stores may bypass the cache. */
 size_t nk_stream_threshold(void);
+/* The same for calls that run on a pool of several threads (larger). */
+size_t nk_stream_threshold_pool(void);
 
 /* BatchNorm inference of a validated call (InstanceNorm without input
  * statistics runs it too). */
