@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <string.h>
 
 #include "nk_config.h"
 #include "normkit.h"
@@ -70,6 +71,44 @@ typedef void (*nk_norm_affine_fn)(const float *x, float *y, size_t rows, size_t 
                                   const float *g, const float *b, const nk_epilogue *ep);
 
 /*
+ * LayerNorm (rms == 0) or RMSNorm (rms == 1) of `rows` rows of len floats,
+ * 1 <= len <= NK_SHORT_ROW, statistics and output in one call; row r at
+ * x + r * xstride, its output at y + r * ystride (x == y with equal strides
+ * allowed):
+ *   y[r][i] = act(((x[r][i] - m) * s) * g[i] + b[i])
+ *   LayerNorm: m = mean, s = 1 / sqrt(M2 / len + eps)
+ *   RMSNorm:   m = 0,    s = 1 / sqrt(sum(x^2) / len + eps)
+ * g == NULL means 1, b == NULL means 0; mean_out[r] and rstd_out[r] receive
+ * m and s when non-NULL. The kernels reduce rows in blocks (one row per
+ * vector lane), but each row's arithmetic depends on that row alone: its
+ * result does not depend on the other rows or on how a caller splits them
+ * into calls, and is deterministic per ISA.
+ *
+ * Algorithm and accuracy, fp32 throughout (u = 2^-24, n = len, k the depth
+ * of the kernel's sums: n - 1 for the scalar kernel, at most 17 for the
+ * vector ones; gamma_j = j u / (1 - j u), gamma_{n+6} <= 4.2e-6 for
+ * n <= 64; barring underflow):
+ *   LayerNorm in two passes: with K = x[0], m = K + sum(x - K) / n, then
+ *   M2 = sum((x - m)^2). With sigma^2 = M2* / n and A = mean(|x - K|)
+ *   (at most sqrt(n) sigma, about sigma for ordinary data):
+ *     |m - mean*|   <= u |mean*| + gamma_{k+4} A
+ *     |M2 - M2*|    <= (gamma_{k+3} + 1.01 e^2) M2*,  e = |m - mean*| / sigma
+ *     |s - s*| / s* <= gamma_{k+6} / 2 + 0.51 e^2 + 2u
+ *   e^2 is the fp32 rounding of the mean itself (below 4e-7 while
+ *   |mean| / sigma < 1e4). A constant row gives x - K = 0 and x - m = 0
+ *   exactly: m is the value, M2 is 0 and y == b whenever eps > 0.
+ *   RMSNorm: |s - s*| / s* <= gamma_{k+4} / 2 + 2u.
+ * Rows whose fp32 statistics are not finite (an fp32 overflow of a sum or
+ * a square, or non-finite input) are recomputed in fp64 by
+ * nk_short_stats_f64, the same on every ISA.
+ */
+#define NK_SHORT_ROW 64
+typedef void (*nk_norm_short_fn)(const float *x, float *y, size_t rows, size_t len,
+                                 size_t xstride, size_t ystride, const float *g, const float *b,
+                                 float eps, int rms, float *mean_out, float *rstd_out,
+                                 const nk_epilogue *ep);
+
+/*
  * Inference scale of n channels: a[c] = (1 / sqrt(var[c] + eps)) * w[c] in
  * fp32 (w == NULL: the reciprocal alone). Every operation is IEEE, correctly
  * rounded, so each ISA gives the scalar result bit for bit; it is also the
@@ -95,6 +134,7 @@ typedef struct nk_kernels {
     nk_norm_rows_fn norm_rows;
     nk_norm_cols_fn norm_cols;
     nk_norm_affine_fn norm_affine;
+    nk_norm_short_fn norm_short;
     nk_inv_scale_fn inv_scale;
     nk_inv_std_fn inv_std;
 } nk_kernels;
@@ -111,6 +151,36 @@ void nk_kernels_init_avx512(nk_kernels *k);
 #if NK_HAVE_NEON
 void nk_kernels_init_neon(nk_kernels *k);
 #endif
+
+/* body(ACT) with the activation of ep as a compile-time constant (the
+ * vector kernels compile one loop per activation) */
+#define NK_ACT_SWITCH(body)                                                                       \
+    switch (ep->act) {                                                                            \
+    case NK_ACT_RELU: body(NK_ACT_RELU); break;                                                   \
+    case NK_ACT_LEAKY_RELU: body(NK_ACT_LEAKY_RELU); break;                                       \
+    case NK_ACT_SILU: body(NK_ACT_SILU); break;                                                   \
+    case NK_ACT_GELU_ERF: body(NK_ACT_GELU_ERF); break;                                           \
+    case NK_ACT_GELU_TANH: body(NK_ACT_GELU_TANH); break;                                         \
+    default: body(NK_ACT_NONE); break;                                                            \
+    }
+
+/* gamma and beta of norm_short as n >= len floats each, 1 and 0 where absent
+ * and past len, so that the vector kernels load whole vectors of them. Copied,
+ * not selected lane by lane: a vectorised `g ? g[i] : 1` becomes a masked
+ * load from NULL, which faults nothing but costs a microcode assist (about
+ * 100 ns a call, AVX-512). */
+static inline void nk_short_affine(const float *g, const float *b, size_t len, size_t n, float *gl,
+                                   float *bl)
+{
+    for (size_t i = 0; i < n; i++) {
+        gl[i] = 1.0f;
+        bl[i] = 0.0f;
+    }
+    if (g)
+        memcpy(gl, g, len * sizeof(float));
+    if (b)
+        memcpy(bl, b, len * sizeof(float));
+}
 
 /* Chan's merge, shared by every kernel and by ops/. */
 static inline void nk_moments_merge_inline(nk_moments *acc, double n, double mean, double m2)
@@ -147,6 +217,10 @@ static inline float nk_inv_scale1(float var, const float *w, float eps)
 /* fp64 reference moments of a strided sequence (fallback for fp32 overflow). */
 void nk_moments_f64(const float *x, size_t n, size_t step, nk_moments *out);
 double nk_sumsq_f64(const float *x, size_t n);
+/* m and s of one row of nk_norm_short_fn in fp64, rounded to float: the
+ * fallback of every norm_short kernel for rows whose fp32 statistics are
+ * not finite. */
+void nk_short_stats_f64(const float *x, size_t len, float eps, int rms, float *m, float *s);
 
 /* Scalar activation, the reference for every vector epilogue. */
 float nk_act_ref(float v, const nk_epilogue *ep);

@@ -3,7 +3,8 @@
  * tensor: rows of c floats. Plan: a group is a row; rows go in blocks that
  * stay in L1/L2 between the statistics and normalize passes (fused), and the
  * kernels take whole runs of equally strided rows so short rows share a call.
- * Rows longer than NK_FUSE_FLOATS are cut into pieces of columns.
+ * Rows longer than NK_FUSE_FLOATS are cut into pieces of columns; rows of at
+ * most NK_SHORT_ROW floats go to the fused short-row kernel instead.
  */
 #include <math.h>
 
@@ -100,12 +101,45 @@ static void ln_normalize(void *op, size_t b, size_t p, const void *par)
     }
 }
 
+/*
+ * Rows of at most NK_SHORT_ROW floats: norm_short computes the statistics
+ * and the output of a whole run of rows in one call, so a block is one call
+ * (blocks of NK_SHORT_BLOCK rows, by shape only; the kernel's result for a
+ * row does not depend on the block anyway) and nothing is left to finalize.
+ */
+#define NK_SHORT_BLOCK NK_MAX_BGROUPS
+
+static void ln_short_finalize(void *op, size_t b, const nk_moments *mo, void *par)
+{
+    (void)op, (void)b, (void)mo, (void)par;
+}
+
+static void ln_short_normalize(void *op, size_t b, size_t p, const void *par)
+{
+    const ln_op *o = op;
+    const nk_call *cl = o->cl;
+    (void)p, (void)par;
+    size_t r0 = b * o->rb, r1 = r0 + ln_groups(op, b);
+    for (size_t r = r0; r < r1;) {
+        size_t xs, ys, e = nk_grid_run(&o->g, r, r1, &xs, &ys);
+        cl->k->norm_short(cl->x + nk_grid_x(&o->g, r), cl->y + nk_grid_y(&o->g, r), e - r, cl->c,
+                          xs, ys, o->weight, o->bias, (float)o->eps, o->rms,
+                          o->save_mean ? o->save_mean + r : NULL,
+                          o->save_inv ? o->save_inv + r : NULL, &cl->ep);
+        r = e;
+    }
+}
+
 static void ln_run(nk_call *cl, const float *weight, const float *bias, double eps, float *save_mean,
                    float *save_inv, bool rms)
 {
     const size_t rows = cl->n * cl->s, D = cl->c;
     if (rows) {
-        ln_op o = {cl, weight, bias, eps, save_mean, save_inv, rms, rows, nk_row_block(D), 1,
+        /* the short-row kernel takes eps in fp32: not where a positive eps
+         * would round to 0 */
+        const bool shortr = D <= NK_SHORT_ROW && (eps == 0.0 || (float)eps > 0.0f);
+        ln_op o = {cl, weight, bias, eps, save_mean, save_inv, rms, rows,
+                   shortr ? NK_SHORT_BLOCK : nk_row_block(D), 1,
                    {cl->s, cl->xs0, cl->xs1, cl->ys0, cl->ys1}};
         if (D > NK_FUSE_FLOATS) {
             o.rb = 1;
@@ -118,10 +152,10 @@ static void ln_run(nk_call *cl, const float *weight, const float *bias, double e
             .bfloats = 2 * o.rb * D,
             .op = &o,
             .groups = ln_groups,
-            .moments = ln_moments,
-            .finalize = ln_finalize,
-            .normalize = ln_normalize,
-            .param_bytes = sizeof(ln_par),
+            .moments = shortr ? NULL : ln_moments,
+            .finalize = shortr ? ln_short_finalize : ln_finalize,
+            .normalize = shortr ? ln_short_normalize : ln_normalize,
+            .param_bytes = shortr ? 0 : sizeof(ln_par),
         };
         nk_call_run(cl, &pl);
     }

@@ -134,6 +134,7 @@ static void test_tables(void **state)
         assert_non_null(t->norm_rows);
         assert_non_null(t->norm_cols);
         assert_non_null(t->norm_affine);
+        assert_non_null(t->norm_short);
         assert_non_null(t->inv_scale);
         assert_non_null(t->inv_std);
         if (i > 0) {
@@ -144,6 +145,7 @@ static void test_tables(void **state)
             assert_ptr_not_equal(t->norm_rows, s->norm_rows);
             assert_ptr_not_equal(t->norm_cols, s->norm_cols);
             assert_ptr_not_equal(t->norm_affine, s->norm_affine);
+            assert_ptr_not_equal(t->norm_short, s->norm_short);
         }
     }
     if (expect_emu && !swept("avx512-emu")) {
@@ -691,6 +693,259 @@ static void test_norm_centred(void **state)
     }
 }
 
+/* ------------------------------------------------------------ norm_short */
+
+/*
+ * The error bound of kernels/kernels.h, evaluated from the float64 oracle
+ * of one row: em bounds |m - mean*| and es bounds |s - s*| / s*.
+ */
+#define NKT_U (1.0 / 16777216.0)
+static double nkt_gamma(double k) { return k * NKT_U / (1.0 - k * NKT_U); }
+
+typedef struct short_row {
+    double mean, sd, s; /* oracle: mean (0 for RMSNorm), sqrt(M2 / n), 1 / sqrt(. + eps) */
+    double em, es;      /* bounds of |m - mean| and |s - s*| / s* */
+    int constant;
+} short_row;
+
+static void short_oracle(const float *x, size_t n, double eps, int rms, short_row *o)
+{
+    nk_moments mo;
+    oracle_moments(x, n, 1, &mo);
+    double ss = 0.0, a = 0.0;
+    int constant = 1;
+    for (size_t i = 0; i < n; i++) {
+        ss += (double)x[i] * x[i];
+        a += fabs((double)x[i] - x[0]);
+        constant &= x[i] == x[0];
+    }
+    const double k = (double)n; /* summation depth <= n - 1 on every table */
+    o->constant = constant;
+    o->sd = sqrt(mo.m2 / (double)n);
+    if (rms) {
+        o->mean = 0.0;
+        o->s = 1.0 / sqrt(ss / (double)n + eps);
+        o->em = 0.0;
+        o->es = nkt_gamma(k + 4) / 2 + 2 * NKT_U;
+        return;
+    }
+    /* kernels/kernels.h: A = mean |x - x[0]|, e = |m - mean| / sd */
+    o->mean = mo.mean;
+    o->s = 1.0 / sqrt(mo.m2 / (double)n + eps);
+    o->em = NKT_U * fabs(mo.mean) + nkt_gamma(k + 4) * a / (double)n;
+    const double e = o->sd > 0 ? o->em / o->sd : 0.0;
+    o->es = nkt_gamma(k + 6) / 2 + 0.51 * e * e + 2 * NKT_U;
+}
+
+/* Row kinds of the sweep: plain, mean-shifted, constant, fp32-overflowing
+ * squares and sums, small scale. */
+static void short_fill_row(nkt_rng *rng, float *x, size_t n, int kind)
+{
+    static const float consts[] = {1234.0f, 0.1f, -3.3e7f, 7.0e-3f};
+    switch (kind) {
+    case 0: nkt_fill(rng, x, n, 0.0, 1.0); break;
+    case 1: nkt_fill(rng, x, n, 2.0, 0.5); break;
+    case 2: nkt_fill(rng, x, n, -3.0, 3.0); break;
+    case 3: nkt_fill(rng, x, n, 1e4, 1.0); break; /* mean / sd = 1e4 */
+    case 4: {
+        const float c = consts[nkt_next(rng) % 4];
+        for (size_t i = 0; i < n; i++)
+            x[i] = c;
+        break;
+    }
+    case 5: nkt_fill(rng, x, n, 1e30, 5e29); break;   /* squares overflow fp32 */
+    case 6: nkt_fill(rng, x, n, -1e37, 5e36); break;  /* and the sum too */
+    default: nkt_fill(rng, x, n, 0.0, 1e-3); break;
+    }
+}
+#define SHORT_KINDS 8
+
+typedef struct short_case {
+    size_t rows, len, xpad, ypad, xs, ys;
+    int rms, act, flags, stream, kinds; /* flags: 1 g, 2 b, 4 mean_out, 8 rstd_out */
+    float eps;
+} short_case;
+
+static void run_norm_short(const tbl *t, nkt_rng *rng, const short_case *c)
+{
+    const size_t rows = c->rows, len = c->len;
+    const size_t xstride = len + c->xpad, ystride = len + c->ypad;
+    const size_t nx = (rows - 1) * xstride + len, ny = (rows - 1) * ystride + len;
+    nkt_buf xb = nkt_alloc(nx, c->xs), yb = nkt_alloc(ny, c->ys);
+    nkt_buf gb = nkt_alloc(len, (c->xs + 1) % 4), bb = nkt_alloc(len, (c->xs + 2) % 4);
+    nkt_buf mb = nkt_alloc(rows, c->ys % 3), sb = nkt_alloc(rows, (c->ys + 1) % 3);
+    float *yr = malloc(ny * sizeof *yr), *mr = malloc(rows * sizeof *mr);
+    float *sr = malloc(rows * sizeof *sr);
+    assert_true(yr && mr && sr);
+    nkt_fill(rng, xb.p, nx, 5.0, 1.0); /* the gaps between rows */
+    for (size_t r = 0; r < rows; r++)
+        short_fill_row(rng, xb.p + r * xstride, len, (int)((r * 5 + len) % (size_t)c->kinds));
+    nkt_fill(rng, gb.p, len, 1.0, 0.3);
+    nkt_fill(rng, bb.p, len, 0.0, 0.5);
+    const float *g = c->flags & 1 ? gb.p : NULL, *b = c->flags & 2 ? bb.p : NULL;
+    float *mo = c->flags & 4 ? mb.p : NULL, *so = c->flags & 8 ? sb.p : NULL;
+    const nk_epilogue ep = {c->act, 0.05f, c->stream};
+    fill_const(&yb, FILLV);
+    fill_const(&mb, FILLV);
+    fill_const(&sb, FILLV);
+    for (size_t i = 0; i < ny; i++)
+        yr[i] = FILLV;
+    t->k.norm_short(xb.p, yb.p, rows, len, xstride, ystride, g, b, c->eps, c->rms, mo, so, &ep);
+    ref->norm_short(xb.p, yr, rows, len, xstride, ystride, g, b, c->eps, c->rms, mr, sr, &ep);
+    assert_true(nkt_guard_ok(&xb) && nkt_guard_ok(&yb) && nkt_guard_ok(&mb) && nkt_guard_ok(&sb));
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = xb.p + r * xstride;
+        short_row o;
+        short_oracle(xr, len, (double)c->eps, c->rms, &o);
+        /* saved statistics: the bound against the oracle, both tables */
+        const float m = mo ? mo[r] : mr[r], s = so ? so[r] : sr[r];
+        for (int k = 0; k < 2; k++) {
+            const float mk = k ? mr[r] : m, sk = k ? sr[r] : s;
+            int ok = fabs(mk - o.mean) <= o.em && (isinf(o.s) ? sk == o.s || isnan(sk)
+                                                              : fabs(sk - o.s) <= o.es * o.s);
+            if (!c->rms && o.constant && c->eps > 0.0f)
+                ok &= mk == xr[0]; /* a constant row's mean is exact */
+            if (!ok) {
+                print_error("%s norm_short %s (rows %zu, len %zu, eps %g) row %zu: m %.9g s %.9g, "
+                            "oracle %.17g %.17g (bounds %.3g, %.3g)\n",
+                            k ? "scalar" : t->name, c->rms ? "RMS" : "LN", rows, len,
+                            (double)c->eps, r, (double)mk, (double)sk, o.mean, o.s, o.em,
+                            o.es * o.s);
+                fail();
+            }
+        }
+        if (!mo)
+            assert_true(mb.p[r] == FILLV);
+        if (!so)
+            assert_true(sb.p[r] == FILLV);
+        /* y against the scalar table: both within the bound of the exact result */
+        for (size_t i = 0; i < ystride && r * ystride + i < ny; i++) {
+            const float got = yb.p[r * ystride + i], want = yr[r * ystride + i];
+            int ok;
+            if (i >= len) {
+                ok = got == FILLV;
+            } else if (isnan(want)) {
+                ok = isnan(got);
+            } else {
+                const double gi = g ? fabs(g[i]) : 1.0;
+                const double v = fabs((xr[i] - o.mean) * o.s);
+                const double d =
+                    gi * (v * (o.es + 2 * NKT_U) + o.em * o.s) + NKT_U * (fabs(want) + 1);
+                const double tol = 2.4 * d + act_tol(c->act) * (1.0 + fabs(want));
+                ok = fabs(got - want) <= tol;
+                if (!c->rms && o.constant && c->eps > 0.0f && c->act == NK_ACT_NONE)
+                    ok &= got == (b ? b[i] : 0.0f); /* y == beta exactly */
+            }
+            if (!ok) {
+                print_error("%s norm_short %s (rows %zu, len %zu, strides %zu/%zu, act %d, g %d, "
+                            "b %d, eps %g): y[%zu][%zu] = %.9g, scalar %.9g\n",
+                            t->name, c->rms ? "RMS" : "LN", rows, len, xstride, ystride, c->act,
+                            !!g, !!b, (double)c->eps, r, i, (double)got, (double)want);
+                fail();
+            }
+        }
+    }
+    free(yr);
+    free(mr);
+    free(sr);
+    nkt_free(&xb);
+    nkt_free(&yb);
+    nkt_free(&gb);
+    nkt_free(&bb);
+    nkt_free(&mb);
+    nkt_free(&sb);
+}
+
+/*
+ * norm_short on every table against the scalar table and the error bound:
+ * every length 1..NK_SHORT_ROW; rows 1..40 (partial blocks of 4, 8 and 16)
+ * at 1, 15, 16, 17, 33, 64; strides beyond len, misaligned rows, every
+ * activation, gamma / beta / saved statistics present or not, streaming,
+ * eps 0 with constant rows; rows mean-shifted, constant, overflowing fp32.
+ */
+static void test_norm_short(void **state)
+{
+    (void)state;
+    static const size_t lens[] = {1, 15, 16, 17, 33, 64};
+    static const size_t some_rows[] = {1, 3, 8, 17, 33};
+    for (int ti = 0; ti < ntables; ti++) {
+        nkt_rng rng;
+        nkt_seed(&rng, 41);
+        int n = 0;
+        for (size_t len = 1; len <= NK_SHORT_ROW; len++)
+            for (size_t k = 0; k < sizeof some_rows / sizeof some_rows[0]; k++)
+                for (int rms = 0; rms < 2; rms++, n++) {
+                    short_case c = {some_rows[k], len, n % 4, (n / 2) % 5 * 4, n % 4, (n / 3) % 4,
+                                    rms, n % 6, n % 16, (n / 5) % 2, SHORT_KINDS, 1e-5f};
+                    run_norm_short(&tables[ti], &rng, &c);
+                }
+        for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
+            for (size_t rows = 1; rows <= 40; rows++)
+                for (int act = 0; act <= NK_ACT_GELU_TANH; act++)
+                    for (int rms = 0; rms < 2; rms++, n++) {
+                        short_case c = {rows, lens[li], n % 3, 17 * (n % 2), (n / 2) % 4, n % 4,
+                                        rms, act, n % 16, n % 2, SHORT_KINDS, 1e-5f};
+                        run_norm_short(&tables[ti], &rng, &c);
+                        /* eps 0: constant rows have s = inf and NaN outputs */
+                        c.eps = 0.0f;
+                        c.kinds = 5;
+                        c.flags = 15 - c.flags;
+                        run_norm_short(&tables[ti], &rng, &c);
+                    }
+    }
+}
+
+/* norm_short: a row's result depends on that row alone (not on the other
+ * rows of its block, nor on how the rows are split into calls), and in
+ * place gives the bits of out of place; every table. */
+static void test_norm_short_rows_alone(void **state)
+{
+    (void)state;
+    static const size_t lens[] = {1, 7, 16, 17, 33, 64};
+    static const size_t splits[] = {1, 5, 15, 16, 17};
+    enum { ROWS = 37 };
+    for (int ti = 0; ti < ntables; ti++) {
+        const nk_kernels *k = &tables[ti].k;
+        nkt_rng rng;
+        nkt_seed(&rng, 42);
+        for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
+            for (int rms = 0; rms < 2; rms++) {
+                const size_t len = lens[li], n = ROWS * len;
+                float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
+                float *z = malloc(n * sizeof *z), *g = malloc(len * sizeof *g);
+                float m[ROWS], s[ROWS], m2[ROWS], s2[ROWS];
+                assert_true(x && y && z && g);
+                for (size_t r = 0; r < ROWS; r++)
+                    short_fill_row(&rng, x + r * len, len, (int)(r % SHORT_KINDS));
+                nkt_fill(&rng, g, len, 1.0, 0.3);
+                const nk_epilogue ep = {(int)(li % 6), 0.1f, 0};
+                k->norm_short(x, y, ROWS, len, len, len, g, g, 1e-5f, rms, m, s, &ep);
+                for (size_t si = 0; si < sizeof splits / sizeof splits[0]; si++) {
+                    /* the rows in calls of splits[si] rows, the last one from row 0 */
+                    for (size_t r0 = 0; r0 < ROWS; r0 += splits[si]) {
+                        size_t nr = ROWS - r0 < splits[si] ? ROWS - r0 : splits[si];
+                        k->norm_short(x + r0 * len, z + r0 * len, nr, len, len, len, g, g, 1e-5f,
+                                      rms, m2 + r0, s2 + r0, &ep);
+                    }
+                    if (memcmp(y, z, n * sizeof *y) || memcmp(m, m2, sizeof m) ||
+                        memcmp(s, s2, sizeof s)) {
+                        print_error("%s norm_short len %zu rms %d: calls of %zu rows differ from "
+                                    "one call\n",
+                                    tables[ti].name, len, rms, splits[si]);
+                        fail();
+                    }
+                }
+                memcpy(z, x, n * sizeof *z);
+                k->norm_short(z, z, ROWS, len, len, len, g, g, 1e-5f, rms, NULL, NULL, &ep);
+                check_inplace(tables[ti].name, "norm_short", y, z, n, len, ep.act, 0);
+                free(x);
+                free(y);
+                free(z);
+                free(g);
+            }
+    }
+}
+
 /* ------------------------------------------- SEMANTICS.md section 4 */
 
 /* Constant rows/columns of every length: mean == value, m2 == 0 exactly. */
@@ -1115,6 +1370,8 @@ int main(void)
         cmocka_unit_test(test_inv_std),
         cmocka_unit_test(test_norm_inplace),
         cmocka_unit_test(test_norm_centred),
+        cmocka_unit_test(test_norm_short),
+        cmocka_unit_test(test_norm_short_rows_alone),
         cmocka_unit_test(test_constant_exact),
         cmocka_unit_test(test_shifted_kernels),
         cmocka_unit_test(test_huge_kernels),

@@ -196,6 +196,120 @@ static void row_ops_lengths(void **state)
     check_rows(1, 300, 33, 1, &acts[3], &r, 0.0, 1.0, ATOL);
 }
 
+/* A pool that runs the tasks inline in reverse order: any dependence of a
+ * result on the task order or on which blocks share a call shows. */
+static size_t rev_threads(void *ctx)
+{
+    (void)ctx;
+    return 4;
+}
+static void rev_for(void *ctx, void (*task)(void *arg, size_t i), void *arg, size_t n)
+{
+    (void)ctx;
+    for (size_t i = n; i-- > 0;)
+        task(arg, i);
+}
+
+/*
+ * LayerNorm / RMSNorm over c <= 64 (the fused short-row kernel) and c = 65
+ * (the row kernels) through the _ex entry points: channels-last tensors with
+ * padded rows and samples in x and y, saved statistics, inline and on a
+ * pool. Outputs and statistics match the float64 oracle, the padding of y is
+ * untouched, and the pool gives the inline bits.
+ */
+static void short_rows_strided(void **state)
+{
+    (void)state;
+    static const int64_t cs[] = {1, 5, 16, 17, 33, 64, 65};
+    enum { N = 3, S = 401 };
+    nkt_rng r;
+    nkt_seed(&r, 23);
+    const nk_threadpool pool = {NULL, rev_threads, rev_for};
+    nk_context pc = NK_CONTEXT_INIT;
+    pc.pool = &pool;
+    for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++)
+        for (int rms = 0; rms < 2; rms++) {
+            const int64_t C = cs[ci], rows = N * S;
+            const int64_t xs1 = C + 3, xs0 = S * xs1 + 5, ys1 = C + 7, ys0 = S * ys1 + 1;
+            float *x = malloc((size_t)(N * xs0) * sizeof *x);
+            float *y = malloc((size_t)(N * ys0) * sizeof *y);
+            float *y2 = malloc((size_t)(N * ys0) * sizeof *y2);
+            float *xd = malloc((size_t)(rows * C) * sizeof *xd);
+            double *ref = malloc((size_t)(rows * C) * sizeof *ref);
+            float *w = malloc((size_t)C * sizeof *w), *b = malloc((size_t)C * sizeof *b);
+            float sm[2][N * S], si[2][N * S];
+            assert_true(x && y && y2 && xd && ref && w && b);
+            nkt_fill(&r, x, (size_t)(N * xs0), 3.0, 2.0);
+            nkt_fill(&r, w, (size_t)C, 1.0, 0.3);
+            nkt_fill(&r, b, (size_t)C, 0.0, 0.5);
+            for (int64_t i = 0; i < N * ys0; i++)
+                y[i] = y2[i] = 777.0f;
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t sp = 0; sp < S; sp++)
+                    memcpy(xd + (n * S + sp) * C, x + n * xs0 + sp * xs1, (size_t)C * sizeof *xd);
+            nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+            d.layout = NK_CHANNELS_LAST;
+            d.n = N, d.c = C, d.spatial = S;
+            d.x_stride[0] = xs0, d.x_stride[1] = xs1, d.y_stride[0] = ys0, d.y_stride[1] = ys1;
+            d.activation = (int32_t)(ci % 6);
+            d.alpha = acts[ci % 6].alpha;
+            for (int k = 0; k < 2; k++) {
+                const nk_context *ctx = k ? &pc : NULL;
+                float *yk = k ? y2 : y;
+                if (rms)
+                    assert_int_equal(nk_rms_norm_ex(ctx, &d, x, yk, w, 1e-6, si[k]), NK_OK);
+                else
+                    assert_int_equal(nk_layer_norm_ex(ctx, &d, x, yk, w, b, 1e-5, sm[k], si[k]),
+                                     NK_OK);
+            }
+            char what[96];
+            snprintf(what, sizeof what, "%s _ex c %lld strided", rms ? "RMSNorm" : "LayerNorm",
+                     (long long)C);
+            if (memcmp(y, y2, (size_t)(N * ys0) * sizeof *y) ||
+                memcmp(si[0], si[1], sizeof si[0]) ||
+                (!rms && memcmp(sm[0], sm[1], sizeof sm[0]))) {
+                print_error("%s: a pool gives other bits than the calling thread\n", what);
+                fail();
+            }
+            if (rms)
+                nkt_oracle_rms_norm(xd, rows, C, w, 1e-6, &acts[ci % 6], ref);
+            else
+                nkt_oracle_layer_norm(xd, rows, C, w, b, 1e-5, &acts[ci % 6], ref);
+            for (int64_t n = 0; n < N; n++)
+                for (int64_t sp = 0; sp < S; sp++) {
+                    const int64_t row = n * S + sp;
+                    nkt_assert_close(y + n * ys0 + sp * ys1, ref + row * C, (size_t)C, ATOL, 0.0,
+                                     what);
+                    for (int64_t i = C; i < ys1 && n * ys0 + sp * ys1 + i < N * ys0; i++)
+                        assert_true(y[n * ys0 + sp * ys1 + i] == 777.0f);
+                    /* the saved statistics against float64 */
+                    const float *xr = xd + row * C;
+                    double mean = 0.0, ss = 0.0, m2 = 0.0;
+                    for (int64_t i = 0; i < C; i++)
+                        mean += xr[i], ss += (double)xr[i] * xr[i];
+                    mean /= (double)C;
+                    for (int64_t i = 0; i < C; i++)
+                        m2 += (xr[i] - mean) * (xr[i] - mean);
+                    const double inv =
+                        1.0 / sqrt((rms ? ss : m2) / (double)C + (rms ? 1e-6 : 1e-5));
+                    if (!(fabs(si[0][row] - inv) <= 1e-5 * inv) ||
+                        (!rms && !(fabs(sm[0][row] - mean) <= 1e-6 * (fabs(mean) + 1.0)))) {
+                        print_error("%s row %lld: saved %.9g %.9g, oracle %.9g %.9g\n", what,
+                                    (long long)row, rms ? 0.0 : (double)sm[0][row],
+                                    (double)si[0][row], rms ? 0.0 : mean, inv);
+                        fail();
+                    }
+                }
+            free(x);
+            free(y);
+            free(y2);
+            free(xd);
+            free(ref);
+            free(w);
+            free(b);
+        }
+}
+
 static void large_groups(void **state)
 {
     (void)state;
@@ -510,6 +624,7 @@ int main(void)
         cmocka_unit_test(channel_ops_lengths),
         cmocka_unit_test(channel_ops_primes_and_wide),
         cmocka_unit_test(row_ops_lengths),
+        cmocka_unit_test(short_rows_strided),
         cmocka_unit_test(large_groups),
         cmocka_unit_test(groupnorm_tens_of_millions),
         cmocka_unit_test(mean_shifted_rows),

@@ -8,7 +8,7 @@
  * lane; every partial sum is then a small multiple of d or d^2 and exact,
  * the corrected mean is the value itself and M2 is exactly 0.
  *
- * Rows shorter than NK_SHORT_ROW are reduced four at a time, one row per
+ * Rows shorter than NK_NEON_SHORT_ROW are reduced four at a time, one row per
  * lane: the reference's sequential order per row, without horizontal sums.
  */
 #include "kernels/arm/neon_util.h"
@@ -18,7 +18,7 @@
 #define NK_ROW_CHUNK 1024
 /* Rows per chunk of the column kernel: one value per row in each lane. */
 #define NK_COL_CHUNK 256
-#define NK_SHORT_ROW 16
+#define NK_NEON_SHORT_ROW 16
 
 /* Adds v[0..nv) pairwise into v[0]. */
 NK_INLINE float32x4_t tree_sum(float32x4_t *v, const int nv)
@@ -79,7 +79,7 @@ static void row_chunk(const float *p, size_t n, nk_moments *acc)
     nk_moments_merge_inline(acc, dn, mean, m2);
 }
 
-/* Four rows of len (< NK_SHORT_ROW) elements, row k at x + k * stride. */
+/* Four rows of len (< NK_NEON_SHORT_ROW) elements, row k at x + k * stride. */
 static void rows4_short(const float *x, size_t len, size_t stride, nk_moments *out)
 {
     float32x4_t s = vdupq_n_f32(0.0f);
@@ -109,7 +109,7 @@ static void nk_moments_rows__neon(const float *x, size_t rows, size_t len, size_
                                   nk_moments *out)
 {
     size_t r = 0;
-    if (len < NK_SHORT_ROW)
+    if (len < NK_NEON_SHORT_ROW)
         for (; r + 4 <= rows; r += 4)
             rows4_short(x + r * stride, len, stride, out + r);
     for (; r < rows; r++) {
@@ -190,7 +190,7 @@ static void nk_sumsq_rows__neon(const float *x, size_t rows, size_t len, size_t 
 {
     enum { U = NK_NEON_U };
     size_t r = 0;
-    if (len < NK_SHORT_ROW)
+    if (len < NK_NEON_SHORT_ROW)
         for (; r + 4 <= rows; r += 4) {
             const float *p = x + r * stride;
             float32x4_t s = vdupq_n_f32(0.0f);

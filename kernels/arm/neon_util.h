@@ -28,8 +28,10 @@
 
 #define NK_INLINE static inline __attribute__((always_inline))
 
-/* moments_neon.c fills the moments entries, normalize_neon.c the rest. */
+/* moments_neon.c fills the moments entries, short_neon.c norm_short,
+ * normalize_neon.c the rest. */
 void nk_kernels_init_neon_moments(nk_kernels *k);
+void nk_kernels_init_neon_short(nk_kernels *k);
 
 #if defined(__aarch64__)
 /* Vectors per unrolled step: 8 loads + 16 accumulators fit the 32 registers. */

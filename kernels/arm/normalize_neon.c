@@ -292,6 +292,7 @@ static void nk_inv_scale__neon(const float *var, const float *w, float eps, size
 void nk_kernels_init_neon(nk_kernels *k)
 {
     nk_kernels_init_neon_moments(k);
+    nk_kernels_init_neon_short(k);
     k->norm_rows = nk_norm_rows__neon;
     k->norm_cols = nk_norm_cols__neon;
     k->norm_affine = nk_norm_affine__neon;

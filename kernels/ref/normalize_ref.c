@@ -89,6 +89,7 @@ static void inv_std_ref(const nk_moments *mo, size_t n, double eps, double *var,
 }
 
 void nk_kernels_init_ref_moments(nk_kernels *k);
+void nk_kernels_init_ref_short(nk_kernels *k);
 
 void nk_kernels_init_ref(nk_kernels *k)
 {
@@ -99,4 +100,5 @@ void nk_kernels_init_ref(nk_kernels *k)
     k->inv_std = inv_std_ref;
     k->norm_cols = norm_cols_ref;
     k->norm_affine = norm_affine_ref;
+    nk_kernels_init_ref_short(k);
 }

@@ -1,6 +1,6 @@
 /*
  * Per-ISA vector helpers for the x86 kernels (SLEEF's helper-header pattern):
- * the algorithm files (moments_x86.c, normalize_x86.c) are written once
+ * the algorithm files (moments_x86.c, normalize_x86.c, short_x86.c) are written once
  * against this small vocabulary and compiled once per ISA.
  *
  *   NK_X86_AVX512 defined: 16 float lanes, AVX-512 F/BW/DQ/VL (+FMA)
@@ -31,6 +31,10 @@
 #  endif
 #  define SIMDE_ENABLE_NATIVE_ALIASES
 #  include <simde/x86/avx512.h>
+/* SIMDe 0.7.4 has it without the native alias (and GCC's own is a macro
+ * without optimisation) */
+#  undef _mm512_shuffle_f32x4
+#  define _mm512_shuffle_f32x4 simde_mm512_shuffle_f32x4
 #else
 #  include <immintrin.h>
 #endif
@@ -143,6 +147,45 @@ NK_INLINE float vf_hsum(vf v)
 }
 #  endif
 
+/*
+ * Transposing row sums of 16 vectors v[r] into one whose lane r is the sum
+ * of the lanes of v[r]: four levels of 16 -> 8 -> ... -> 1 vectors, a level
+ * combining two vectors with a blend, one shuffle and an add (15 shuffles
+ * for 16 rows, against 4 per row for horizontal sums). Every row's lanes
+ * are added by the same pairwise tree (lane i + lane i + 8, then + 4, + 2,
+ * + 1) whatever its position, so a row's sum depends on that row alone.
+ * The first level, w[i] = vf_fold_rows(v[i], v[i + 8]) = vf_fold_p + vf_fold_q,
+ * is the caller's, so that it can fold rows as it goes and reuse the parts;
+ * vf_sum_folded(w) does the rest on the 8 folded vectors.
+ */
+/* [a.lo | b.hi] */
+NK_INLINE vf vf_fold_p(vf a, vf b) { return _mm512_mask_blend_ps(0xFF00, a, b); }
+NK_INLINE vf vf_fold_q(vf a, vf b) /* [a.hi | b.lo] */
+{
+    return _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 3, 2));
+}
+NK_INLINE vf vf_sum_folded(vf *w)
+{
+    /* 128-bit quarters: [a0 b1 a2 b3] + [a1 b0 a3 b2] */
+    const __m512i iq = _mm512_set_epi32(27, 26, 25, 24, 15, 14, 13, 12, 19, 18, 17, 16, 7, 6, 5, 4);
+    for (int i = 0; i < 4; i++)
+        w[i] = _mm512_add_ps(_mm512_mask_blend_ps(0xF0F0, w[i], w[i + 4]),
+                             _mm512_permutex2var_ps(w[i], iq, w[i + 4]));
+    for (int i = 0; i < 2; i++) /* pairs in each quarter: [a0 a1 b2 b3] + [a2 a3 b0 b1] */
+        w[i] = _mm512_add_ps(_mm512_mask_blend_ps(0xCCCC, w[i], w[i + 2]),
+                             _mm512_shuffle_ps(w[i], w[i + 2], _MM_SHUFFLE(1, 0, 3, 2)));
+    /* single lanes: [a0 b1 a2 b3] + [a1 b0 a3 b2] */
+    const __m512i il = _mm512_set_epi32(30, 15, 28, 13, 26, 11, 24, 9, 22, 7, 20, 5, 18, 3, 16, 1);
+    return _mm512_add_ps(_mm512_mask_blend_ps(0xAAAA, w[0], w[1]),
+                         _mm512_permutex2var_ps(w[0], il, w[1]));
+}
+/* bit r set where lane r of v is infinite or NaN (v * 0 is NaN there) */
+NK_INLINE unsigned vf_nonfinite(vf v)
+{
+    return (unsigned)_mm512_cmp_ps_mask(_mm512_mul_ps(v, _mm512_setzero_ps()), _mm512_setzero_ps(),
+                                        _CMP_NEQ_UQ);
+}
+
 /* exp / erf / tanh, u10 (1.0 ulp) like libm's float versions */
 #  if NK_USE_SLEEF && !defined(NK_SIMDE)
 NK_INLINE vf vf_exp(vf v) { return Sleef_expf16_u10avx512f(v); }
@@ -228,6 +271,28 @@ NK_INLINE float vf_hsum(vf v)
     return _mm_cvtss_f32(q);
 }
 
+/* Transposing row sums of 8 vectors (see the AVX-512 version): the same
+ * pairwise tree for every row (lane i + lane i + 4, then + 2, + 1). */
+/* [a.lo | b.hi] */
+NK_INLINE vf vf_fold_p(vf a, vf b) { return _mm256_blend_ps(a, b, 0xF0); }
+/* [a.hi | b.lo] */
+NK_INLINE vf vf_fold_q(vf a, vf b) { return _mm256_permute2f128_ps(a, b, 0x21); }
+NK_INLINE vf vf_sum_folded(vf *w)
+{
+    for (int i = 0; i < 2; i++) /* pairs in each half: [a0 a1 b2 b3] + [a2 a3 b0 b1] */
+        w[i] = _mm256_add_ps(_mm256_blend_ps(w[i], w[i + 2], 0xCC),
+                             _mm256_shuffle_ps(w[i], w[i + 2], _MM_SHUFFLE(1, 0, 3, 2)));
+    /* single lanes: [a0 b1 a2 b3] + [a1 b0 a3 b2] */
+    return _mm256_add_ps(_mm256_blend_ps(w[0], w[1], 0xAA),
+                         _mm256_permute_ps(_mm256_blend_ps(w[1], w[0], 0xAA),
+                                           _MM_SHUFFLE(2, 3, 0, 1)));
+}
+NK_INLINE unsigned vf_nonfinite(vf v)
+{
+    return (unsigned)_mm256_movemask_ps(
+        _mm256_cmp_ps(_mm256_mul_ps(v, _mm256_setzero_ps()), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+}
+
 #  if NK_USE_SLEEF
 NK_INLINE vf vf_exp(vf v) { return Sleef_expf8_u10avx2(v); }
 NK_INLINE vf vf_erf(vf v) { return Sleef_erff8_u10avx2(v); }
@@ -248,6 +313,34 @@ NK_INLINE vf vf_tanh(vf v) { NK_LANES(tanhf); }
 
 #endif
 
+/* first level of the transposing row sums: rows r and r + NK_VL / 2 */
+NK_INLINE vf vf_fold_rows(vf a, vf b) { return vf_add(vf_fold_p(a, b), vf_fold_q(a, b)); }
+
+/* The fused activation: the same expressions as nk_act_ref, lane-wise. */
+#define NK_SQRT1_2 0.70710678118654752f
+#define NK_GELU_K 0.7978845608028654f
+NK_INLINE vf act_apply(vf v, const int act, vf alpha)
+{
+    const vf one = vf_set1(1.0f), half = vf_set1(0.5f);
+    switch (act) {
+    case NK_ACT_RELU:
+        return vf_relu(v);
+    case NK_ACT_LEAKY_RELU:
+        return vf_leaky(v, alpha);
+    case NK_ACT_SILU:
+        return vf_div(v, vf_add(one, vf_exp(vf_sub(vf_zero(), v))));
+    case NK_ACT_GELU_ERF:
+        return vf_mul(vf_mul(half, v), vf_add(one, vf_erf(vf_mul(v, vf_set1(NK_SQRT1_2)))));
+    case NK_ACT_GELU_TANH: {
+        vf cube = vf_mul(vf_mul(vf_mul(vf_set1(0.044715f), v), v), v);
+        vf inner = vf_mul(vf_set1(NK_GELU_K), vf_add(v, cube));
+        return vf_mul(vf_mul(half, v), vf_add(one, vf_tanh(inner)));
+    }
+    default:
+        return v;
+    }
+}
+
 /* Streaming stores need a vector-aligned destination. */
 #define NK_VBYTES (NK_VL * sizeof(float))
 NK_INLINE int nk_aligned(const float *p) { return ((uintptr_t)p % NK_VBYTES) == 0; }
@@ -260,5 +353,6 @@ NK_INLINE size_t nk_head(const float *p)
 
 void NK_INIT(nk_kernels *k);
 void NK_FN(kernels_init_moments)(nk_kernels *k);
+void NK_FN(kernels_init_short)(nk_kernels *k);
 
 #endif

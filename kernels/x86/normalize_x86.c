@@ -13,32 +13,6 @@
  */
 #include "kernels/x86/nk_x86.h"
 
-#define SQRT1_2 0.70710678118654752f
-#define GELU_K 0.7978845608028654f
-
-/* Same expressions as nk_act_ref, lane-wise. */
-NK_INLINE vf act_apply(vf v, const int act, vf alpha)
-{
-    const vf one = vf_set1(1.0f), half = vf_set1(0.5f);
-    switch (act) {
-    case NK_ACT_RELU:
-        return vf_relu(v);
-    case NK_ACT_LEAKY_RELU:
-        return vf_leaky(v, alpha);
-    case NK_ACT_SILU:
-        return vf_div(v, vf_add(one, vf_exp(vf_sub(vf_zero(), v))));
-    case NK_ACT_GELU_ERF:
-        return vf_mul(vf_mul(half, v), vf_add(one, vf_erf(vf_mul(v, vf_set1(SQRT1_2)))));
-    case NK_ACT_GELU_TANH: {
-        vf cube = vf_mul(vf_mul(vf_mul(vf_set1(0.044715f), v), v), v);
-        vf inner = vf_mul(vf_set1(GELU_K), vf_add(v, cube));
-        return vf_mul(vf_mul(half, v), vf_add(one, vf_tanh(inner)));
-    }
-    default:
-        return v;
-    }
-}
-
 NK_INLINE vf norm1(vf x, vf m, vf a, vf b, const int act, vf alpha)
 {
     return act_apply(vf_fma(vf_sub(x, m), a, b), act, alpha);
@@ -134,16 +108,6 @@ NK_INLINE void rows_body(const float *x, float *y, size_t rows, size_t len, size
         span_scalar(x + r * xstride, y + r * ystride, len, vf_set1(m[r * ps]), vf_set1(a[r * ps]),
                     vf_set1(b[r * ps]), act, alpha, ep->stream);
 }
-
-#define NK_ACT_SWITCH(body)                                                                       \
-    switch (ep->act) {                                                                            \
-    case NK_ACT_RELU: body(NK_ACT_RELU); break;                                                   \
-    case NK_ACT_LEAKY_RELU: body(NK_ACT_LEAKY_RELU); break;                                       \
-    case NK_ACT_SILU: body(NK_ACT_SILU); break;                                                   \
-    case NK_ACT_GELU_ERF: body(NK_ACT_GELU_ERF); break;                                           \
-    case NK_ACT_GELU_TANH: body(NK_ACT_GELU_TANH); break;                                         \
-    default: body(NK_ACT_NONE); break;                                                            \
-    }
 
 static void NK_FN(norm_rows)(const float *x, float *y, size_t rows, size_t len, size_t xstride,
                              size_t ystride, const float *m, const float *a, const float *b,
@@ -426,6 +390,7 @@ static void NK_FN(inv_std)(const nk_moments *mo, size_t n, double eps, double *v
 void NK_INIT(nk_kernels *k)
 {
     NK_FN(kernels_init_moments)(k);
+    NK_FN(kernels_init_short)(k);
     k->norm_rows = NK_FN(norm_rows);
     k->norm_cols = NK_FN(norm_cols);
     k->norm_affine = NK_FN(norm_affine);

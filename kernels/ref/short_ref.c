@@ -1,0 +1,84 @@
+/*
+ * Portable norm_short kernel (LayerNorm / RMSNorm of rows of at most
+ * NK_SHORT_ROW floats, contract in kernels/kernels.h): the fallback path and
+ * the oracle of the vector kernels. Each row is summed in order, in fp32,
+ * with the same formulas as the vector kernels; only the summation order
+ * differs. nk_short_stats_f64 is the fp64 fallback every ISA shares.
+ */
+#include <math.h>
+
+#include "kernels/kernels.h"
+
+void nk_short_stats_f64(const float *x, size_t len, float eps, int rms, float *m, float *s)
+{
+    double ms;
+    if (rms) {
+        ms = nk_sumsq_f64(x, len) / (double)len;
+        *m = 0.0f;
+    } else {
+        nk_moments mo;
+        nk_moments_f64(x, len, 1, &mo);
+        ms = mo.m2 / (double)len;
+        *m = (float)mo.mean;
+    }
+    *s = (float)(1.0 / sqrt(ms + (double)eps));
+}
+
+/* m and s of one row; the fp64 fallback when they are not finite in fp32 */
+static void row_stats(const float *x, size_t n, float eps, int rms, float *m, float *s)
+{
+    const float inv = 1.0f / (float)n;
+    if (rms) {
+        float s2 = 0.0f;
+        for (size_t i = 0; i < n; i++)
+            s2 = fmaf(x[i], x[i], s2);
+        if (!isfinite(s2)) {
+            nk_short_stats_f64(x, n, eps, rms, m, s);
+            return;
+        }
+        *m = 0.0f;
+        *s = 1.0f / sqrtf(s2 * inv + eps);
+        return;
+    }
+    /* the mean as K + sum(x - K) / n, K the first element; then the sum of
+     * squared deviations from it */
+    const float K = x[0];
+    float s1 = 0.0f;
+    for (size_t i = 0; i < n; i++)
+        s1 += x[i] - K;
+    const float mean = K + s1 * inv;
+    float s2 = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        const float d = x[i] - mean;
+        s2 = fmaf(d, d, s2);
+    }
+    if (!isfinite(s1) || !isfinite(s2)) {
+        nk_short_stats_f64(x, n, eps, rms, m, s);
+        return;
+    }
+    *m = mean;
+    *s = 1.0f / sqrtf(s2 * inv + eps);
+}
+
+static void norm_short_ref(const float *x, float *y, size_t rows, size_t len, size_t xstride,
+                           size_t ystride, const float *g, const float *b, float eps, int rms,
+                           float *mean_out, float *rstd_out, const nk_epilogue *ep)
+{
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * xstride;
+        float *yr = y + r * ystride;
+        float m, s;
+        row_stats(xr, len, eps, rms, &m, &s);
+        if (mean_out)
+            mean_out[r] = m;
+        if (rstd_out)
+            rstd_out[r] = s;
+        for (size_t i = 0; i < len; i++) {
+            float v = (xr[i] - m) * s;
+            yr[i] = nk_act_ref(fmaf(v, g ? g[i] : 1.0f, b ? b[i] : 0.0f), ep);
+        }
+    }
+}
+
+void nk_kernels_init_ref_short(nk_kernels *k);
+void nk_kernels_init_ref_short(nk_kernels *k) { k->norm_short = norm_short_ref; }
