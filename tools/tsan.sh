@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds normkit with ThreadSanitizer in build-tsan/ and runs the concurrent
 # first-use test (tests/test_threads.c) under every ISA this CPU supports,
-# then the helper pool's test (tests/test_threadpool.c; no kernels run, so once).
+# then the helper pool's test (tests/test_threadpool.c; no kernels run, so once) and
+# every operator on real thread pools (tests/test_exec.c, once, on the default ISA).
 #   bash tools/tsan.sh            (CC=clang bash tools/tsan.sh for clang)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ if [ ! -f "$build/build.ninja" ]; then
   meson setup "$build" -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debugoptimized \
     -Dbench=disabled >/dev/null
 fi
-ninja -C "$build" -j2 normkit-isa tests/test_threads tests/test_threadpool >/dev/null
+ninja -C "$build" -j2 normkit-isa tests/test_threads tests/test_threadpool tests/test_exec >/dev/null
 export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
 # TSan needs the usual address-space layout; newer kernels randomise mmap
 # more than it supports, which setarch -R turns off for the child.
@@ -21,4 +22,6 @@ for isa in $(run "$build/normkit-isa" --supported); do
 done
 echo "-- ThreadSanitizer, helper pool"
 run "$build/tests/test_threadpool"
+echo "-- ThreadSanitizer, every operator on real thread pools"
+run "$build/tests/test_exec"
 echo "ThreadSanitizer: ok"
