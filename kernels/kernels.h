@@ -71,16 +71,22 @@ typedef void (*nk_norm_affine_fn)(const float *x, float *y, size_t rows, size_t 
                                   const float *g, const float *b, const nk_epilogue *ep);
 
 /*
- * LayerNorm (rms == 0) or RMSNorm (rms == 1) of `rows` rows of len floats,
+ * LayerNorm or RMSNorm (flags & NK_SHORT_RMS) of `rows` rows of len floats,
  * 1 <= len <= NK_SHORT_ROW, statistics and output in one call; row r at
  * x + r * xstride, its output at y + r * ystride (x == y with equal strides
  * allowed):
- *   y[r][i] = act(((x[r][i] - m) * s) * g[i] + b[i])
+ *   y[r][i] = act(((x[r][i] - m) * s) * G + B)
  *   LayerNorm: m = mean, s = 1 / sqrt(M2 / len + eps)
  *   RMSNorm:   m = 0,    s = 1 / sqrt(sum(x^2) / len + eps)
- * g == NULL means 1, b == NULL means 0; mean_out[r] and rstd_out[r] receive
- * m and s when non-NULL. The kernels reduce rows in blocks (one row per
- * vector lane), but each row's arithmetic depends on that row alone: its
+ * The affine is per column, G = g[i] and B = b[i] (g, b hold len floats;
+ * LayerNorm, RMSNorm), or with flags & NK_SHORT_ROW_AFFINE per row,
+ * G = g[r] and B = b[r] (g, b hold `rows` floats; InstanceNorm, whose rows
+ * are the (n, c) channels of a sample and g, b the channels' weight and
+ * bias). Either way g == NULL means 1, b == NULL means 0, and the output is
+ * the same expression, so the bound below holds for both; mean_out[r] and
+ * rstd_out[r] receive m and s when non-NULL. The kernels reduce rows in
+ * blocks (one row per vector lane), but each row's arithmetic depends on
+ * that row (and, per row, its g[r], b[r]) alone: its
  * result does not depend on the other rows or on how a caller splits them
  * into calls, and is deterministic per ISA.
  *
@@ -103,9 +109,12 @@ typedef void (*nk_norm_affine_fn)(const float *x, float *y, size_t rows, size_t 
  * nk_short_stats_f64, the same on every ISA.
  */
 #define NK_SHORT_ROW 64
+/* flags of nk_norm_short_fn */
+#define NK_SHORT_RMS 1u        /* RMSNorm: m = 0 */
+#define NK_SHORT_ROW_AFFINE 2u /* g[r], b[r] per row instead of g[i], b[i] per column */
 typedef void (*nk_norm_short_fn)(const float *x, float *y, size_t rows, size_t len,
                                  size_t xstride, size_t ystride, const float *g, const float *b,
-                                 float eps, int rms, float *mean_out, float *rstd_out,
+                                 float eps, unsigned flags, float *mean_out, float *rstd_out,
                                  const nk_epilogue *ep);
 
 /*

@@ -3,7 +3,9 @@
  * Plans on the block driver:
  *   channels-first  a group is an (n, c) row of `spatial` floats; rows go in
  *                   fused blocks that stay in cache between the passes, long
- *                   rows are cut into pieces of positions.
+ *                   rows are cut into pieces of positions. Rows of at most
+ *                   NK_SHORT_ROW floats without running statistics go to
+ *                   the fused short-row kernel instead.
  *   channels-last   the column view of each sample: blocks of channels,
  *                   pieces of positions.
  * With running statistics PyTorch updates each (n, c) copy of channel c's
@@ -143,10 +145,62 @@ static void in_rows_normalize(void *op, size_t b, size_t p, const void *par)
     }
 }
 
+/*
+ * Rows of at most NK_SHORT_ROW floats: norm_short with the per-row affine
+ * computes each row's statistics and output in one call (fp32 statistics,
+ * error bound in kernels/kernels.h), so a block is a call per run of rows
+ * and nothing is left to finalize. A call's rows are equally strided and of
+ * one sample, so their channels, and the weight and bias entries they take,
+ * are consecutive. Rows are in sample-major order (no running statistics):
+ * grid row q is (q / C, q % C), and save_mean / save_invstd index q too.
+ */
+static void in_short_normalize(void *op, size_t b, size_t p, const void *par)
+{
+    const in_op *o = op;
+    const nk_call *cl = o->cl;
+    (void)p, (void)par;
+    const size_t C = cl->c, r0 = b * o->rb, r1 = r0 + in_rows_groups(op, b);
+    for (size_t r = r0; r < r1;) {
+        size_t xs, ys, e = nk_grid_run(&o->g, r, r1, &xs, &ys);
+        const size_t c = r % C;
+        if (e > r - c + C)
+            e = r - c + C; /* the end of the sample: the channel wraps to 0 */
+        cl->k->norm_short(cl->x + nk_grid_x(&o->g, r), cl->y + nk_grid_y(&o->g, r), e - r, cl->s,
+                          xs, ys, o->weight ? o->weight + c : NULL, o->bias ? o->bias + c : NULL,
+                          (float)o->eps, NK_SHORT_ROW_AFFINE,
+                          o->save_mean ? o->save_mean + r : NULL,
+                          o->save_invstd ? o->save_invstd + r : NULL, &cl->ep);
+        r = e;
+    }
+}
+
 static void in_channels_first(nk_call *cl, in_op *o)
 {
     const size_t N = cl->n, C = cl->c, S = cl->s;
     o->rows = N * C;
+    /* The short-row kernel keeps its statistics in fp32, while the running
+     * update needs the fp64 variance; and it takes eps in fp32, so not where
+     * eps would round to 0 (eps == 0 included: a constant row would get
+     * 1 / sqrt(0), where the fp64 path gives PyTorch's 0). */
+    if (!o->rs && S <= NK_SHORT_ROW && (float)o->eps > 0.0f) {
+        o->g = (nk_grid){C, cl->xs0, cl->xs1, cl->ys0, cl->ys1};
+        o->rb = NK_SHORT_BLOCK;
+        o->pieces = 1;
+        nk_plan pl = {
+            .blocks = (o->rows + o->rb - 1) / o->rb,
+            .pieces = 1,
+            .bgroups = o->rb,
+            .bfloats = 2 * o->rb * S,
+            .op = o,
+            .groups = in_rows_groups,
+            .moments = NULL,
+            .finalize = nk_short_finalize,
+            .normalize = in_short_normalize,
+            .param_bytes = 0,
+        };
+        nk_call_run(cl, &pl);
+        return;
+    }
     if (o->rs)
         o->g = (nk_grid){N, cl->xs1, cl->xs0, cl->ys1, cl->ys0};
     else

@@ -196,6 +196,16 @@ static inline size_t nk_row_block(size_t len)
     return rb < 1 ? 1 : rb > 64 ? 64 : rb;
 }
 
+/* Rows per block of the plans on the fused short-row kernel (norm_short):
+ * one kernel call per run of rows, by shape only. */
+#define NK_SHORT_BLOCK NK_MAX_BGROUPS
+/* The finalize of those plans: the kernel computes the statistics and the
+ * output together, so there is nothing to finalize. */
+static inline void nk_short_finalize(void *op, size_t b, const nk_moments *mo, void *par)
+{
+    (void)op, (void)b, (void)mo, (void)par;
+}
+
 /* Output size in bytes above which stores may bypass the cache. */
 size_t nk_stream_threshold(void);
 /* The same for calls that run on a pool of several threads (larger). */

@@ -105,14 +105,9 @@ static void ln_normalize(void *op, size_t b, size_t p, const void *par)
  * Rows of at most NK_SHORT_ROW floats: norm_short computes the statistics
  * and the output of a whole run of rows in one call, so a block is one call
  * (blocks of NK_SHORT_BLOCK rows, by shape only; the kernel's result for a
- * row does not depend on the block anyway) and nothing is left to finalize.
+ * row does not depend on the block anyway) and nothing is left to finalize
+ * (nk_short_finalize).
  */
-#define NK_SHORT_BLOCK NK_MAX_BGROUPS
-
-static void ln_short_finalize(void *op, size_t b, const nk_moments *mo, void *par)
-{
-    (void)op, (void)b, (void)mo, (void)par;
-}
 
 static void ln_short_normalize(void *op, size_t b, size_t p, const void *par)
 {
@@ -123,7 +118,7 @@ static void ln_short_normalize(void *op, size_t b, size_t p, const void *par)
     for (size_t r = r0; r < r1;) {
         size_t xs, ys, e = nk_grid_run(&o->g, r, r1, &xs, &ys);
         cl->k->norm_short(cl->x + nk_grid_x(&o->g, r), cl->y + nk_grid_y(&o->g, r), e - r, cl->c,
-                          xs, ys, o->weight, o->bias, (float)o->eps, o->rms,
+                          xs, ys, o->weight, o->bias, (float)o->eps, o->rms ? NK_SHORT_RMS : 0u,
                           o->save_mean ? o->save_mean + r : NULL,
                           o->save_inv ? o->save_inv + r : NULL, &cl->ep);
         r = e;
@@ -153,7 +148,7 @@ static void ln_run(nk_call *cl, const float *weight, const float *bias, double e
             .op = &o,
             .groups = ln_groups,
             .moments = shortr ? NULL : ln_moments,
-            .finalize = shortr ? ln_short_finalize : ln_finalize,
+            .finalize = shortr ? nk_short_finalize : ln_finalize,
             .normalize = shortr ? ln_short_normalize : ln_normalize,
             .param_bytes = shortr ? 0 : sizeof(ln_par),
         };

@@ -764,15 +764,24 @@ typedef struct short_case {
     size_t rows, len, xpad, ypad, xs, ys;
     int rms, act, flags, stream, kinds; /* flags: 1 g, 2 b, 4 mean_out, 8 rstd_out */
     float eps;
+    int row_affine; /* NK_SHORT_ROW_AFFINE: g, b per row */
 } short_case;
+
+static unsigned short_flags(int rms, int row_affine)
+{
+    return (rms ? NK_SHORT_RMS : 0u) | (row_affine ? NK_SHORT_ROW_AFFINE : 0u);
+}
 
 static void run_norm_short(const tbl *t, nkt_rng *rng, const short_case *c)
 {
     const size_t rows = c->rows, len = c->len;
     const size_t xstride = len + c->xpad, ystride = len + c->ypad;
     const size_t nx = (rows - 1) * xstride + len, ny = (rows - 1) * ystride + len;
+    /* gamma and beta: len floats per column, or rows floats per row */
+    const size_t na = c->row_affine ? rows : len;
+    const unsigned kf = short_flags(c->rms, c->row_affine);
     nkt_buf xb = nkt_alloc(nx, c->xs), yb = nkt_alloc(ny, c->ys);
-    nkt_buf gb = nkt_alloc(len, (c->xs + 1) % 4), bb = nkt_alloc(len, (c->xs + 2) % 4);
+    nkt_buf gb = nkt_alloc(na, (c->xs + 1) % 4), bb = nkt_alloc(na, (c->xs + 2) % 4);
     nkt_buf mb = nkt_alloc(rows, c->ys % 3), sb = nkt_alloc(rows, (c->ys + 1) % 3);
     float *yr = malloc(ny * sizeof *yr), *mr = malloc(rows * sizeof *mr);
     float *sr = malloc(rows * sizeof *sr);
@@ -780,8 +789,8 @@ static void run_norm_short(const tbl *t, nkt_rng *rng, const short_case *c)
     nkt_fill(rng, xb.p, nx, 5.0, 1.0); /* the gaps between rows */
     for (size_t r = 0; r < rows; r++)
         short_fill_row(rng, xb.p + r * xstride, len, (int)((r * 5 + len) % (size_t)c->kinds));
-    nkt_fill(rng, gb.p, len, 1.0, 0.3);
-    nkt_fill(rng, bb.p, len, 0.0, 0.5);
+    nkt_fill(rng, gb.p, na, 1.0, 0.3);
+    nkt_fill(rng, bb.p, na, 0.0, 0.5);
     const float *g = c->flags & 1 ? gb.p : NULL, *b = c->flags & 2 ? bb.p : NULL;
     float *mo = c->flags & 4 ? mb.p : NULL, *so = c->flags & 8 ? sb.p : NULL;
     const nk_epilogue ep = {c->act, 0.05f, c->stream};
@@ -790,9 +799,10 @@ static void run_norm_short(const tbl *t, nkt_rng *rng, const short_case *c)
     fill_const(&sb, FILLV);
     for (size_t i = 0; i < ny; i++)
         yr[i] = FILLV;
-    t->k.norm_short(xb.p, yb.p, rows, len, xstride, ystride, g, b, c->eps, c->rms, mo, so, &ep);
-    ref->norm_short(xb.p, yr, rows, len, xstride, ystride, g, b, c->eps, c->rms, mr, sr, &ep);
+    t->k.norm_short(xb.p, yb.p, rows, len, xstride, ystride, g, b, c->eps, kf, mo, so, &ep);
+    ref->norm_short(xb.p, yr, rows, len, xstride, ystride, g, b, c->eps, kf, mr, sr, &ep);
     assert_true(nkt_guard_ok(&xb) && nkt_guard_ok(&yb) && nkt_guard_ok(&mb) && nkt_guard_ok(&sb));
+    assert_true(nkt_guard_ok(&gb) && nkt_guard_ok(&bb));
     for (size_t r = 0; r < rows; r++) {
         const float *xr = xb.p + r * xstride;
         short_row o;
@@ -806,9 +816,10 @@ static void run_norm_short(const tbl *t, nkt_rng *rng, const short_case *c)
             if (!c->rms && o.constant && c->eps > 0.0f)
                 ok &= mk == xr[0]; /* a constant row's mean is exact */
             if (!ok) {
-                print_error("%s norm_short %s (rows %zu, len %zu, eps %g) row %zu: m %.9g s %.9g, "
-                            "oracle %.17g %.17g (bounds %.3g, %.3g)\n",
-                            k ? "scalar" : t->name, c->rms ? "RMS" : "LN", rows, len,
+                print_error("%s norm_short %s%s (rows %zu, len %zu, eps %g) row %zu: m %.9g "
+                            "s %.9g, oracle %.17g %.17g (bounds %.3g, %.3g)\n",
+                            k ? "scalar" : t->name, c->rms ? "RMS" : "LN",
+                            c->row_affine ? " per-row affine" : "", rows, len,
                             (double)c->eps, r, (double)mk, (double)sk, o.mean, o.s, o.em,
                             o.es * o.s);
                 fail();
@@ -818,29 +829,39 @@ static void run_norm_short(const tbl *t, nkt_rng *rng, const short_case *c)
             assert_true(mb.p[r] == FILLV);
         if (!so)
             assert_true(sb.p[r] == FILLV);
-        /* y against the scalar table: both within the bound of the exact result */
+        /* y against the scalar table: both within the bound of the exact
+         * result; without an activation, the scalar table's y against the
+         * exact result itself (gamma and beta taken from the test's own
+         * arrays, so a wrong index in the scalar table shows too) */
         for (size_t i = 0; i < ystride && r * ystride + i < ny; i++) {
             const float got = yb.p[r * ystride + i], want = yr[r * ystride + i];
+            const size_t j = c->row_affine ? r : i; /* index of gamma and beta */
             int ok;
             if (i >= len) {
                 ok = got == FILLV;
             } else if (isnan(want)) {
                 ok = isnan(got);
             } else {
-                const double gi = g ? fabs(g[i]) : 1.0;
+                const double gi = g ? fabs(g[j]) : 1.0;
                 const double v = fabs((xr[i] - o.mean) * o.s);
                 const double d =
                     gi * (v * (o.es + 2 * NKT_U) + o.em * o.s) + NKT_U * (fabs(want) + 1);
                 const double tol = 2.4 * d + act_tol(c->act) * (1.0 + fabs(want));
                 ok = fabs(got - want) <= tol;
+                if (c->act == NK_ACT_NONE && !isinf(o.s)) {
+                    const double exact = ((double)xr[i] - o.mean) * o.s * (g ? g[j] : 1.0) +
+                                         (b ? b[j] : 0.0);
+                    ok &= fabs(want - exact) <= 1.2 * d;
+                }
                 if (!c->rms && o.constant && c->eps > 0.0f && c->act == NK_ACT_NONE)
-                    ok &= got == (b ? b[i] : 0.0f); /* y == beta exactly */
+                    ok &= got == (b ? b[j] : 0.0f); /* y == beta exactly */
             }
             if (!ok) {
-                print_error("%s norm_short %s (rows %zu, len %zu, strides %zu/%zu, act %d, g %d, "
-                            "b %d, eps %g): y[%zu][%zu] = %.9g, scalar %.9g\n",
-                            t->name, c->rms ? "RMS" : "LN", rows, len, xstride, ystride, c->act,
-                            !!g, !!b, (double)c->eps, r, i, (double)got, (double)want);
+                print_error("%s norm_short %s%s (rows %zu, len %zu, strides %zu/%zu, act %d, "
+                            "g %d, b %d, eps %g): y[%zu][%zu] = %.9g, scalar %.9g\n",
+                            t->name, c->rms ? "RMS" : "LN",
+                            c->row_affine ? " per-row affine" : "", rows, len, xstride, ystride,
+                            c->act, !!g, !!b, (double)c->eps, r, i, (double)got, (double)want);
                 fail();
             }
         }
@@ -862,6 +883,8 @@ static void run_norm_short(const tbl *t, nkt_rng *rng, const short_case *c)
  * at 1, 15, 16, 17, 33, 64; strides beyond len, misaligned rows, every
  * activation, gamma / beta / saved statistics present or not, streaming,
  * eps 0 with constant rows; rows mean-shifted, constant, overflowing fp32.
+ * The first sweep runs each case with the affine per column and per row
+ * (NK_SHORT_ROW_AFFINE), the second alternates them.
  */
 static void test_norm_short(void **state)
 {
@@ -874,17 +897,19 @@ static void test_norm_short(void **state)
         int n = 0;
         for (size_t len = 1; len <= NK_SHORT_ROW; len++)
             for (size_t k = 0; k < sizeof some_rows / sizeof some_rows[0]; k++)
-                for (int rms = 0; rms < 2; rms++, n++) {
-                    short_case c = {some_rows[k], len, n % 4, (n / 2) % 5 * 4, n % 4, (n / 3) % 4,
-                                    rms, n % 6, n % 16, (n / 5) % 2, SHORT_KINDS, 1e-5f};
-                    run_norm_short(&tables[ti], &rng, &c);
-                }
+                for (int rms = 0; rms < 2; rms++, n++)
+                    for (int ra = 0; ra < 2; ra++) {
+                        short_case c = {some_rows[k], len, n % 4, (n / 2) % 5 * 4, n % 4,
+                                        (n / 3) % 4, rms, n % 6, n % 16, (n / 5) % 2,
+                                        SHORT_KINDS, 1e-5f, ra};
+                        run_norm_short(&tables[ti], &rng, &c);
+                    }
         for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
             for (size_t rows = 1; rows <= 40; rows++)
                 for (int act = 0; act <= NK_ACT_GELU_TANH; act++)
                     for (int rms = 0; rms < 2; rms++, n++) {
                         short_case c = {rows, lens[li], n % 3, 17 * (n % 2), (n / 2) % 4, n % 4,
-                                        rms, act, n % 16, n % 2, SHORT_KINDS, 1e-5f};
+                                        rms, act, n % 16, n % 2, SHORT_KINDS, 1e-5f, (n / 7) % 2};
                         run_norm_short(&tables[ti], &rng, &c);
                         /* eps 0: constant rows have s = inf and NaN outputs */
                         c.eps = 0.0f;
@@ -892,12 +917,23 @@ static void test_norm_short(void **state)
                         c.flags = 15 - c.flags;
                         run_norm_short(&tables[ti], &rng, &c);
                     }
+        /* per-row affine (InstanceNorm): every row count 1..64 at the
+         * lengths of 7x7 and 14x14 feature maps and around the vector widths */
+        static const size_t in_lens[] = {1, 7, 8, 9, 49, 63, 64};
+        for (size_t li = 0; li < sizeof in_lens / sizeof in_lens[0]; li++)
+            for (size_t rows = 1; rows <= 64; rows++, n++) {
+                short_case c = {rows, in_lens[li], n % 3, 5 * (n % 2), n % 4, (n / 2) % 4,
+                                0, n % 3 ? NK_ACT_NONE : NK_ACT_RELU, (n % 4) * 4 + 3,
+                                (n / 3) % 2, SHORT_KINDS, 1e-5f, 1};
+                run_norm_short(&tables[ti], &rng, &c);
+            }
     }
 }
 
 /* norm_short: a row's result depends on that row alone (not on the other
  * rows of its block, nor on how the rows are split into calls), and in
- * place gives the bits of out of place; every table. */
+ * place gives the bits of out of place; every table, the affine per column
+ * and per row (a call from row r0 takes g + r0, b + r0 then). */
 static void test_norm_short_rows_alone(void **state)
 {
     (void)state;
@@ -909,34 +945,37 @@ static void test_norm_short_rows_alone(void **state)
         nkt_rng rng;
         nkt_seed(&rng, 42);
         for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
-            for (int rms = 0; rms < 2; rms++) {
-                const size_t len = lens[li], n = ROWS * len;
+            for (int mode = 0; mode < 4; mode++) {
+                const int rms = mode & 1, ra = mode >> 1;
+                const unsigned kf = short_flags(rms, ra);
+                const size_t len = lens[li], n = ROWS * len, na = ra ? ROWS : len;
                 float *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y);
-                float *z = malloc(n * sizeof *z), *g = malloc(len * sizeof *g);
+                float *z = malloc(n * sizeof *z), *g = malloc(na * sizeof *g);
                 float m[ROWS], s[ROWS], m2[ROWS], s2[ROWS];
                 assert_true(x && y && z && g);
                 for (size_t r = 0; r < ROWS; r++)
                     short_fill_row(&rng, x + r * len, len, (int)(r % SHORT_KINDS));
-                nkt_fill(&rng, g, len, 1.0, 0.3);
+                nkt_fill(&rng, g, na, 1.0, 0.3);
                 const nk_epilogue ep = {(int)(li % 6), 0.1f, 0};
-                k->norm_short(x, y, ROWS, len, len, len, g, g, 1e-5f, rms, m, s, &ep);
+                k->norm_short(x, y, ROWS, len, len, len, g, g, 1e-5f, kf, m, s, &ep);
                 for (size_t si = 0; si < sizeof splits / sizeof splits[0]; si++) {
                     /* the rows in calls of splits[si] rows, the last one from row 0 */
                     for (size_t r0 = 0; r0 < ROWS; r0 += splits[si]) {
                         size_t nr = ROWS - r0 < splits[si] ? ROWS - r0 : splits[si];
-                        k->norm_short(x + r0 * len, z + r0 * len, nr, len, len, len, g, g, 1e-5f,
-                                      rms, m2 + r0, s2 + r0, &ep);
+                        const float *gr = ra ? g + r0 : g;
+                        k->norm_short(x + r0 * len, z + r0 * len, nr, len, len, len, gr, gr,
+                                      1e-5f, kf, m2 + r0, s2 + r0, &ep);
                     }
                     if (memcmp(y, z, n * sizeof *y) || memcmp(m, m2, sizeof m) ||
                         memcmp(s, s2, sizeof s)) {
-                        print_error("%s norm_short len %zu rms %d: calls of %zu rows differ from "
-                                    "one call\n",
-                                    tables[ti].name, len, rms, splits[si]);
+                        print_error("%s norm_short len %zu flags %u: calls of %zu rows differ "
+                                    "from one call\n",
+                                    tables[ti].name, len, kf, splits[si]);
                         fail();
                     }
                 }
                 memcpy(z, x, n * sizeof *z);
-                k->norm_short(z, z, ROWS, len, len, len, g, g, 1e-5f, rms, NULL, NULL, &ep);
+                k->norm_short(z, z, ROWS, len, len, len, g, g, 1e-5f, kf, NULL, NULL, &ep);
                 check_inplace(tables[ti].name, "norm_short", y, z, n, len, ep.act, 0);
                 free(x);
                 free(y);

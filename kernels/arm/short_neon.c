@@ -10,7 +10,9 @@
  * vector sqrt and divide; ARMv7 NEON has only estimates, so the four lanes
  * go through scalar VFP). Rows whose statistics are not finite are
  * recomputed by nk_short_stats_f64. Rows of a last, partial block repeat
- * its last row (computed and dropped).
+ * its last row (computed and dropped). The affine is per column (gamma and
+ * beta padded to whole vectors, loaded per vector) or, NK_SHORT_ROW_AFFINE,
+ * per row (broadcast once per row); the two modes are compiled apart.
  */
 #include "kernels/arm/neon_util.h"
 
@@ -106,30 +108,36 @@ static void stats4(const float *const *p, size_t len, float inv, float eps, int 
 }
 
 /* y = act(((x - m) * s) * g + b) for one row; gv / bv: g / b (or 1 / 0)
- * padded to whole vectors */
+ * padded to whole vectors, or with ROWAFF the row's g and b */
 NK_INLINE void norm_row(const float *x, float *y, size_t len, float m, float s, const float *gv,
-                        const float *bv, const int act, float32x4_t alpha)
+                        const float *bv, const int ROWAFF, const int act, float32x4_t alpha)
 {
     const float32x4_t vm = vdupq_n_f32(m), vs = vdupq_n_f32(s);
+    const float32x4_t rg = vdupq_n_f32(ROWAFF ? gv[0] : 0.0f);
+    const float32x4_t rb = vdupq_n_f32(ROWAFF ? bv[0] : 0.0f);
+#define G(i) (ROWAFF ? rg : vld1q_f32(gv + (i)))
+#define B(i) (ROWAFF ? rb : vld1q_f32(bv + (i)))
     size_t i = 0;
     for (; i + 4 <= len; i += 4) {
         float32x4_t v = vmulq_f32(vsubq_f32(vld1q_f32(x + i), vm), vs);
-        vst1q_f32(y + i, nk_act_f32(nk_fma_f32(vld1q_f32(bv + i), v, vld1q_f32(gv + i)), act,
-                                    alpha));
+        vst1q_f32(y + i, nk_act_f32(nk_fma_f32(B(i), v, G(i)), act, alpha));
     }
     if (i < len) {
         float32x4_t v = vmulq_f32(vsubq_f32(nk_load_partial(x + i, len - i), vm), vs);
-        nk_store_partial(y + i,
-                         nk_act_f32(nk_fma_f32(vld1q_f32(bv + i), v, vld1q_f32(gv + i)), act,
-                                    alpha),
-                         len - i);
+        nk_store_partial(y + i, nk_act_f32(nk_fma_f32(B(i), v, G(i)), act, alpha), len - i);
     }
+#undef G
+#undef B
 }
 
+/* ROWAFF: g / b hold a float per row (NULL: 1 / 0); otherwise gv / bv are
+ * the padded vectors */
 NK_INLINE void short_act(const float *x, float *y, size_t rows, size_t len, size_t xstride,
-                         size_t ystride, const float *gv, const float *bv, float eps, int rms,
-                         float *mean_out, float *rstd_out, const int act, float32x4_t alpha)
+                         size_t ystride, const float *gv, const float *bv, const float *g,
+                         const float *b, float eps, int rms, float *mean_out, float *rstd_out,
+                         const int ROWAFF, const int act, float32x4_t alpha)
 {
+    static const float one = 1.0f, zero = 0.0f;
     const float inv = 1.0f / (float)len;
     for (size_t r0 = 0; r0 < rows; r0 += 4) {
         const size_t nr = rows - r0 < 4 ? rows - r0 : 4;
@@ -145,21 +153,35 @@ NK_INLINE void short_act(const float *x, float *y, size_t rows, size_t len, size
                 mean_out[r0 + r] = m[r];
             if (rstd_out)
                 rstd_out[r0 + r] = s[r];
-            norm_row(p[r], y + (r0 + r) * ystride, len, m[r], s[r], gv, bv, act, alpha);
+            if (ROWAFF)
+                norm_row(p[r], y + (r0 + r) * ystride, len, m[r], s[r],
+                         g ? g + r0 + r : &one, b ? b + r0 + r : &zero, 1, act, alpha);
+            else
+                norm_row(p[r], y + (r0 + r) * ystride, len, m[r], s[r], gv, bv, 0, act, alpha);
         }
     }
 }
 
 static void nk_norm_short__neon(const float *x, float *y, size_t rows, size_t len,
                                 size_t xstride, size_t ystride, const float *g, const float *b,
-                                float eps, int rms, float *mean_out, float *rstd_out,
+                                float eps, unsigned flags, float *mean_out, float *rstd_out,
                                 const nk_epilogue *ep)
 {
+    const int rms = (flags & NK_SHORT_RMS) != 0;
+    const float32x4_t al = vdupq_n_f32(ep->alpha);
+    if (flags & NK_SHORT_ROW_AFFINE) {
+#define SHORT(A)                                                                                   \
+    short_act(x, y, rows, len, xstride, ystride, NULL, NULL, g, b, eps, rms, mean_out, rstd_out,  \
+              1, A, al)
+        NK_ACT_SWITCH(SHORT)
+#undef SHORT
+        return;
+    }
     float gv[NK_SHORT_ROW + 4], bv[NK_SHORT_ROW + 4];
     nk_short_affine(g, b, len, NK_SHORT_ROW + 4, gv, bv);
-    const float32x4_t al = vdupq_n_f32(ep->alpha);
 #define SHORT(A)                                                                                   \
-    short_act(x, y, rows, len, xstride, ystride, gv, bv, eps, rms, mean_out, rstd_out, A, al)
+    short_act(x, y, rows, len, xstride, ystride, gv, bv, NULL, NULL, eps, rms, mean_out,          \
+              rstd_out, 0, A, al)
     NK_ACT_SWITCH(SHORT)
 #undef SHORT
 }

@@ -1,7 +1,7 @@
 /*
- * Portable norm_short kernel (LayerNorm / RMSNorm of rows of at most
- * NK_SHORT_ROW floats, contract in kernels/kernels.h): the fallback path and
- * the oracle of the vector kernels. Each row is summed in order, in fp32,
+ * Portable norm_short kernel (LayerNorm / RMSNorm / InstanceNorm of rows of
+ * at most NK_SHORT_ROW floats, contract in kernels/kernels.h): the fallback
+ * path and the oracle of the vector kernels. Each row is summed in order, in fp32,
  * with the same formulas as the vector kernels; only the summation order
  * differs. nk_short_stats_f64 is the fp64 fallback every ISA shares.
  */
@@ -61,9 +61,10 @@ static void row_stats(const float *x, size_t n, float eps, int rms, float *m, fl
 }
 
 static void norm_short_ref(const float *x, float *y, size_t rows, size_t len, size_t xstride,
-                           size_t ystride, const float *g, const float *b, float eps, int rms,
-                           float *mean_out, float *rstd_out, const nk_epilogue *ep)
+                           size_t ystride, const float *g, const float *b, float eps,
+                           unsigned flags, float *mean_out, float *rstd_out, const nk_epilogue *ep)
 {
+    const int rms = (flags & NK_SHORT_RMS) != 0, per_row = (flags & NK_SHORT_ROW_AFFINE) != 0;
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x + r * xstride;
         float *yr = y + r * ystride;
@@ -74,8 +75,10 @@ static void norm_short_ref(const float *x, float *y, size_t rows, size_t len, si
         if (rstd_out)
             rstd_out[r] = s;
         for (size_t i = 0; i < len; i++) {
+            /* gamma and beta of column i, or of row r */
+            const size_t j = per_row ? r : i;
             float v = (xr[i] - m) * s;
-            yr[i] = nk_act_ref(fmaf(v, g ? g[i] : 1.0f, b ? b[i] : 0.0f), ep);
+            yr[i] = nk_act_ref(fmaf(v, g ? g[j] : 1.0f, b ? b[j] : 0.0f), ep);
         }
     }
 }

@@ -1,7 +1,8 @@
 /*
- * norm_short: LayerNorm / RMSNorm of rows of at most NK_SHORT_ROW floats,
- * statistics and normalize in one call (contract and error bound in
- * kernels/kernels.h), written once and compiled per ISA through nk_x86.h.
+ * norm_short: LayerNorm / RMSNorm / InstanceNorm of rows of at most
+ * NK_SHORT_ROW floats, statistics and normalize in one call (contract and
+ * error bound in kernels/kernels.h), written once and compiled per ISA
+ * through nk_x86.h.
  *
  * A short row is a few dozen flops, so the row kernels' fixed costs per row
  * (horizontal sums, fp64 chunk finalisation, a moments and a normalize
@@ -21,6 +22,11 @@
  * same order, so a row's result depends on that row alone, not on its
  * block or its lane. Rows whose statistics are not finite are recomputed
  * by nk_short_stats_f64.
+ *
+ * The affine is per column (gamma and beta copied once per call into whole
+ * vectors, loaded with each vector of the row) or, NK_SHORT_ROW_AFFINE, per
+ * row (the row's gamma and beta broadcast once per row); the two are
+ * compiled apart (ROWAFF), so neither tests the mode in its loops.
  */
 #include "kernels/x86/nk_x86.h"
 
@@ -150,24 +156,34 @@ NK_INLINE void block_stats(const float *x, size_t nr, size_t len, size_t xstride
     }
 }
 
+/* p + r, NULL for NULL */
+NK_INLINE const float *row_at(const float *p, size_t r) { return p ? p + r : NULL; }
+
+/* gamma and beta of row r, ROWAFF: g / b hold one float per row of the
+ * block (NULL: 1 / 0). Scalar loads broadcast: a select of the pointer
+ * vectorised would be a masked load from NULL (see nk_short_affine). */
+NK_INLINE vf row_g(const float *g, size_t r) { return vf_set1(g ? g[r] : 1.0f); }
+NK_INLINE vf row_b(const float *b, size_t r) { return vf_set1(b ? b[r] : 0.0f); }
+
 /* y = act(((x - m) * s) * g + b) for nr rows of V vectors from memory; gl /
- * bl hold g / b (or 1 / 0) padded to whole vectors. RMSNorm skips the
- * subtraction of its m = 0 (x - 0 == x; AVX2, 64 floats: 6.7 -> 6.3 ns a
- * row). */
+ * bl hold g / b (or 1 / 0) padded to whole vectors, or with ROWAFF one
+ * float per row (or NULL). RMSNorm skips the subtraction of its m = 0
+ * (x - 0 == x; AVX2, 64 floats: 6.7 -> 6.3 ns a row). */
 NK_INLINE void norm_body(const float *x, float *y, size_t nr, size_t xstride, size_t ystride,
                          size_t tail, const float *gl, const float *bl, const float *m,
-                         const float *s, const int V, const int RMS, const int act, vf alpha,
-                         int stream)
+                         const float *s, const int V, const int RMS, const int ROWAFF,
+                         const int act, vf alpha, int stream)
 {
     for (size_t r = 0; r < nr; r++, x += xstride, y += ystride) {
         const vf vm = vf_set1(m[r]), vs = vf_set1(s[r]);
+        const vf rg = ROWAFF ? row_g(gl, r) : vf_zero(), rb = ROWAFF ? row_b(bl, r) : vf_zero();
         for (int j = 0; j < V; j++) {
             const size_t o = (size_t)j * NK_VL;
             const int full = j < V - 1 || tail == NK_VL;
             vf v = full ? vf_loadu(x + o) : vf_load_n(x + o, tail);
-            v = act_apply(
-                vf_fma(vf_mul(RMS ? v : vf_sub(v, vm), vs), vf_loadu(gl + o), vf_loadu(bl + o)),
-                act, alpha);
+            v = act_apply(vf_fma(vf_mul(RMS ? v : vf_sub(v, vm), vs),
+                                 ROWAFF ? rg : vf_loadu(gl + o), ROWAFF ? rb : vf_loadu(bl + o)),
+                          act, alpha);
             if (!full)
                 vf_store_n(y + o, v, tail);
             else if (stream)
@@ -192,7 +208,8 @@ NK_INLINE void norm_body(const float *x, float *y, size_t nr, size_t xstride, si
  */
 NK_INLINE void block1(const float *x, float *y, size_t nr, size_t len, size_t xstride,
                       size_t ystride, const float *gl, const float *bl, float inv, float eps,
-                      const int RMS, const int act, vf alpha, int stream, float *m, float *s)
+                      const int RMS, const int ROWAFF, const int act, vf alpha, int stream,
+                      float *m, float *s)
 {
     const vf vinv = vf_set1(inv), ve = vf_set1(eps), one = vf_set1(1.0f);
     const float *p[NK_VL];
@@ -227,15 +244,19 @@ NK_INLINE void block1(const float *x, float *y, size_t nr, size_t len, size_t xs
             const unsigned r = (unsigned)__builtin_ctz(bad);
             nk_short_stats_f64(p[r], len, eps, RMS, &m[r], &s[r]);
         }
-        norm_body(x, y, nr, xstride, ystride, len, gl, bl, m, s, 1, RMS, act, alpha, stream);
+        norm_body(x, y, nr, xstride, ystride, len, gl, bl, m, s, 1, RMS, ROWAFF, act, alpha,
+                  stream);
         return;
     }
     NK_VIA_MEMORY(s);
-    const vf vg = vf_loadu(gl), vb = vf_loadu(bl);
+    const vf vg = ROWAFF ? vf_zero() : vf_loadu(gl), vb = ROWAFF ? vf_zero() : vf_loadu(bl);
     for (int r = 0; r < NK_VL; r++, y += ystride) {
         if ((size_t)r == nr)
             break;
-        const vf o = act_apply(vf_fma(vf_mul(v[r], vf_set1(s[r])), vg, vb), act, alpha);
+        const vf o = act_apply(vf_fma(vf_mul(v[r], vf_set1(s[r])),
+                                      ROWAFF ? row_g(gl, (size_t)r) : vg,
+                                      ROWAFF ? row_b(bl, (size_t)r) : vb),
+                               act, alpha);
         if (len < NK_VL)
             vf_store_n(y, o, len);
         else if (stream)
@@ -248,11 +269,15 @@ NK_INLINE void block1(const float *x, float *y, size_t nr, size_t len, size_t xs
 NK_INLINE void short_rows(const float *x, float *y, size_t rows, size_t len, size_t xstride,
                           size_t ystride, const float *g, const float *b, float eps, int rms,
                           float *mean_out, float *rstd_out, const nk_epilogue *ep, const int V,
-                          const int act)
+                          const int ROWAFF, const int act)
 {
     const size_t tail = len - (size_t)(V - 1) * NK_VL;
     float gl[SHORT_V * NK_VL], bl[SHORT_V * NK_VL];
-    nk_short_affine(g, b, len, (size_t)V * NK_VL, gl, bl);
+    if (!ROWAFF)
+        nk_short_affine(g, b, len, (size_t)V * NK_VL, gl, bl);
+/* the affine of the block from row r0: the padded vectors, or its rows' own */
+#define GL(r0) (ROWAFF ? row_at(g, r0) : gl)
+#define BL(r0) (ROWAFF ? row_at(b, r0) : bl)
     const float inv = 1.0f / (float)len;
     const vf alpha = vf_set1(ep->alpha);
     /* streaming only when every row's full vectors are aligned */
@@ -263,11 +288,11 @@ NK_INLINE void short_rows(const float *x, float *y, size_t rows, size_t len, siz
             const size_t nr = rows - r0 < NK_VL ? rows - r0 : NK_VL;
             float *m = ms[0][0], *s = ms[0][1];
             if (rms)
-                block1(x + r0 * xstride, y + r0 * ystride, nr, len, xstride, ystride, gl, bl, inv,
-                       eps, 1, act, alpha, stream, m, s);
+                block1(x + r0 * xstride, y + r0 * ystride, nr, len, xstride, ystride, GL(r0),
+                       BL(r0), inv, eps, 1, ROWAFF, act, alpha, stream, m, s);
             else
-                block1(x + r0 * xstride, y + r0 * ystride, nr, len, xstride, ystride, gl, bl, inv,
-                       eps, 0, act, alpha, stream, m, s);
+                block1(x + r0 * xstride, y + r0 * ystride, nr, len, xstride, ystride, GL(r0),
+                       BL(r0), inv, eps, 0, ROWAFF, act, alpha, stream, m, s);
             if (mean_out)
                 memcpy(mean_out + r0, m, nr * sizeof(float));
             if (rstd_out)
@@ -295,25 +320,28 @@ NK_INLINE void short_rows(const float *x, float *y, size_t rows, size_t len, siz
             if (rstd_out)
                 memcpy(rstd_out + r0, s, nr * sizeof(float));
             if (rms)
-                norm_body(x + r0 * xstride, y + r0 * ystride, nr, xstride, ystride, tail, gl, bl,
-                          m, s, V, 1, act, alpha, stream);
+                norm_body(x + r0 * xstride, y + r0 * ystride, nr, xstride, ystride, tail, GL(r0),
+                          BL(r0), m, s, V, 1, ROWAFF, act, alpha, stream);
             else
-                norm_body(x + r0 * xstride, y + r0 * ystride, nr, xstride, ystride, tail, gl, bl,
-                          m, s, V, 0, act, alpha, stream);
+                norm_body(x + r0 * xstride, y + r0 * ystride, nr, xstride, ystride, tail, GL(r0),
+                          BL(r0), m, s, V, 0, ROWAFF, act, alpha, stream);
         }
     }
+#undef GL
+#undef BL
     if (stream)
         _mm_sfence();
 }
 
 NK_INLINE void short_act(const float *x, float *y, size_t rows, size_t len, size_t xstride,
                          size_t ystride, const float *g, const float *b, float eps, int rms,
-                         float *mean_out, float *rstd_out, const nk_epilogue *ep, const int act)
+                         float *mean_out, float *rstd_out, const nk_epilogue *ep,
+                         const int ROWAFF, const int act)
 {
 #define CASE(V)                                                                                    \
     case V:                                                                                        \
         short_rows(x, y, rows, len, xstride, ystride, g, b, eps, rms, mean_out, rstd_out, ep, V,   \
-                   act);                                                                           \
+                   ROWAFF, act);                                                                   \
         break;
     switch ((len + NK_VL - 1) / NK_VL) {
         CASE(1)
@@ -327,22 +355,31 @@ NK_INLINE void short_act(const float *x, float *y, size_t rows, size_t len, size
 #endif
     default:
         short_rows(x, y, rows, len, xstride, ystride, g, b, eps, rms, mean_out, rstd_out, ep,
-                   SHORT_V, act);
+                   SHORT_V, ROWAFF, act);
         break;
     }
 #undef CASE
 }
 
-/* One function per activation: each a unit the register allocator handles
- * well (with every instantiation in one function it spilled the block's
- * vectors in the hot loop). */
+/* One function per activation and affine mode: each a unit the register
+ * allocator handles well (with every instantiation in one function it
+ * spilled the block's vectors in the hot loop). */
 #define SHORT_FN(ACT)                                                                              \
     static __attribute__((noinline)) void short_##ACT(                                             \
         const float *x, float *y, size_t rows, size_t len, size_t xstride, size_t ystride,         \
         const float *g, const float *b, float eps, int rms, float *mean_out, float *rstd_out,      \
         const nk_epilogue *ep)                                                                     \
     {                                                                                              \
-        short_act(x, y, rows, len, xstride, ystride, g, b, eps, rms, mean_out, rstd_out, ep, ACT); \
+        short_act(x, y, rows, len, xstride, ystride, g, b, eps, rms, mean_out, rstd_out, ep, 0,    \
+                  ACT);                                                                            \
+    }                                                                                              \
+    static __attribute__((noinline)) void short_row_##ACT(                                         \
+        const float *x, float *y, size_t rows, size_t len, size_t xstride, size_t ystride,         \
+        const float *g, const float *b, float eps, int rms, float *mean_out, float *rstd_out,      \
+        const nk_epilogue *ep)                                                                     \
+    {                                                                                              \
+        short_act(x, y, rows, len, xstride, ystride, g, b, eps, rms, mean_out, rstd_out, ep, 1,    \
+                  ACT);                                                                            \
     }
 SHORT_FN(NK_ACT_NONE)
 SHORT_FN(NK_ACT_RELU)
@@ -353,12 +390,21 @@ SHORT_FN(NK_ACT_GELU_TANH)
 #undef SHORT_FN
 
 static void NK_FN(norm_short)(const float *x, float *y, size_t rows, size_t len, size_t xstride,
-                              size_t ystride, const float *g, const float *b, float eps, int rms,
-                              float *mean_out, float *rstd_out, const nk_epilogue *ep)
+                              size_t ystride, const float *g, const float *b, float eps,
+                              unsigned flags, float *mean_out, float *rstd_out,
+                              const nk_epilogue *ep)
 {
+    const int rms = (flags & NK_SHORT_RMS) != 0;
 #define SHORT(ACT)                                                                                 \
     short_##ACT(x, y, rows, len, xstride, ystride, g, b, eps, rms, mean_out, rstd_out, ep)
-    NK_ACT_SWITCH(SHORT)
+#define SHORT_ROW(ACT)                                                                             \
+    short_row_##ACT(x, y, rows, len, xstride, ystride, g, b, eps, rms, mean_out, rstd_out, ep)
+    if (flags & NK_SHORT_ROW_AFFINE) {
+        NK_ACT_SWITCH(SHORT_ROW)
+    } else {
+        NK_ACT_SWITCH(SHORT)
+    }
+#undef SHORT_ROW
 #undef SHORT
 }
 
