@@ -310,6 +310,111 @@ static void short_rows_strided(void **state)
         }
 }
 
+/*
+ * Channels-first InstanceNorm over spatial <= 64 (the short-row kernel with
+ * the per-row affine) and 65 (the row kernels) through nk_instance_norm_ex:
+ * C = 300, so blocks of rows straddle samples; dense and with padded
+ * channels and samples in x and y; inline and on a pool. Outputs and saved
+ * statistics match the float64 oracle, the padding of y is untouched, and
+ * the pool gives the inline bits; so does the dense call on the short-row
+ * kernel, where each row's result depends on that row's values alone
+ * (kernels/kernels.h). The row-kernel path (spatial 65) is not held to the
+ * dense bits: its saved statistics differ from the strided call's in the
+ * last bits.
+ */
+static void instance_short_strided(void **state)
+{
+    (void)state;
+    static const int64_t ss[] = {2, 7, 16, 17, 49, 64, 65};
+    enum { N = 3, C = 300 };
+    nkt_rng r;
+    nkt_seed(&r, 29);
+    const nk_threadpool pool = {NULL, rev_threads, rev_for};
+    nk_context pc = NK_CONTEXT_INIT;
+    pc.pool = &pool;
+    for (size_t si_ = 0; si_ < sizeof ss / sizeof ss[0]; si_++) {
+        const int64_t S = ss[si_], rows = N * C;
+        const int64_t xs1 = S + 3, xs0 = C * xs1 + 5, ys1 = S + 7, ys0 = C * ys1 + 1;
+        float *x = malloc((size_t)(N * xs0) * sizeof *x);
+        float *y = malloc((size_t)(N * ys0) * sizeof *y);
+        float *y2 = malloc((size_t)(N * ys0) * sizeof *y2);
+        float *xd = malloc((size_t)(rows * S) * sizeof *xd);
+        float *yd = malloc((size_t)(rows * S) * sizeof *yd);
+        double *ref = malloc((size_t)(rows * S) * sizeof *ref);
+        float *w = malloc(C * sizeof *w), *b = malloc(C * sizeof *b);
+        float sm[3][N * C], si[3][N * C];
+        assert_true(x && y && y2 && xd && yd && ref && w && b);
+        /* the data of check_channel_op: a spatial extent of 2 leaves some rows
+         * with sd far below the mean, where x - mean cancels (any path) */
+        nkt_fill(&r, x, (size_t)(N * xs0), 0.3, 1.0);
+        nkt_fill(&r, w, C, 1.0, 0.3);
+        nkt_fill(&r, b, C, 0.0, 0.5);
+        for (int64_t i = 0; i < N * ys0; i++)
+            y[i] = y2[i] = 777.0f;
+        for (int64_t q = 0; q < rows; q++)
+            memcpy(xd + q * S, x + (q / C) * xs0 + (q % C) * xs1, (size_t)S * sizeof *xd);
+        const nk_options *o = &acts[si_ % 6];
+        nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+        d.layout = NK_CHANNELS_FIRST;
+        d.n = N, d.c = C, d.spatial = S;
+        d.x_stride[0] = xs0, d.x_stride[1] = xs1, d.y_stride[0] = ys0, d.y_stride[1] = ys1;
+        d.activation = (int32_t)o->activation;
+        d.alpha = o->alpha;
+        for (int k = 0; k < 2; k++)
+            assert_int_equal(nk_instance_norm_ex(k ? &pc : NULL, &d, x, k ? y2 : y, w, b, 1e-5, 1,
+                                                 NULL, sm[k], si[k]),
+                             NK_OK);
+        const nk_shape sh = {N, C, S, NK_CHANNELS_FIRST};
+        assert_int_equal(nk_instance_norm(xd, &sh, w, b, 1e-5, 1, NULL, yd, sm[2], si[2], o),
+                         NK_OK);
+        char what[96];
+        snprintf(what, sizeof what, "InstanceNorm _ex spatial %lld strided", (long long)S);
+        const int short_rows = S <= 64; /* NK_SHORT_ROW */
+        if (memcmp(y, y2, (size_t)(N * ys0) * sizeof *y) || memcmp(si[0], si[1], sizeof si[0]) ||
+            memcmp(sm[0], sm[1], sizeof sm[0]) ||
+            (short_rows &&
+             (memcmp(si[0], si[2], sizeof si[0]) || memcmp(sm[0], sm[2], sizeof sm[0])))) {
+            print_error("%s: a pool or the dense call gives other bits than the calling thread\n",
+                        what);
+            fail();
+        }
+        nkt_oracle_norm(xd, &sh, NKT_IN, 0, w, b, 1e-5, o, ref);
+        for (int64_t q = 0; q < rows; q++) {
+            const float *yq = y + (q / C) * ys0 + (q % C) * ys1;
+            nkt_assert_close(yq, ref + q * S, (size_t)S, ATOL, 0.0, what);
+            if (short_rows && memcmp(yq, yd + q * S, (size_t)S * sizeof *yq)) {
+                print_error("%s row %lld: strided and dense outputs differ\n", what,
+                            (long long)q);
+                fail();
+            }
+            for (int64_t i = S; i < ys1 && (q / C) * ys0 + (q % C) * ys1 + i < N * ys0; i++)
+                assert_true(yq[i] == 777.0f);
+            const float *xr = xd + q * S;
+            double mean = 0.0, m2 = 0.0;
+            for (int64_t i = 0; i < S; i++)
+                mean += xr[i];
+            mean /= (double)S;
+            for (int64_t i = 0; i < S; i++)
+                m2 += (xr[i] - mean) * (xr[i] - mean);
+            const double inv = 1.0 / sqrt(m2 / (double)S + 1e-5);
+            if (!(fabs(si[0][q] - inv) <= 1e-5 * inv) ||
+                !(fabs(sm[0][q] - mean) <= 1e-6 * (fabs(mean) + 1.0))) {
+                print_error("%s row %lld: saved %.9g %.9g, oracle %.9g %.9g\n", what,
+                            (long long)q, (double)sm[0][q], (double)si[0][q], mean, inv);
+                fail();
+            }
+        }
+        free(x);
+        free(y);
+        free(y2);
+        free(xd);
+        free(yd);
+        free(ref);
+        free(w);
+        free(b);
+    }
+}
+
 static void large_groups(void **state)
 {
     (void)state;
@@ -625,6 +730,7 @@ int main(void)
         cmocka_unit_test(channel_ops_primes_and_wide),
         cmocka_unit_test(row_ops_lengths),
         cmocka_unit_test(short_rows_strided),
+        cmocka_unit_test(instance_short_strided),
         cmocka_unit_test(large_groups),
         cmocka_unit_test(groupnorm_tens_of_millions),
         cmocka_unit_test(mean_shifted_rows),
