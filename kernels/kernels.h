@@ -161,8 +161,10 @@ void nk_kernels_init_avx512(nk_kernels *k);
 void nk_kernels_init_neon(nk_kernels *k);
 #endif
 
-/* body(ACT) with the activation of ep as a compile-time constant (the
- * vector kernels compile one loop per activation) */
+/* The activation dispatch of every vector kernel: body(ACT) with the
+ * activation of ep as a compile-time constant (the kernels compile one loop
+ * per activation). A new activation is added here, in NK_ACT_EACH, in
+ * nk_act_ref and in act_apply (kernels/simd/nk_simd.h). */
 #define NK_ACT_SWITCH(body)                                                                       \
     switch (ep->act) {                                                                            \
     case NK_ACT_RELU: body(NK_ACT_RELU); break;                                                   \
@@ -172,6 +174,16 @@ void nk_kernels_init_neon(nk_kernels *k);
     case NK_ACT_GELU_TANH: body(NK_ACT_GELU_TANH); break;                                         \
     default: body(NK_ACT_NONE); break;                                                            \
     }
+/* X(ACT) for every activation, in the order of NK_ACT_SWITCH: where the
+ * per-activation bodies are functions of their own, they are defined from
+ * this list */
+#define NK_ACT_EACH(X)                                                                            \
+    X(NK_ACT_NONE)                                                                                \
+    X(NK_ACT_RELU)                                                                                \
+    X(NK_ACT_LEAKY_RELU)                                                                          \
+    X(NK_ACT_SILU)                                                                                \
+    X(NK_ACT_GELU_ERF)                                                                            \
+    X(NK_ACT_GELU_TANH)
 
 /* gamma and beta of norm_short as n >= len floats each, 1 and 0 where absent
  * and past len, so that the vector kernels load whole vectors of them. Copied,

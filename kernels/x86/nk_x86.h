@@ -1,7 +1,7 @@
 /*
- * Per-ISA vector helpers for the x86 kernels (SLEEF's helper-header pattern):
- * the algorithm files (moments_x86.c, normalize_x86.c, short_x86.c) are written once
- * against this small vocabulary and compiled once per ISA.
+ * x86 vocabulary of the vector kernels (kernels/simd/nk_simd.h lists what a
+ * vocabulary header provides; the algorithm files in kernels/simd are
+ * written once against it). Included only through nk_simd.h.
  *
  *   NK_X86_AVX512 defined: 16 float lanes, AVX-512 F/BW/DQ/VL (+FMA)
  *   otherwise:             8 float lanes, AVX2 + FMA
@@ -19,12 +19,6 @@
 #ifndef NK_KERNELS_X86_NK_X86_H
 #define NK_KERNELS_X86_NK_X86_H
 
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
-
-#include "kernels/kernels.h"
-
 #if defined(NK_SIMDE)
 #  if !defined(NK_X86_AVX512)
 #    error "NK_SIMDE emulates the AVX-512 kernels only"
@@ -39,19 +33,24 @@
 #  include <immintrin.h>
 #endif
 
-#if defined(NK_HAVE_SLEEF) && NK_HAVE_SLEEF
+#if NK_USE_SLEEF
 #  include <sleef.h>
-#  define NK_USE_SLEEF 1
-#else
-#  define NK_USE_SLEEF 0
 #endif
 
-#define NK_INLINE static inline __attribute__((always_inline))
+/* Non-temporal stores where ep asks for them; an sfence orders them before
+ * the kernel returns. */
+#define NK_STREAM(ep) ((ep)->stream)
+NK_INLINE void nk_stream_fence(void) { _mm_sfence(); }
+NK_INLINE void nk_prefetch(const float *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
+#define NK_IEEE_VDIV 1
+/* inv_std in fp64 vectors: kernels/x86/inv_std_x86.c */
+#define NK_HAVE_INV_STD 1
 
 /* ------------------------------------------------------------------------ */
 #if defined(NK_X86_AVX512)
 
 #  define NK_VL 16
+#  define NK_NREGS 32
 #  if defined(NK_SIMDE)
 #    define NK_FN(name) nk_##name##__avx512_emu
 #    define NK_INIT nk_kernels_init_avx512_emu
@@ -223,6 +222,7 @@ NK_INLINE vf vf_tanh(vf v) { NK_LANES(tanhf); }
 #else /* AVX2 + FMA */
 
 #  define NK_VL 8
+#  define NK_NREGS 16
 #  define NK_FN(name) nk_##name##__avx2
 #  define NK_INIT nk_kernels_init_avx2
 
@@ -313,46 +313,6 @@ NK_INLINE vf vf_tanh(vf v) { NK_LANES(tanhf); }
 
 #endif
 
-/* first level of the transposing row sums: rows r and r + NK_VL / 2 */
-NK_INLINE vf vf_fold_rows(vf a, vf b) { return vf_add(vf_fold_p(a, b), vf_fold_q(a, b)); }
-
-/* The fused activation: the same expressions as nk_act_ref, lane-wise. */
-#define NK_SQRT1_2 0.70710678118654752f
-#define NK_GELU_K 0.7978845608028654f
-NK_INLINE vf act_apply(vf v, const int act, vf alpha)
-{
-    const vf one = vf_set1(1.0f), half = vf_set1(0.5f);
-    switch (act) {
-    case NK_ACT_RELU:
-        return vf_relu(v);
-    case NK_ACT_LEAKY_RELU:
-        return vf_leaky(v, alpha);
-    case NK_ACT_SILU:
-        return vf_div(v, vf_add(one, vf_exp(vf_sub(vf_zero(), v))));
-    case NK_ACT_GELU_ERF:
-        return vf_mul(vf_mul(half, v), vf_add(one, vf_erf(vf_mul(v, vf_set1(NK_SQRT1_2)))));
-    case NK_ACT_GELU_TANH: {
-        vf cube = vf_mul(vf_mul(vf_mul(vf_set1(0.044715f), v), v), v);
-        vf inner = vf_mul(vf_set1(NK_GELU_K), vf_add(v, cube));
-        return vf_mul(vf_mul(half, v), vf_add(one, vf_tanh(inner)));
-    }
-    default:
-        return v;
-    }
-}
-
-/* Streaming stores need a vector-aligned destination. */
-#define NK_VBYTES (NK_VL * sizeof(float))
-NK_INLINE int nk_aligned(const float *p) { return ((uintptr_t)p % NK_VBYTES) == 0; }
-/* Floats before p reaches vector alignment (p must be float-aligned). */
-NK_INLINE size_t nk_head(const float *p)
-{
-    size_t mis = ((uintptr_t)p % NK_VBYTES) / sizeof(float);
-    return mis ? NK_VL - mis : 0;
-}
-
-void NK_INIT(nk_kernels *k);
-void NK_FN(kernels_init_moments)(nk_kernels *k);
-void NK_FN(kernels_init_short)(nk_kernels *k);
+NK_INLINE vf vf_rcp_sqrt(vf v) { return vf_div(vf_set1(1.0f), vf_sqrt(v)); }
 
 #endif

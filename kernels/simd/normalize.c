@@ -6,12 +6,12 @@
  *
  * The activation and the presence of gamma/beta are compile-time constants
  * of always-inlined bodies (one specialised loop each, selected by a switch
- * outside the loops). With ep->stream the full vectors go out with
+ * outside the loops). With NK_STREAM(ep) the full vectors go out with
  * non-temporal stores once the destination is vector aligned; head and tail
  * use ordinary masked stores, and an sfence orders the streamed data before
  * the kernel returns.
  */
-#include "kernels/x86/nk_x86.h"
+#include "kernels/simd/nk_simd.h"
 
 NK_INLINE vf norm1(vf x, vf m, vf a, vf b, const int act, vf alpha)
 {
@@ -98,7 +98,7 @@ NK_INLINE void rows_body(const float *x, float *y, size_t rows, size_t len, size
 {
     const vf alpha = vf_set1(ep->alpha);
     if (ps && rows > 1 && xstride == len && ystride == len && len >= NK_VL && len < ROWS_FLAT_MAX) {
-        if (ep->stream)
+        if (NK_STREAM(ep))
             rows_flat(x, y, rows, len, m, a, b, act, alpha, 1);
         else
             rows_flat(x, y, rows, len, m, a, b, act, alpha, 0);
@@ -106,7 +106,7 @@ NK_INLINE void rows_body(const float *x, float *y, size_t rows, size_t len, size
     }
     for (size_t r = 0; r < rows; r++)
         span_scalar(x + r * xstride, y + r * ystride, len, vf_set1(m[r * ps]), vf_set1(a[r * ps]),
-                    vf_set1(b[r * ps]), act, alpha, ep->stream);
+                    vf_set1(b[r * ps]), act, alpha, NK_STREAM(ep));
 }
 
 static void NK_FN(norm_rows)(const float *x, float *y, size_t rows, size_t len, size_t xstride,
@@ -116,8 +116,8 @@ static void NK_FN(norm_rows)(const float *x, float *y, size_t rows, size_t len, 
 #define ROWS(ACT) rows_body(x, y, rows, len, xstride, ystride, m, a, b, ps, ACT, ep)
     NK_ACT_SWITCH(ROWS)
 #undef ROWS
-    if (ep->stream)
-        _mm_sfence();
+    if (NK_STREAM(ep))
+        nk_stream_fence();
 }
 
 /* ---- norm_cols: per-column m, a, b ---- */
@@ -165,7 +165,7 @@ NK_INLINE void cols_tiled(const float *x, float *y, size_t rows, size_t cols, si
 {
     const vf alpha = vf_set1(ep->alpha);
     /* streaming only when every row's full vectors are aligned */
-    const int stream = ep->stream && nk_aligned(y) && ystride % NK_VL == 0;
+    const int stream = NK_STREAM(ep) && nk_aligned(y) && ystride % NK_VL == 0;
     /* a row of several blocks: the next block re-reads the tile's shared
      * lines from L1, so each line of x comes from memory once */
     const size_t tile = COLS_TILE / cols > COLS_MIN_ROWS ? COLS_TILE / cols : COLS_MIN_ROWS;
@@ -228,7 +228,7 @@ NK_INLINE void cols_body(const float *x, float *y, size_t rows, size_t cols, siz
     }
     const vf alpha = vf_set1(ep->alpha);
     /* streaming only when every row's full vectors are aligned */
-    const int stream = ep->stream && nk_aligned(y) && ystride % NK_VL == 0;
+    const int stream = NK_STREAM(ep) && nk_aligned(y) && ystride % NK_VL == 0;
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x + r * xstride;
         float *yr = y + r * ystride;
@@ -253,8 +253,8 @@ static void NK_FN(norm_cols)(const float *x, float *y, size_t rows, size_t cols,
 #define COLS(ACT) cols_body(x, y, rows, cols, xstride, ystride, m, a, b, ACT, ep)
     NK_ACT_SWITCH(COLS)
 #undef COLS
-    if (ep->stream)
-        _mm_sfence();
+    if (NK_STREAM(ep))
+        nk_stream_fence();
 }
 
 /* ---- norm_affine: per-row m, s; per-column gamma, beta ---- */
@@ -277,7 +277,7 @@ NK_INLINE void affine_body(const float *x, float *y, size_t rows, size_t len, si
         float *yr = y + r * ystride;
         const vf vm = vf_set1(m ? m[r] : 0.0f), vs = vf_set1(s[r]);
         size_t i = 0;
-        if (ep->stream) {
+        if (NK_STREAM(ep)) {
             size_t h = nk_head(yr);
             h = h < len ? h : len;
             if (h)
@@ -319,74 +319,29 @@ static void NK_FN(norm_affine)(const float *x, float *y, size_t rows, size_t len
     } while (0)
     NK_ACT_SWITCH(AFFINE)
 #undef AFFINE
-    if (ep->stream)
-        _mm_sfence();
+    if (NK_STREAM(ep))
+        nk_stream_fence();
 }
 
 /* ---- inv_scale: the same IEEE operations as the scalar kernel ---- */
 
+#if NK_IEEE_VDIV
 static void NK_FN(inv_scale)(const float *var, const float *w, float eps, size_t n, float *a)
 {
-    const vf ve = vf_set1(eps), one = vf_set1(1.0f);
+    const vf ve = vf_set1(eps);
     size_t i = 0;
     for (; i + NK_VL <= n; i += NK_VL) {
-        vf inv = vf_div(one, vf_sqrt(vf_add(vf_loadu(var + i), ve)));
+        vf inv = vf_rcp_sqrt(vf_add(vf_loadu(var + i), ve));
         vf_storeu(a + i, w ? vf_mul(inv, vf_loadu(w + i)) : inv);
     }
     if (i < n) {
-        vf inv = vf_div(one, vf_sqrt(vf_add(vf_load_n(var + i, n - i), ve)));
+        vf inv = vf_rcp_sqrt(vf_add(vf_load_n(var + i, n - i), ve));
         vf_store_n(a + i, w ? vf_mul(inv, vf_load_n(w + i, n - i)) : inv, n - i);
     }
 }
-
-/* ---- inv_std: fp64, the same IEEE operations as the scalar kernel ---- */
-
-static void NK_FN(inv_std)(const nk_moments *mo, size_t n, double eps, double *var, double *inv)
-{
-    const double *base = (const double *)mo; /* {count, mean, m2} per channel */
-    size_t i = 0;
-#if NK_VL == 16
-    /* 8 channels are 24 doubles in three vectors: counts at 0, 3, ..., 21,
-     * m2 at 2, 5, ..., 23 (permute index bit 3 picks the second source) */
-    const __m512i ic = _mm512_set_epi64(0, 0, 15, 12, 9, 6, 3, 0);
-    const __m512i ic2 = _mm512_set_epi64(5, 2, 0, 0, 0, 0, 0, 0);
-    const __m512i iq = _mm512_set_epi64(0, 0, 0, 14, 11, 8, 5, 2);
-    const __m512i iq2 = _mm512_set_epi64(7, 4, 1, 0, 0, 0, 0, 0);
-    const __m512d ve = _mm512_set1_pd(eps), one = _mm512_set1_pd(1.0), zero = _mm512_setzero_pd();
-    for (; i + 8 <= n; i += 8) {
-        const double *p = base + 3 * i;
-        __m512d v0 = _mm512_loadu_pd(p), v1 = _mm512_loadu_pd(p + 8), v2 = _mm512_loadu_pd(p + 16);
-        __m512d c = _mm512_mask_permutexvar_pd(_mm512_permutex2var_pd(v0, ic, v1), 0xC0, ic2, v2);
-        __m512d m2 = _mm512_mask_permutexvar_pd(_mm512_permutex2var_pd(v0, iq, v1), 0xE0, iq2, v2);
-        __mmask8 full = _mm512_cmp_pd_mask(c, zero, _CMP_GT_OQ);
-        __m512d v = _mm512_maskz_div_pd(full, m2, c);
-        _mm512_storeu_pd(var + i, v);
-        v = _mm512_add_pd(v, ve);
-        __m512d r = _mm512_div_pd(one, _mm512_sqrt_pd(v));
-        _mm512_storeu_pd(inv + i, _mm512_mask_blend_pd(_mm512_cmp_pd_mask(v, zero, _CMP_EQ_OQ), r,
-                                                       zero));
-    }
-#else
-    const __m256d ve = _mm256_set1_pd(eps), one = _mm256_set1_pd(1.0), zero = _mm256_setzero_pd();
-    for (; i + 4 <= n; i += 4) {
-        const double *p = base + 3 * i;
-        __m256d c = _mm256_set_pd(p[9], p[6], p[3], p[0]);
-        __m256d m2 = _mm256_set_pd(p[11], p[8], p[5], p[2]);
-        __m256d full = _mm256_cmp_pd(c, zero, _CMP_GT_OQ);
-        /* empty lanes divide by 1 and are then cleared */
-        __m256d v = _mm256_and_pd(_mm256_div_pd(m2, _mm256_blendv_pd(one, c, full)), full);
-        _mm256_storeu_pd(var + i, v);
-        v = _mm256_add_pd(v, ve);
-        __m256d r = _mm256_div_pd(one, _mm256_sqrt_pd(v));
-        _mm256_storeu_pd(inv + i, _mm256_blendv_pd(r, zero, _mm256_cmp_pd(v, zero, _CMP_EQ_OQ)));
-    }
 #endif
-    for (; i < n; i++) {
-        var[i] = mo[i].count > 0.0 ? mo[i].m2 / mo[i].count : 0.0;
-        inv[i] = nk_inv_std1(var[i], eps);
-    }
-}
 
+/* inv_std (fp64) is the architecture's own where NK_HAVE_INV_STD */
 void NK_INIT(nk_kernels *k)
 {
     NK_FN(kernels_init_moments)(k);
@@ -394,6 +349,10 @@ void NK_INIT(nk_kernels *k)
     k->norm_rows = NK_FN(norm_rows);
     k->norm_cols = NK_FN(norm_cols);
     k->norm_affine = NK_FN(norm_affine);
+#if NK_IEEE_VDIV
     k->inv_scale = NK_FN(inv_scale);
-    k->inv_std = NK_FN(inv_std);
+#endif
+#if NK_HAVE_INV_STD
+    NK_FN(kernels_init_inv_std)(k);
+#endif
 }

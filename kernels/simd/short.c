@@ -28,7 +28,7 @@
  * row (the row's gamma and beta broadcast once per row); the two are
  * compiled apart (ROWAFF), so neither tests the mode in its loops.
  */
-#include "kernels/x86/nk_x86.h"
+#include "kernels/simd/nk_simd.h"
 
 /* vectors per row, at most */
 #define SHORT_V ((NK_SHORT_ROW + NK_VL - 1) / NK_VL)
@@ -65,7 +65,7 @@ NK_INLINE unsigned stats_body(const float *const *p, size_t tail, float inv, flo
                   : vf_loadu(p[r] + (size_t)(j) * NK_VL))
 /* x - k, 0 past tail */
 #define DEV(r, j, k) ((j) == V - 1 ? vf_sub_n(LD(r, j), k, tail) : vf_sub(LD(r, j), k))
-    const vf vinv = vf_set1(inv), ve = vf_set1(eps), one = vf_set1(1.0f);
+    const vf vinv = vf_set1(inv), ve = vf_set1(eps);
     vf w[HALF], S1 = vf_zero();
     if (!RMS) {
         /* pass 1: sum(x - K) */
@@ -104,7 +104,7 @@ NK_INLINE unsigned stats_body(const float *const *p, size_t tail, float inv, flo
 #undef DEV
 #undef LD
     const vf S2 = vf_sum_folded(w);
-    vf_storeu(s, vf_div(one, vf_sqrt(vf_add(vf_mul(S2, vinv), ve))));
+    vf_storeu(s, vf_rcp_sqrt(vf_add(vf_mul(S2, vinv), ve)));
     /* a non-finite mean makes S2 non-finite too */
     return vf_nonfinite(S1) | vf_nonfinite(S2);
 }
@@ -126,21 +126,25 @@ typedef unsigned (*stats_fn)(const float *const *p, size_t tail, float inv, floa
     {                                                                                              \
         return stats_body(p, tail, inv, eps, V, 1, m, s);                                          \
     }
-STATS(2)
-STATS(3)
-STATS(4)
-#if SHORT_V > 4
-STATS(5)
-STATS(6)
-STATS(7)
-STATS(8)
-static const stats_fn stats_tab[2][SHORT_V - 1] = {
-    {stats_ln_2, stats_ln_3, stats_ln_4, stats_ln_5, stats_ln_6, stats_ln_7, stats_ln_8},
-    {stats_rms_2, stats_rms_3, stats_rms_4, stats_rms_5, stats_rms_6, stats_rms_7, stats_rms_8}};
+/* V = 2 .. SHORT_V: 4 (AVX-512), 8 (AVX2) or 16 (NEON) */
+#define SHORT_VS_4(X) X(2) X(3) X(4)
+#define SHORT_VS_8(X) SHORT_VS_4(X) X(5) X(6) X(7) X(8)
+#define SHORT_VS_16(X) SHORT_VS_8(X) X(9) X(10) X(11) X(12) X(13) X(14) X(15) X(16)
+#if SHORT_V == 4
+#  define SHORT_VS SHORT_VS_4
+#elif SHORT_V == 8
+#  define SHORT_VS SHORT_VS_8
+#elif SHORT_V == 16
+#  define SHORT_VS SHORT_VS_16
 #else
-static const stats_fn stats_tab[2][SHORT_V - 1] = {{stats_ln_2, stats_ln_3, stats_ln_4},
-                                                   {stats_rms_2, stats_rms_3, stats_rms_4}};
+#  error "norm_short: NK_SHORT_ROW / NK_VL vectors not listed"
 #endif
+SHORT_VS(STATS)
+#define STATS_LN(V) stats_ln_##V,
+#define STATS_RMS(V) stats_rms_##V,
+static const stats_fn stats_tab[2][SHORT_V - 1] = {{SHORT_VS(STATS_LN)}, {SHORT_VS(STATS_RMS)}};
+#undef STATS_RMS
+#undef STATS_LN
 #undef STATS
 
 /* m[r], s[r] of the nr (<= NK_VL) rows from x, V >= 2 */
@@ -211,7 +215,7 @@ NK_INLINE void block1(const float *x, float *y, size_t nr, size_t len, size_t xs
                       const int RMS, const int ROWAFF, const int act, vf alpha, int stream,
                       float *m, float *s)
 {
-    const vf vinv = vf_set1(inv), ve = vf_set1(eps), one = vf_set1(1.0f);
+    const vf vinv = vf_set1(inv), ve = vf_set1(eps);
     const float *p[NK_VL];
     block_rows(x, nr, xstride, p);
     vf v[NK_VL], w[HALF], S1 = vf_zero();
@@ -237,7 +241,7 @@ NK_INLINE void block1(const float *x, float *y, size_t nr, size_t len, size_t xs
         w[i] = vf_add(vf_mul(P, P), vf_mul(Q, Q));
     }
     const vf S2 = vf_sum_folded(w);
-    vf_storeu(s, vf_div(one, vf_sqrt(vf_add(vf_mul(S2, vinv), ve))));
+    vf_storeu(s, vf_rcp_sqrt(vf_add(vf_mul(S2, vinv), ve)));
     unsigned bad = (vf_nonfinite(S1) | vf_nonfinite(S2)) & ((2u << (nr - 1)) - 1u);
     if (bad) {
         for (; bad; bad &= bad - 1) {
@@ -281,7 +285,7 @@ NK_INLINE void short_rows(const float *x, float *y, size_t rows, size_t len, siz
     const float inv = 1.0f / (float)len;
     const vf alpha = vf_set1(ep->alpha);
     /* streaming only when every row's full vectors are aligned */
-    const int stream = ep->stream && nk_aligned(y) && ystride % NK_VL == 0;
+    const int stream = NK_STREAM(ep) && nk_aligned(y) && ystride % NK_VL == 0;
     float ms[2][2][NK_VL];
     if (V == 1) {
         for (size_t r0 = 0; r0 < rows; r0 += NK_VL) {
@@ -330,7 +334,7 @@ NK_INLINE void short_rows(const float *x, float *y, size_t rows, size_t len, siz
 #undef GL
 #undef BL
     if (stream)
-        _mm_sfence();
+        nk_stream_fence();
 }
 
 NK_INLINE void short_act(const float *x, float *y, size_t rows, size_t len, size_t xstride,
@@ -352,6 +356,16 @@ NK_INLINE void short_act(const float *x, float *y, size_t rows, size_t len, size
         CASE(5)
         CASE(6)
         CASE(7)
+#endif
+#if SHORT_V > 8
+        CASE(8)
+        CASE(9)
+        CASE(10)
+        CASE(11)
+        CASE(12)
+        CASE(13)
+        CASE(14)
+        CASE(15)
 #endif
     default:
         short_rows(x, y, rows, len, xstride, ystride, g, b, eps, rms, mean_out, rstd_out, ep,
@@ -381,12 +395,7 @@ NK_INLINE void short_act(const float *x, float *y, size_t rows, size_t len, size
         short_act(x, y, rows, len, xstride, ystride, g, b, eps, rms, mean_out, rstd_out, ep, 1,    \
                   ACT);                                                                            \
     }
-SHORT_FN(NK_ACT_NONE)
-SHORT_FN(NK_ACT_RELU)
-SHORT_FN(NK_ACT_LEAKY_RELU)
-SHORT_FN(NK_ACT_SILU)
-SHORT_FN(NK_ACT_GELU_ERF)
-SHORT_FN(NK_ACT_GELU_TANH)
+NK_ACT_EACH(SHORT_FN)
 #undef SHORT_FN
 
 static void NK_FN(norm_short)(const float *x, float *y, size_t rows, size_t len, size_t xstride,

@@ -11,7 +11,7 @@
  * read from memory: ROW_CHUNK elements per row (64 per lane with AVX-512, 128
  * with AVX2), COL_CHUNK rows per column block.
  */
-#include "kernels/x86/nk_x86.h"
+#include "kernels/simd/nk_simd.h"
 
 #define ROW_CHUNK 1024
 /* rows processed together: amortises the horizontal sums and the scalar
@@ -50,7 +50,7 @@ NK_INLINE void rows_chunk(const float *const *p, const int R, size_t n, nk_momen
             /* the next chunk streams in while this one's second pass runs
              * from L1 (prefetches past the row end are harmless) */
             for (size_t o = 0; o < (size_t)U * NK_VL; o += 64 / sizeof(float))
-                _mm_prefetch((const char *)(p[r] + i + o + PF_DIST), _MM_HINT_T0);
+                nk_prefetch(p[r] + i + o + PF_DIST);
             for (int u = 0; u < U; u++)
                 a[r][u] = vf_add(a[r][u], vf_loadu(p[r] + i + (size_t)u * NK_VL));
         }
@@ -67,7 +67,7 @@ NK_INLINE void rows_chunk(const float *const *p, const int R, size_t n, nk_momen
     vf vm[4], s1[4][4], s2[4][4];
     /* pass 2 holds 2 * R * U2 sums + R means: with 16 ymm registers (AVX2)
      * four rows get one pair each, or the sums spill to the stack */
-    const int U2 = NK_VL == 8 && R == 4 ? 1 : U;
+    const int U2 = NK_NREGS == 16 && R == 4 ? 1 : U;
     for (int r = 0; r < R; r++) {
         vf t = a[r][0];
         for (int u = 1; u < U; u++)
@@ -156,8 +156,7 @@ NK_INLINE void sumsq_group(const float *x, const int R, size_t len, size_t strid
             for (int r = 0; r < R; r++)
                 for (int u = 0; u < U; u++) {
                     if (u * NK_VL % 16 == 0)
-                        _mm_prefetch((const char *)(p[r] + i + (size_t)u * NK_VL + PF_DIST),
-                                     _MM_HINT_T0);
+                        nk_prefetch(p[r] + i + (size_t)u * NK_VL + PF_DIST);
                     vf v = vf_loadu(p[r] + i + (size_t)u * NK_VL);
                     a[r][u] = vf_fma(v, v, a[r][u]);
                 }
@@ -214,7 +213,7 @@ NK_INLINE void cols_chunk(const float *p, size_t nr, size_t stride, const int V,
     for (size_t r = 0; r < nr; r++, q += stride) {
         /* same columns one chunk further down: streams in during pass 2 */
         for (int v = 0; v < V; v += 64 / (int)NK_VBYTES ? 64 / (int)NK_VBYTES : 1)
-            _mm_prefetch((const char *)(q + nr * stride + v * NK_VL), _MM_HINT_T0);
+            nk_prefetch(q + nr * stride + v * NK_VL);
         for (int v = 0; v < V; v++)
             a[v] = vf_add(a[v], tail ? vf_load_n(q, tail) : vf_loadu(q + v * NK_VL));
     }

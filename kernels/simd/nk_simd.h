@@ -1,0 +1,127 @@
+/*
+ * The vector kernels' vocabulary (SLEEF's helper-header pattern): the
+ * algorithm files of kernels/simd (moments.c, normalize.c, short.c) are
+ * written once against it and compiled once per ISA, each time against the
+ * vocabulary header of the target:
+ *
+ *   kernels/x86/nk_x86.h   AVX2 (8 lanes), AVX-512 (16 lanes, also built
+ *                          against SIMDe for the tests)
+ *   kernels/arm/nk_neon.h  NEON, AArch64 and 32-bit ARMv7 (4 lanes)
+ *
+ * A vocabulary header defines, with the same semantics on every target:
+ *
+ *   NK_VL, vf              lanes per vector (even), the fp32 vector type
+ *   NK_NREGS               vector registers of the target (16 or 32): the
+ *                          algorithms size their unrolling by it
+ *   NK_FN(name), NK_INIT   per-ISA symbol names, the table filler the
+ *                          dispatcher calls
+ *   vf_zero set1 loadu storeu add sub mul div sqrt fma relu leaky
+ *   vf_load_n / vf_store_n the first n (0..NK_VL) lanes, nothing read or
+ *                          written past them; other lanes load as 0
+ *   vf_sub_n, vf_first     lane-masked subtract, blend of the first n lanes
+ *   vf_hsum                sum of the lanes
+ *   vf_fold_p / vf_fold_q / vf_sum_folded
+ *                          transposing row sums (see vf_fold_rows below)
+ *   vf_nonfinite           bit r set where lane r is infinite or NaN
+ *   vf_rcp_sqrt            1 / sqrt(v), both operations correctly rounded
+ *   vf_exp / vf_erf / vf_tanh
+ *                          SLEEF's 1.0-ulp functions (NK_HAVE_SLEEF), or
+ *                          libm's per lane without SLEEF
+ *   NK_STREAM(ep), vf_stream, nk_stream_fence()
+ *                          non-temporal stores: whether ep asks for them
+ *                          (0 where the target has none), the store, and
+ *                          the fence after the last of a call
+ *   nk_prefetch(p)         software prefetch into L1 (never faults)
+ *   NK_IEEE_VDIV           1 where vf_div and vf_sqrt are correctly rounded
+ *                          vector instructions (the inv_scale kernel is
+ *                          compiled only there)
+ *   NK_HAVE_INV_STD        1 where the architecture has an inv_std kernel
+ *                          of its own (fp64, outside this vocabulary):
+ *                          NK_FN(kernels_init_inv_std) fills it
+ *
+ * A new element type (fp16, bf16) is added here once per architecture, as
+ * loads and stores of it into vf; the algorithms do not change.
+ */
+#ifndef NK_KERNELS_SIMD_NK_SIMD_H
+#define NK_KERNELS_SIMD_NK_SIMD_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+
+#if defined(NK_HAVE_SLEEF) && NK_HAVE_SLEEF
+#  define NK_USE_SLEEF 1
+#else
+#  define NK_USE_SLEEF 0
+#endif
+
+#define NK_INLINE static inline __attribute__((always_inline))
+
+#if defined(__x86_64__) || defined(__i386__)
+#  include "kernels/x86/nk_x86.h"
+#elif defined(__ARM_NEON) || defined(__ARM_NEON__) || defined(__aarch64__)
+#  include "kernels/arm/nk_neon.h"
+#else
+#  error "kernels/simd: no vocabulary header for this target"
+#endif
+
+/*
+ * Transposing row sums of NK_VL vectors v[r] into one whose lane r is the
+ * sum of the lanes of v[r]: log2(NK_VL) levels, each combining pairs of
+ * vectors; every row's lanes are added by the same pairwise tree (lane i +
+ * lane i + NK_VL / 2, then + NK_VL / 4, ..., + 1) whatever its position, so
+ * a row's sum depends on that row alone. The first level,
+ * w[i] = vf_fold_rows(v[i], v[i + NK_VL / 2]) = vf_fold_p + vf_fold_q
+ * ([a.lo | b.hi] + [a.hi | b.lo]), is the caller's, so that it can fold rows
+ * as it goes and reuse the parts; vf_sum_folded(w) does the rest on the
+ * NK_VL / 2 folded vectors.
+ */
+NK_INLINE vf vf_fold_rows(vf a, vf b) { return vf_add(vf_fold_p(a, b), vf_fold_q(a, b)); }
+
+/* The fused activation: the same expressions as nk_act_ref, lane-wise. */
+#define NK_SQRT1_2 0.70710678118654752f
+#define NK_GELU_K 0.7978845608028654f
+NK_INLINE vf act_apply(vf v, const int act, vf alpha)
+{
+    const vf one = vf_set1(1.0f), half = vf_set1(0.5f);
+    switch (act) {
+    case NK_ACT_RELU:
+        return vf_relu(v);
+    case NK_ACT_LEAKY_RELU:
+        return vf_leaky(v, alpha);
+    case NK_ACT_SILU:
+        return vf_div(v, vf_add(one, vf_exp(vf_sub(vf_zero(), v))));
+    case NK_ACT_GELU_ERF:
+        return vf_mul(vf_mul(half, v), vf_add(one, vf_erf(vf_mul(v, vf_set1(NK_SQRT1_2)))));
+    case NK_ACT_GELU_TANH: {
+        vf cube = vf_mul(vf_mul(vf_mul(vf_set1(0.044715f), v), v), v);
+        vf inner = vf_mul(vf_set1(NK_GELU_K), vf_add(v, cube));
+        return vf_mul(vf_mul(half, v), vf_add(one, vf_tanh(inner)));
+    }
+    default:
+        return v;
+    }
+}
+
+/* Streaming stores need a vector-aligned destination. */
+#define NK_VBYTES (NK_VL * sizeof(float))
+NK_INLINE int nk_aligned(const float *p) { return ((uintptr_t)p % NK_VBYTES) == 0; }
+/* Floats before p reaches vector alignment (p must be float-aligned). */
+NK_INLINE size_t nk_head(const float *p)
+{
+    size_t mis = ((uintptr_t)p % NK_VBYTES) / sizeof(float);
+    return mis ? NK_VL - mis : 0;
+}
+
+/* moments.c fills the moments entries, short.c norm_short, normalize.c the
+ * rest and calls the other two from NK_INIT. */
+void NK_INIT(nk_kernels *k);
+void NK_FN(kernels_init_moments)(nk_kernels *k);
+void NK_FN(kernels_init_short)(nk_kernels *k);
+#if NK_HAVE_INV_STD
+void NK_FN(kernels_init_inv_std)(nk_kernels *k);
+#endif
+
+#endif
