@@ -3,7 +3,10 @@
  * two families on a canonical view of the tensor:
  *   moments:          count/mean/M2 of contiguous rows, or of columns across rows
  *   normalize-scale:  y = act((x - m) * a + b) with m, a, b per row or per column
- * One table per ISA; a new ISA supplies one file per family and fills a table.
+ * One table per ISA. The vector ISAs compile the algorithms of kernels/simd
+ * (one file per family) against their vocabulary header (kernels/simd/
+ * nk_simd.h); a new ISA supplies such a header, or files of its own, and
+ * fills a table.
  */
 #ifndef NK_KERNELS_KERNELS_H
 #define NK_KERNELS_KERNELS_H
@@ -174,9 +177,8 @@ void nk_kernels_init_neon(nk_kernels *k);
     case NK_ACT_GELU_TANH: body(NK_ACT_GELU_TANH); break;                                         \
     default: body(NK_ACT_NONE); break;                                                            \
     }
-/* X(ACT) for every activation, in the order of NK_ACT_SWITCH: where the
- * per-activation bodies are functions of their own, they are defined from
- * this list */
+/* X(ACT) for each activation of NK_ACT_SWITCH: where the per-activation
+ * bodies are functions of their own, they are defined from this list */
 #define NK_ACT_EACH(X)                                                                            \
     X(NK_ACT_NONE)                                                                                \
     X(NK_ACT_RELU)                                                                                \

@@ -85,26 +85,21 @@ NK_INLINE vf vf_div(vf a, vf b)
     return vmulq_f32(a, r);
 #endif
 }
-/* v = e(t_[i_]) lane by lane, through memory (scalar VFP or libm) */
-#define NK_LANES(e)                                                                               \
-    do {                                                                                          \
-        float t_[4];                                                                              \
-        vst1q_f32(t_, v);                                                                         \
-        for (int i_ = 0; i_ < 4; i_++)                                                            \
-            t_[i_] = e;                                                                           \
-        return vld1q_f32(t_);                                                                     \
-    } while (0)
 #if defined(__aarch64__)
 NK_INLINE vf vf_sqrt(vf v) { return vsqrtq_f32(v); }
 NK_INLINE vf vf_rcp_sqrt(vf v) { return vdivq_f32(vdupq_n_f32(1.0f), vsqrtq_f32(v)); }
 #else
 /* no vector square root: scalar VFP per lane, IEEE */
-NK_INLINE vf vf_sqrt(vf v) { NK_LANES(sqrtf(t_[i_])); }
-NK_INLINE vf vf_rcp_sqrt(vf v) { NK_LANES(1.0f / sqrtf(t_[i_])); }
+NK_INLINE float nk_rcp_sqrtf(float x) { return 1.0f / sqrtf(x); }
+NK_INLINE vf vf_sqrt(vf v) { NK_LANES(sqrtf); }
+NK_INLINE vf vf_rcp_sqrt(vf v) { NK_LANES(nk_rcp_sqrtf); }
 #endif
 /* v < 0 ? 0 : v and v < 0 ? v * alpha : v, selected as the scalar path
  * does, so that -0 and NaN come out the same */
-NK_INLINE vf vf_relu(vf v) { return vbslq_f32(vcltq_f32(v, vdupq_n_f32(0.0f)), vdupq_n_f32(0.0f), v); }
+NK_INLINE vf vf_relu(vf v)
+{
+    return vbslq_f32(vcltq_f32(v, vdupq_n_f32(0.0f)), vdupq_n_f32(0.0f), v);
+}
 NK_INLINE vf vf_leaky(vf v, vf alpha)
 {
     return vbslq_f32(vcltq_f32(v, vdupq_n_f32(0.0f)), vmulq_f32(v, alpha), v);
@@ -196,9 +191,9 @@ NK_INLINE vf vf_erf(vf v) { return Sleef_erff4_u10neon(v); }
 NK_INLINE vf vf_tanh(vf v) { return Sleef_tanhf4_u10neon(v); }
 #  endif
 #else
-NK_INLINE vf vf_exp(vf v) { NK_LANES(expf(t_[i_])); }
-NK_INLINE vf vf_erf(vf v) { NK_LANES(erff(t_[i_])); }
-NK_INLINE vf vf_tanh(vf v) { NK_LANES(tanhf(t_[i_])); }
+NK_INLINE vf vf_exp(vf v) { NK_LANES(expf); }
+NK_INLINE vf vf_erf(vf v) { NK_LANES(erff); }
+NK_INLINE vf vf_tanh(vf v) { NK_LANES(tanhf); }
 #endif
 
 #endif

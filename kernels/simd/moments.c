@@ -1,6 +1,6 @@
 /*
  * Moments kernels (moments_rows, moments_cols, sumsq_rows), written once and
- * compiled per ISA through nk_x86.h. Same algorithm as kernels/ref: each
+ * compiled per ISA through nk_simd.h (AVX2, AVX-512, NEON). Same algorithm as kernels/ref: each
  * chunk is reduced two-pass in fp32 (sum -> provisional mean m0 -> sums of
  * d = x - m0 and d^2), its mean is m0 + sum(d)/n and its M2 is
  * sum(d^2) - sum(d)^2/n, and chunks are merged in fp64 with Chan's formula.
@@ -9,7 +9,7 @@
  *
  * Chunks are small enough that the second pass reads L1, so a row costs one
  * read from memory: ROW_CHUNK elements per row (64 per lane with AVX-512, 128
- * with AVX2), COL_CHUNK rows per column block.
+ * with AVX2, 256 with NEON), COL_CHUNK rows per column block.
  */
 #include "kernels/simd/nk_simd.h"
 
@@ -39,7 +39,9 @@ NK_INLINE void chunk_merge(nk_moments *acc, size_t n, float m0, float s1, float 
  */
 NK_INLINE void rows_chunk(const float *const *p, const int R, size_t n, nk_moments *acc)
 {
-    const int U = R == 1 ? 4 : 2; /* >= 16 floats per row per step: one prefetch per line */
+    /* x86: >= 16 floats per row per step, one prefetch per line (NEON's
+     * 4-lane vectors give 8 with R > 1: a line is prefetched twice) */
+    const int U = R == 1 ? 4 : 2;
     vf a[4][4];
     size_t i = 0;
     for (int r = 0; r < R; r++)
@@ -65,8 +67,9 @@ NK_INLINE void rows_chunk(const float *const *p, const int R, size_t n, nk_momen
     const float inv = 1.0f / (float)n;
     float m0[4];
     vf vm[4], s1[4][4], s2[4][4];
-    /* pass 2 holds 2 * R * U2 sums + R means: with 16 ymm registers (AVX2)
-     * four rows get one pair each, or the sums spill to the stack */
+    /* pass 2 holds 2 * R * U2 sums + R means: with 16 vector registers
+     * (AVX2, ARMv7 NEON) four rows get one pair each, or the sums spill to
+     * the stack */
     const int U2 = NK_NREGS == 16 && R == 4 ? 1 : U;
     for (int r = 0; r < R; r++) {
         vf t = a[r][0];
@@ -139,7 +142,7 @@ static void NK_FN(moments_rows)(const float *x, size_t rows, size_t len, size_t 
 
 NK_INLINE void sumsq_group(const float *x, const int R, size_t len, size_t stride, double *out)
 {
-    const int U = R == 1 ? 4 : 2; /* >= 16 floats per row per step: one prefetch per line */
+    const int U = R == 1 ? 4 : 2; /* as rows_chunk */
     const float *p[4];
     for (int r = 0; r < R; r++) {
         out[r] = 0.0;

@@ -59,6 +59,17 @@
 
 #define NK_INLINE static inline __attribute__((always_inline))
 
+/* The body of a vocabulary function of vf v: fn on each lane, through
+ * memory (libm without SLEEF, scalar VFP square roots on ARMv7). */
+#define NK_LANES(fn)                                                                              \
+    do {                                                                                          \
+        float t_[NK_VL];                                                                          \
+        vf_storeu(t_, v);                                                                         \
+        for (int i_ = 0; i_ < NK_VL; i_++)                                                        \
+            t_[i_] = fn(t_[i_]);                                                                  \
+        return vf_loadu(t_);                                                                      \
+    } while (0)
+
 #if defined(__x86_64__) || defined(__i386__)
 #  include "kernels/x86/nk_x86.h"
 #elif defined(__ARM_NEON) || defined(__ARM_NEON__) || defined(__aarch64__)

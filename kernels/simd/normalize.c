@@ -1,6 +1,6 @@
 /*
  * Normalize-scale kernels (norm_rows, norm_cols, norm_affine), written once
- * and compiled per ISA through nk_x86.h: y = act((x - m) * a + b), centred
+ * and compiled per ISA through nk_simd.h (AVX2, AVX-512, NEON): y = act((x - m) * a + b), centred
  * and never folded (see kernels/ref/normalize_ref.c), with the activation
  * fused so the output is written once.
  *
@@ -8,8 +8,9 @@
  * of always-inlined bodies (one specialised loop each, selected by a switch
  * outside the loops). With NK_STREAM(ep) the full vectors go out with
  * non-temporal stores once the destination is vector aligned; head and tail
- * use ordinary masked stores, and an sfence orders the streamed data before
- * the kernel returns.
+ * use ordinary masked stores, and nk_stream_fence (sfence) orders the
+ * streamed data before the kernel returns. Targets without non-temporal
+ * stores (NEON) have NK_STREAM 0 and compile only the ordinary stores.
  */
 #include "kernels/simd/nk_simd.h"
 

@@ -2,7 +2,7 @@
  * norm_short: LayerNorm / RMSNorm / InstanceNorm of rows of at most
  * NK_SHORT_ROW floats, statistics and normalize in one call (contract and
  * error bound in kernels/kernels.h), written once and compiled per ISA
- * through nk_x86.h.
+ * through nk_simd.h (AVX2, AVX-512, NEON).
  *
  * A short row is a few dozen flops, so the row kernels' fixed costs per row
  * (horizontal sums, fp64 chunk finalisation, a moments and a normalize

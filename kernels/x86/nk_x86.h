@@ -205,14 +205,6 @@ NK_INLINE vf vf_exp(vf v) { NK_HALVES(Sleef_expf8_u10avx2); }
 NK_INLINE vf vf_erf(vf v) { NK_HALVES(Sleef_erff8_u10avx2); }
 NK_INLINE vf vf_tanh(vf v) { NK_HALVES(Sleef_tanhf8_u10avx2); }
 #  else
-#    define NK_LANES(fn)                                                       \
-        do {                                                                   \
-            float t_[16];                                                      \
-            _mm512_storeu_ps(t_, v);                                           \
-            for (int i_ = 0; i_ < 16; i_++)                                    \
-                t_[i_] = fn(t_[i_]);                                           \
-            return _mm512_loadu_ps(t_);                                        \
-        } while (0)
 NK_INLINE vf vf_exp(vf v) { NK_LANES(expf); }
 NK_INLINE vf vf_erf(vf v) { NK_LANES(erff); }
 NK_INLINE vf vf_tanh(vf v) { NK_LANES(tanhf); }
@@ -298,14 +290,6 @@ NK_INLINE vf vf_exp(vf v) { return Sleef_expf8_u10avx2(v); }
 NK_INLINE vf vf_erf(vf v) { return Sleef_erff8_u10avx2(v); }
 NK_INLINE vf vf_tanh(vf v) { return Sleef_tanhf8_u10avx2(v); }
 #  else
-#    define NK_LANES(fn)                                                       \
-        do {                                                                   \
-            float t_[8];                                                       \
-            _mm256_storeu_ps(t_, v);                                           \
-            for (int i_ = 0; i_ < 8; i_++)                                     \
-                t_[i_] = fn(t_[i_]);                                           \
-            return _mm256_loadu_ps(t_);                                        \
-        } while (0)
 NK_INLINE vf vf_exp(vf v) { NK_LANES(expf); }
 NK_INLINE vf vf_erf(vf v) { NK_LANES(erff); }
 NK_INLINE vf vf_tanh(vf v) { NK_LANES(tanhf); }
