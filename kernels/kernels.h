@@ -40,6 +40,12 @@ typedef void (*nk_moments_rows_fn)(const float *x, size_t rows, size_t len, size
  * Column moments: `rows` rows of `cols` contiguous floats, row r at
  * x + r * stride. Merges (Chan) the moments of column c into acc[c];
  * an acc entry with count 0 is empty. rows >= 1, cols >= 1.
+ * Accuracy contract: M2 within about 6 gamma_k M2 and the mean within
+ * u |mean| + gamma_k sigma (k = 64 rows with AVX-512, 128 with AVX2, 256
+ * with NEON: the longest segment), whatever the order of the rows (the vector kernels reduce a two-pass head, then one
+ * pass per segment shifted by the running mean: kernels/simd/moments.c);
+ * a constant column gives its value and M2 == 0 exactly; non-finite results
+ * on finite input are recomputed in fp64 by the caller, as for rows.
  */
 typedef void (*nk_moments_cols_fn)(const float *x, size_t rows, size_t cols, size_t stride,
                                    nk_moments *acc);

@@ -1,5 +1,6 @@
 /* The column view (see nk_cv in internal.h). */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "ops/internal.h"
@@ -95,24 +96,78 @@ void nk_cv_expand(const nk_cv *cv, size_t nc, const float *m, const float *a, co
 
 static bool moments_bad(const nk_moments *m) { return !isfinite(m->mean) || !isfinite(m->m2); }
 
+/* Bit pattern of the i-th double of an array of moments (memcpy: no
+ * aliasing; flat integer loops over them vectorise). */
+static uint64_t moments_bits(const nk_moments *m, size_t i)
+{
+    uint64_t v;
+    memcpy(&v, (const unsigned char *)m + i * sizeof(double), sizeof v);
+    return v;
+}
+
+/* Any entry not all zero bits (a conservative "not empty"). */
+_Static_assert(sizeof(nk_moments) == 3 * sizeof(double), "nk_moments: three doubles");
+
+static bool any_used(const nk_moments *m, size_t n)
+{
+    uint64_t any = 0;
+    for (size_t i = 0; i < 3 * n; i++)
+        any |= moments_bits(m, i);
+    return any != 0;
+}
+
+/* Non-finite column results of the kernel (an fp32 overflow) again in fp64. */
+static void fix_bad(const float *x, size_t rows, size_t nc, size_t stride, nk_moments *part)
+{
+    /* any double with an all-ones exponent: Inf or NaN */
+    const uint64_t e = 0x7ff0000000000000u;
+    uint64_t bad = 0;
+    for (size_t i = 0; i < 3 * nc; i++)
+        bad |= (moments_bits(part, i) & e) == e;
+    for (size_t c = 0; bad && c < nc; c++)
+        if (moments_bad(&part[c]))
+            nk_moments_f64(x + c, rows, stride, &part[c]);
+}
+
 void nk_cols_moments(const nk_kernels *k, const float *x, size_t rows, size_t cols, size_t stride,
                      nk_moments *acc)
 {
     nk_moments part[NK_CBLK];
     for (size_t c0 = 0; c0 < cols; c0 += NK_CBLK) {
         size_t nc = cols - c0 < NK_CBLK ? cols - c0 : NK_CBLK;
-        memset(part, 0, nc * sizeof part[0]);
-        k->moments_cols(x + c0, rows, nc, stride, part);
-        for (size_t c = 0; c < nc; c++) {
-            if (moments_bad(&part[c]))
-                nk_moments_f64(x + c0 + c, rows, stride, &part[c]);
+        const bool used = any_used(acc + c0, nc);
+        /* empty accumulators (the common case) take the kernel's result */
+        nk_moments *dst = used ? part : acc + c0;
+        memset(dst, 0, nc * sizeof *dst);
+        k->moments_cols(x + c0, rows, nc, stride, dst);
+        fix_bad(x + c0, rows, nc, stride, dst);
+        for (size_t c = 0; used && c < nc; c++)
             nk_moments_merge_inline(&acc[c0 + c], part[c].count, part[c].mean, part[c].m2);
-        }
     }
 }
 
+/* Moments of n groups of equal count: mean of the means, and the groups' M2
+ * plus count * sum((mean_i - mean)^2), both sums in fp64 (n >= 1). */
+static nk_moments combine_equal(const nk_moments *p, size_t n)
+{
+    if (n == 1)
+        return p[0];
+    double mean = 0.0, m2 = 0.0, dev = 0.0;
+    for (size_t i = 0; i < n; i++)
+        mean += p[i].mean;
+    mean *= 1.0 / (double)n;
+    for (size_t i = 0; i < n; i++) {
+        double d = p[i].mean - mean;
+        m2 += p[i].m2;
+        dev += d * d;
+    }
+    return (nk_moments){p[0].count * (double)n, mean, m2 + p[0].count * dev};
+}
+
 /* Moments of columns [j0, j0 + ncols) of `rows` rows of `stride` floats,
- * merged in column order into acc[((j0 + j) % base) / rep - cbase]. */
+ * merged in column order into acc[((j0 + j) % base) / rep - cbase]. The
+ * columns of a channel that lie side by side (up to rep of them) have equal
+ * counts: they are combined in closed form and merged once. */
 static void merge_moments(const nk_kernels *k, const float *x, size_t rows, size_t j0,
                           size_t ncols, size_t stride, size_t base, size_t rep, size_t cbase,
                           nk_moments *acc)
@@ -123,17 +178,24 @@ static void merge_moments(const nk_kernels *k, const float *x, size_t rows, size
         return;
     }
     nk_moments part[NK_CBLK];
-    /* channel of column j0, and the column's place inside its channel */
+    /* channel of column j0, the column's place inside its channel, and the
+     * column's place in the row of `base` */
     size_t c = (j0 % base) / rep, in = (j0 % base) % rep, col = j0 % base;
     for (size_t b0 = 0; b0 < ncols; b0 += NK_CBLK) {
         size_t nb = ncols - b0 < NK_CBLK ? ncols - b0 : NK_CBLK;
         memset(part, 0, nb * sizeof part[0]);
         nk_cols_moments(k, x + j0 + b0, rows, nb, stride, part);
-        for (size_t j = 0; j < nb; j++) {
-            nk_moments_merge_inline(&acc[c - cbase], part[j].count, part[j].mean, part[j].m2);
-            if (++col == base)
+        for (size_t j = 0; j < nb;) {
+            size_t run = rep - in;
+            run = run < nb - j ? run : nb - j;
+            nk_moments r = combine_equal(part + j, run);
+            nk_moments_merge_inline(&acc[c - cbase], r.count, r.mean, r.m2);
+            j += run;
+            col += run;
+            in += run;
+            if (col == base)
                 col = c = in = 0;
-            else if (++in == rep)
+            else if (in == rep)
                 c++, in = 0;
         }
     }

@@ -280,6 +280,57 @@ static void test_moments_cols(void **state)
     }
 }
 
+/*
+ * Column data whose order defeats a fixed shift: the vector kernels reduce
+ * columns in one pass per segment of rows, shifted by the running mean, and
+ * must stay within the float64 oracle's tolerance whatever comes first.
+ *   0: the first 1 + c % 20 rows are outliers at 1e4, the rest N(0, 1)
+ *   1: a ramp, 10 per row, with N(0, 0.1) noise (sorted data)
+ *   2: a step from 1e4 to -1e4 halfway, N(0, 0.01) noise
+ *   3: geometric growth, 1.01^r, restarting every 2000 rows
+ */
+static void run_cols_order(const tbl *t, nkt_rng *rng, size_t rows, size_t cols, int pattern)
+{
+    float *x = malloc(rows * cols * sizeof *x);
+    assert_non_null(x);
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < cols; c++) {
+            double v;
+            switch (pattern) {
+            case 0: v = (r < 1 + c % 20 ? 1e4 : 0.0) + nkt_normal(rng); break;
+            case 1: v = 10.0 * (double)r + 0.1 * nkt_normal(rng); break;
+            case 2: v = (2 * r < rows ? 1e4 : -1e4) + 0.01 * nkt_normal(rng); break;
+            default: v = pow(1.01, (double)(r % 2000)) * (1.0 + 1e-3 * (double)c); break;
+            }
+            x[r * cols + c] = (float)v;
+        }
+    nk_moments *acc = calloc(cols, sizeof *acc);
+    assert_non_null(acc);
+    t->k.moments_cols(x, rows, cols, cols, acc);
+    char w[96];
+    snprintf(w, sizeof w, "%s moments_cols pattern %d", t->name, pattern);
+    for (size_t c = 0; c < cols; c++) {
+        nk_moments want;
+        oracle_moments(x + c, rows, cols, &want);
+        check_moments(&acc[c], &want, 1.0, w, rows, c);
+    }
+    free(acc);
+    free(x);
+}
+
+static void test_moments_cols_order(void **state)
+{
+    (void)state;
+    static const size_t nrows[] = {17, 40, 100, 300, 1000, 20000};
+    for (int ti = 0; ti < ntables; ti++) {
+        nkt_rng rng;
+        nkt_seed(&rng, 31);
+        for (int pattern = 0; pattern < 4; pattern++)
+            for (size_t k = 0; k < sizeof nrows / sizeof nrows[0]; k++)
+                run_cols_order(&tables[ti], &rng, nrows[k], 37, pattern);
+    }
+}
+
 static void run_sumsq(const tbl *t, nkt_rng *rng, size_t rows, size_t len, size_t pad, size_t shift)
 {
     const size_t stride = len + pad;
@@ -1401,6 +1452,7 @@ int main(void)
         cmocka_unit_test(test_tables),
         cmocka_unit_test(test_moments_rows),
         cmocka_unit_test(test_moments_cols),
+        cmocka_unit_test(test_moments_cols_order),
         cmocka_unit_test(test_sumsq_rows),
         cmocka_unit_test(test_norm_rows),
         cmocka_unit_test(test_norm_cols),

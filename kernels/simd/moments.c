@@ -7,9 +7,11 @@
  * A constant chunk gives d == 0 or one rounding step of m0 in every lane;
  * those sums are exact, so mean == value and M2 == 0 exactly.
  *
- * Chunks are small enough that the second pass reads L1, so a row costs one
- * read from memory: ROW_CHUNK elements per row (64 per lane with AVX-512, 128
- * with AVX2, 256 with NEON), COL_CHUNK rows per column block.
+ * Row chunks are small enough that the second pass reads L1, so a row
+ * costs one read from memory: ROW_CHUNK elements per row (64 per lane with
+ * AVX-512, 128 with AVX2, 256 with NEON). Columns differ after a two-pass
+ * head: one pass per segment of rows, shifted by the running mean (see
+ * moments_cols).
  */
 #include "kernels/simd/nk_simd.h"
 
@@ -196,15 +198,39 @@ static void NK_FN(sumsq_rows)(const float *x, size_t rows, size_t len, size_t st
         sumsq_group(x + r * stride, 1, len, stride, out + r);
 }
 
-/* ---- moments_cols: lanes are columns, chunks are runs of rows ---- */
+/* ---- moments_cols: lanes are columns, segments of rows ----
+ *
+ * The first COL_HEAD rows are reduced two-pass (cols_chunk). Every later
+ * segment is one pass over its rows: with K the column's running mean so far
+ * rounded to fp32, it sums d = x - K and d^2 in fp32; its moments
+ * K + s1/n and s2 - s1^2/n are merged (Chan, fp64) into the running ones and
+ * K is refreshed. A segment is no longer than the rows before it nor than
+ * COL_CHUNK: 16, 16, 32, 64, 64, ... rows. A row is read once (the two-pass
+ * chunks read the tile twice, and a tile of a few rows of long strides does
+ * not stay in L1).
+ *
+ * Error of a one-pass segment of n rows (k = n the depth of each lane's
+ * sums, gamma_k = k u / (1 - k u), u = 2^-24): s2 errs by gamma_k sum(d^2)
+ * and s1^2/n by at most 2 gamma_k sum(d^2), and
+ * sum(d^2) = M2_seg + n (mean_seg - K)^2. With n_a >= n rows before it,
+ * n (mean_seg - K)^2 <= 2 T (1 + O(u)), T = n_a n / (n_a + n)
+ * (mean_seg - mean_a)^2 the between term of the merge. The segments' M2 and
+ * the between terms add up to the column's M2, so the whole column errs by
+ * at most about 6 gamma_COL_CHUNK M2 (plus K's fp32 rounding, u |mean| per
+ * value): whatever the data's order, offset or outliers. A constant column
+ * gives K == the value after the head, d == 0, and stays exact.
+ */
 
-#define COL_BLOCK (4 * NK_VL)             /* columns per register block */
-#define COL_CHUNK (4096 / COL_BLOCK)      /* rows per chunk: 64 or 128 per lane */
+#define COL_BLOCK (4 * NK_VL)             /* columns per two-pass block */
+#define COL_V1 (NK_NREGS == 32 ? 8 : 4)   /* vectors per one-pass block: 3 per vector in registers */
+#define COL_BLOCK1 (COL_V1 * NK_VL)       /* columns per one-pass block */
+#define COL_CHUNK (4096 / COL_BLOCK)      /* longest segment: 64, 128 or 256 rows per lane */
+#define COL_HEAD 16                       /* rows of the two-pass head */
 #define COL_SUPER 256                     /* columns with fp64 accumulators on the stack */
 
 /*
- * Chunk of nr rows of V vectors of columns (V = 4 full vectors, or V = 1
- * with `tail` valid lanes when tail != 0). Writes m0, s1, s2 per column.
+ * Two-pass chunk of nr rows of V vectors of columns (V = 4 full vectors, or
+ * V = 1 with `tail` valid lanes when tail != 0). Writes m0, s1, s2 per column.
  */
 NK_INLINE void cols_chunk(const float *p, size_t nr, size_t stride, const int V, size_t tail,
                           float *m0, float *s1, float *s2)
@@ -213,13 +239,9 @@ NK_INLINE void cols_chunk(const float *p, size_t nr, size_t stride, const int V,
     for (int v = 0; v < V; v++)
         a[v] = t1[v] = t2[v] = vf_zero();
     const float *q = p;
-    for (size_t r = 0; r < nr; r++, q += stride) {
-        /* same columns one chunk further down: streams in during pass 2 */
-        for (int v = 0; v < V; v += 64 / (int)NK_VBYTES ? 64 / (int)NK_VBYTES : 1)
-            nk_prefetch(q + nr * stride + v * NK_VL);
+    for (size_t r = 0; r < nr; r++, q += stride)
         for (int v = 0; v < V; v++)
             a[v] = vf_add(a[v], tail ? vf_load_n(q, tail) : vf_loadu(q + v * NK_VL));
-    }
     const vf inv = vf_set1(1.0f / (float)nr);
     for (int v = 0; v < V; v++)
         vm[v] = vf_mul(a[v], inv);
@@ -231,9 +253,37 @@ NK_INLINE void cols_chunk(const float *p, size_t nr, size_t stride, const int V,
             t1[v] = vf_add(t1[v], d);
             t2[v] = vf_fma(d, d, t2[v]);
         }
-    /* the local arrays hold COL_BLOCK columns; lanes past tail are unused */
+    /* the local arrays hold a block of columns; lanes past tail are unused */
     for (int v = 0; v < V; v++) {
         vf_storeu(m0 + v * NK_VL, vm[v]);
+        vf_storeu(s1 + v * NK_VL, t1[v]);
+        vf_storeu(s2 + v * NK_VL, t2[v]);
+    }
+}
+
+/* One-pass segment of nr rows of V vectors of columns (V = COL_V1, or 1 with
+ * `tail` valid lanes when tail != 0), shifted by k: s1, s2 per column. */
+NK_INLINE void cols_shifted(const float *p, size_t nr, size_t stride, const int V, size_t tail,
+                            const float *k, float *s1, float *s2)
+{
+    vf vk[COL_V1], t1[COL_V1], t2[COL_V1];
+    for (int v = 0; v < V; v++) {
+        vk[v] = tail ? vf_load_n(k, tail) : vf_loadu(k + v * NK_VL);
+        t1[v] = t2[v] = vf_zero();
+    }
+    const float *q = p;
+    for (size_t r = 0; r < nr; r++, q += stride) {
+        /* same columns one segment further down (past the end: harmless) */
+        for (int v = 0; v < V; v += 64 / (int)NK_VBYTES ? 64 / (int)NK_VBYTES : 1)
+            nk_prefetch(q + nr * stride + v * NK_VL);
+        for (int v = 0; v < V; v++) {
+            vf d = tail ? vf_sub_n(vf_load_n(q, tail), vk[v], tail)
+                        : vf_sub(vf_loadu(q + v * NK_VL), vk[v]);
+            t1[v] = vf_add(t1[v], d);
+            t2[v] = vf_fma(d, d, t2[v]);
+        }
+    }
+    for (int v = 0; v < V; v++) {
         vf_storeu(s1 + v * NK_VL, t1[v]);
         vf_storeu(s2 + v * NK_VL, t2[v]);
     }
@@ -242,46 +292,81 @@ NK_INLINE void cols_chunk(const float *p, size_t nr, size_t stride, const int V,
 static void NK_FN(moments_cols)(const float *x, size_t rows, size_t cols, size_t stride,
                                 nk_moments *acc)
 {
-    /* fp64 accumulators per column (SoA so the merge loop vectorises);
-     * +COL_BLOCK: full-vector stores of a partial last block */
+    /* fp64 accumulators per column (SoA so the merge loops vectorise);
+     * +COL_BLOCK1: full-vector stores of a partial last block */
     double am[COL_SUPER], aq[COL_SUPER];
-    float m0[COL_SUPER + COL_BLOCK], s1[COL_SUPER + COL_BLOCK], s2[COL_SUPER + COL_BLOCK];
+    float k[COL_SUPER + COL_BLOCK1], s1[COL_SUPER + COL_BLOCK1], s2[COL_SUPER + COL_BLOCK1];
     for (size_t c0 = 0; c0 < cols; c0 += COL_SUPER) {
         const size_t nc = cols - c0 < COL_SUPER ? cols - c0 : COL_SUPER;
-        double cnt = 0.0;
-        for (size_t r0 = 0; r0 < rows; r0 += COL_CHUNK) {
-            const size_t nr = rows - r0 < COL_CHUNK ? rows - r0 : COL_CHUNK;
-            const float *p = x + r0 * stride + c0;
-            size_t j = 0;
-            for (; j + COL_BLOCK <= nc; j += COL_BLOCK)
-                cols_chunk(p + j, nr, stride, 4, 0, m0 + j, s1 + j, s2 + j);
-            for (; j + NK_VL <= nc; j += NK_VL)
-                cols_chunk(p + j, nr, stride, 1, 0, m0 + j, s1 + j, s2 + j);
+        const float *p = x + c0;
+
+        /* head: two-pass; k holds each column's provisional mean */
+        const size_t nh = rows < COL_HEAD ? rows : COL_HEAD;
+        size_t j = 0;
+        for (; j + COL_BLOCK <= nc; j += COL_BLOCK)
+            cols_chunk(p + j, nh, stride, 4, 0, k + j, s1 + j, s2 + j);
+        for (; j + NK_VL <= nc; j += NK_VL)
+            cols_chunk(p + j, nh, stride, 1, 0, k + j, s1 + j, s2 + j);
+        if (j < nc)
+            cols_chunk(p + j, nh, stride, 1, nc - j, k + j, s1 + j, s2 + j);
+        double cnt = (double)nh;
+        const double ih = 1.0 / cnt;
+        for (size_t c = 0; c < nc; c++) {
+            double m2 = (double)s2[c] - (double)s1[c] * (double)s1[c] * ih;
+            am[c] = (double)k[c] + (double)s1[c] * ih;
+            aq[c] = m2 < 0.0 ? 0.0 : m2;
+            k[c] = (float)am[c];
+        }
+
+        /* one-pass segments, each at most as long as the rows before it */
+        for (size_t r0 = nh; r0 < rows;) {
+            size_t nr = rows - r0;
+            nr = nr < r0 ? nr : r0;
+            nr = nr < COL_CHUNK ? nr : COL_CHUNK;
+            const float *q = p + r0 * stride;
+#define SHIFTED(V)                                                                                \
+    do {                                                                                          \
+        cols_shifted(q + j, nr, stride, V, 0, k + j, s1 + j, s2 + j);                             \
+        j += (V) * NK_VL;                                                                         \
+    } while (0)
+            for (j = 0; j + COL_BLOCK1 <= nc;)
+                SHIFTED(COL_V1);
+            if (COL_V1 > 4 && j + 4 * NK_VL <= nc)
+                SHIFTED(4);
+            if (j + 2 * NK_VL <= nc)
+                SHIFTED(2);
+            if (j + NK_VL <= nc)
+                SHIFTED(1);
+#undef SHIFTED
             if (j < nc)
-                cols_chunk(p + j, nr, stride, 1, nc - j, m0 + j, s1 + j, s2 + j);
+                cols_shifted(q + j, nr, stride, 1, nc - j, k + j, s1 + j, s2 + j);
 
             /* Chan merge; every column of the block has the same counts */
             const double dn = (double)nr, tot = cnt + dn;
-            const double wa = dn / tot, wb = cnt * dn / tot;
-            if (cnt == 0.0) {
-                for (size_t c = 0; c < nc; c++) {
-                    double m2 = (double)s2[c] - (double)s1[c] * (double)s1[c] / dn;
-                    am[c] = (double)m0[c] + (double)s1[c] / dn;
-                    aq[c] = m2 < 0.0 ? 0.0 : m2;
-                }
-            } else {
-                for (size_t c = 0; c < nc; c++) {
-                    double m2 = (double)s2[c] - (double)s1[c] * (double)s1[c] / dn;
-                    double mean = (double)m0[c] + (double)s1[c] / dn;
-                    double delta = mean - am[c];
-                    am[c] += delta * wa;
-                    aq[c] += (m2 < 0.0 ? 0.0 : m2) + delta * delta * wb;
-                }
+            const double wa = dn / tot, wb = cnt * dn / tot, in = 1.0 / dn;
+            for (size_t c = 0; c < nc; c++) {
+                double m2 = (double)s2[c] - (double)s1[c] * (double)s1[c] * in;
+                double delta = ((double)k[c] + (double)s1[c] * in) - am[c];
+                am[c] += delta * wa;
+                aq[c] += (m2 < 0.0 ? 0.0 : m2) + delta * delta * wb;
+                k[c] = (float)am[c];
             }
             cnt = tot;
+            r0 += nr;
         }
+        nk_moments *o = acc + c0;
+        size_t used = 0;
         for (size_t c = 0; c < nc; c++)
-            nk_moments_merge_inline(&acc[c0 + c], cnt, am[c], aq[c]);
+            used |= o[c].count > 0.0;
+        if (used)
+            for (size_t c = 0; c < nc; c++)
+                nk_moments_merge_inline(&o[c], cnt, am[c], aq[c]);
+        else /* empty accumulators (the common case): a copy */
+            for (size_t c = 0; c < nc; c++) {
+                o[c].count = cnt;
+                o[c].mean = am[c];
+                o[c].m2 = aq[c];
+            }
     }
 }
 
