@@ -228,41 +228,8 @@ static void NK_FN(sumsq_rows)(const float *x, size_t rows, size_t len, size_t st
 #define COL_HEAD 16                       /* rows of the two-pass head */
 #define COL_SUPER 256                     /* columns with fp64 accumulators on the stack */
 
-/*
- * Two-pass chunk of nr rows of V vectors of columns (V = 4 full vectors, or
- * V = 1 with `tail` valid lanes when tail != 0). Writes m0, s1, s2 per column.
- */
-NK_INLINE void cols_chunk(const float *p, size_t nr, size_t stride, const int V, size_t tail,
-                          float *m0, float *s1, float *s2)
-{
-    vf a[4], vm[4], t1[4], t2[4];
-    for (int v = 0; v < V; v++)
-        a[v] = t1[v] = t2[v] = vf_zero();
-    const float *q = p;
-    for (size_t r = 0; r < nr; r++, q += stride)
-        for (int v = 0; v < V; v++)
-            a[v] = vf_add(a[v], tail ? vf_load_n(q, tail) : vf_loadu(q + v * NK_VL));
-    const vf inv = vf_set1(1.0f / (float)nr);
-    for (int v = 0; v < V; v++)
-        vm[v] = vf_mul(a[v], inv);
-    q = p;
-    for (size_t r = 0; r < nr; r++, q += stride)
-        for (int v = 0; v < V; v++) {
-            vf d = tail ? vf_sub_n(vf_load_n(q, tail), vm[v], tail)
-                        : vf_sub(vf_loadu(q + v * NK_VL), vm[v]);
-            t1[v] = vf_add(t1[v], d);
-            t2[v] = vf_fma(d, d, t2[v]);
-        }
-    /* the local arrays hold a block of columns; lanes past tail are unused */
-    for (int v = 0; v < V; v++) {
-        vf_storeu(m0 + v * NK_VL, vm[v]);
-        vf_storeu(s1 + v * NK_VL, t1[v]);
-        vf_storeu(s2 + v * NK_VL, t2[v]);
-    }
-}
-
-/* One-pass segment of nr rows of V vectors of columns (V = COL_V1, or 1 with
- * `tail` valid lanes when tail != 0), shifted by k: s1, s2 per column. */
+/* One-pass segment of nr rows of V vectors of columns (V <= COL_V1, or 1
+ * with `tail` valid lanes when tail != 0), shifted by k: s1, s2 per column. */
 NK_INLINE void cols_shifted(const float *p, size_t nr, size_t stride, const int V, size_t tail,
                             const float *k, float *s1, float *s2)
 {
@@ -283,10 +250,32 @@ NK_INLINE void cols_shifted(const float *p, size_t nr, size_t stride, const int 
             t2[v] = vf_fma(d, d, t2[v]);
         }
     }
+    /* the local arrays hold a block of columns; lanes past tail are unused */
     for (int v = 0; v < V; v++) {
         vf_storeu(s1 + v * NK_VL, t1[v]);
         vf_storeu(s2 + v * NK_VL, t2[v]);
     }
+}
+
+/*
+ * Two-pass chunk of nr rows of V vectors of columns (V = 4 full vectors, or
+ * V = 1 with `tail` valid lanes when tail != 0): the provisional means into
+ * m0, then the shifted pass from L1. Writes m0, s1, s2 per column.
+ */
+NK_INLINE void cols_chunk(const float *p, size_t nr, size_t stride, const int V, size_t tail,
+                          float *m0, float *s1, float *s2)
+{
+    vf a[4];
+    for (int v = 0; v < V; v++)
+        a[v] = vf_zero();
+    const float *q = p;
+    for (size_t r = 0; r < nr; r++, q += stride)
+        for (int v = 0; v < V; v++)
+            a[v] = vf_add(a[v], tail ? vf_load_n(q, tail) : vf_loadu(q + v * NK_VL));
+    const vf inv = vf_set1(1.0f / (float)nr);
+    for (int v = 0; v < V; v++)
+        vf_storeu(m0 + v * NK_VL, vf_mul(a[v], inv));
+    cols_shifted(p, nr, stride, V, tail, m0, s1, s2);
 }
 
 static void NK_FN(moments_cols)(const float *x, size_t rows, size_t cols, size_t stride,
