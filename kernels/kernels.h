@@ -44,8 +44,10 @@ typedef void (*nk_moments_rows_fn)(const float *x, size_t rows, size_t len, size
  * u |mean| + gamma_k sigma (k = 64 rows with AVX-512, 128 with AVX2, 256
  * with NEON: the longest segment), whatever the order of the rows (the vector kernels reduce a two-pass head, then one
  * pass per segment shifted by the running mean: kernels/simd/moments.c);
- * a constant column gives its value and M2 == 0 exactly; non-finite results
- * on finite input are recomputed in fp64 by the caller, as for rows.
+ * a constant column gives its value and M2 == 0 exactly. Columns whose
+ * fp32 sums are not finite (an fp32 overflow of a square, or non-finite
+ * input) are recomputed by the kernel with nk_moments_f64 before they are
+ * merged, the same on every ISA.
  */
 typedef void (*nk_moments_cols_fn)(const float *x, size_t rows, size_t cols, size_t stride,
                                    nk_moments *acc);
@@ -144,6 +146,28 @@ typedef void (*nk_inv_scale_fn)(const float *var, const float *w, float eps, siz
 typedef void (*nk_inv_std_fn)(const nk_moments *mo, size_t n, double eps, double *var,
                               double *inv);
 
+/*
+ * BatchNorm training finalize of n channels from their moments (every
+ * pointer, those of f included, at the first of the n channels):
+ *   var = count > 0 ? m2 / count : 0,  inv = nk_inv_std1(var, eps)  (fp64)
+ *   m[c] = (float)mean, a[c] = (float)(weight[c] * inv) ((float)inv without
+ *   weight), b[c] = bias[c] (0 without bias); save_mean[c] = m[c] and
+ *   save_invstd[c] = (float)inv where those are non-NULL;
+ *   with rmean (and rvar): v = unbiased ? m2 / (count - 1) : var and
+ *   rmean[c] = (float)(momentum * mean + (1 - momentum) * rmean[c]),
+ *   rvar[c] likewise with v, both left as they are where count == 0.
+ * Every operation is IEEE, correctly rounded and uncontracted, so each ISA
+ * gives the scalar result (nk_bn_finalize1) bit for bit.
+ */
+typedef struct nk_bn_fin {
+    double eps, momentum;
+    int unbiased;
+    const float *weight, *bias;
+    float *save_mean, *save_invstd, *rmean, *rvar;
+} nk_bn_fin;
+typedef void (*nk_bn_finalize_fn)(const nk_moments *mo, size_t n, const nk_bn_fin *f, float *m,
+                                  float *a, float *b);
+
 typedef struct nk_kernels {
     nk_isa isa;
     nk_moments_rows_fn moments_rows;
@@ -155,6 +179,7 @@ typedef struct nk_kernels {
     nk_norm_short_fn norm_short;
     nk_inv_scale_fn inv_scale;
     nk_inv_std_fn inv_std;
+    nk_bn_finalize_fn bn_finalize;
 } nk_kernels;
 
 /* Per-ISA table fillers, called in ascending order; each overwrites the
@@ -235,6 +260,26 @@ static inline double nk_inv_std1(double var, double eps)
 {
     double v = var + eps;
     return v == 0.0 ? 0.0 : 1.0 / sqrt(v);
+}
+
+/* Channel c of nk_bn_finalize_fn. */
+static inline void nk_bn_finalize1(const nk_moments *mo, size_t c, const nk_bn_fin *f, float *m,
+                                   float *a, float *b)
+{
+    const double cnt = mo[c].count, mean = mo[c].mean, m2 = mo[c].m2;
+    const double var = cnt > 0.0 ? m2 / cnt : 0.0, inv = nk_inv_std1(var, f->eps);
+    m[c] = (float)mean;
+    a[c] = f->weight ? (float)((double)f->weight[c] * inv) : (float)inv;
+    b[c] = f->bias ? f->bias[c] : 0.0f;
+    if (f->save_mean)
+        f->save_mean[c] = m[c];
+    if (f->save_invstd)
+        f->save_invstd[c] = (float)inv;
+    if (f->rmean && cnt > 0.0) {
+        const double v = f->unbiased ? m2 / (cnt - 1.0) : var, mom = f->momentum;
+        f->rmean[c] = (float)(mom * mean + (1.0 - mom) * (double)f->rmean[c]);
+        f->rvar[c] = (float)(mom * v + (1.0 - mom) * (double)f->rvar[c]);
+    }
 }
 
 static inline float nk_inv_scale1(float var, const float *w, float eps)

@@ -45,47 +45,23 @@ static size_t bn_groups(void *op, size_t b)
 }
 
 /* Statistics of channels [c0, c0 + nc) -> their m, a, b; running statistics
- * and saves. Branch-free loops (the inverse standard deviations come
- * vectorised from the kernel table): short inputs with many channels spend
- * most of their time here. */
+ * and saves, in fp64 vectors by the kernel table's bn_finalize (short inputs
+ * with many channels spend much of their time here). */
 static void bn_finalize_chunk(const bn_op *o, size_t c0, size_t nc, const nk_moments *mo, float *m,
                               float *a, float *b)
 {
-    const nk_kernels *k = o->cl->k;
-    double var[NK_CBLK], inv[NK_CBLK];
-    k->inv_std(mo, nc, o->eps, var, inv);
-    for (size_t c = 0; c < nc; c++)
-        m[c] = (float)mo[c].mean;
-    if (o->weight)
-        for (size_t c = 0; c < nc; c++)
-            a[c] = (float)((double)o->weight[c0 + c] * inv[c]);
-    else
-        for (size_t c = 0; c < nc; c++)
-            a[c] = (float)inv[c];
-    if (o->bias)
-        memcpy(b, o->bias + c0, nc * sizeof *b);
-    else
-        memset(b, 0, nc * sizeof *b);
-    if (o->save_mean)
-        memcpy(o->save_mean + c0, m, nc * sizeof *m);
-    if (o->save_invstd)
-        for (size_t c = 0; c < nc; c++)
-            o->save_invstd[c0 + c] = (float)inv[c];
-    if (!o->rs)
-        return;
-    /* branch-free over the block: empty channels keep their values */
-    const double mom = o->momentum;
-    float *rm = o->rs->mean + c0, *rv = o->rs->var + c0;
-    if (o->rs->unbiased)
-        for (size_t c = 0; c < nc; c++)
-            var[c] = mo[c].m2 / (mo[c].count - 1.0);
-    for (size_t c = 0; c < nc; c++) {
-        const int keep = !(mo[c].count > 0.0);
-        float nm = (float)(mom * mo[c].mean + (1.0 - mom) * (double)rm[c]);
-        float nv = (float)(mom * var[c] + (1.0 - mom) * (double)rv[c]);
-        rm[c] = keep ? rm[c] : nm;
-        rv[c] = keep ? rv[c] : nv;
-    }
+    const nk_bn_fin f = {
+        .eps = o->eps,
+        .momentum = o->momentum,
+        .unbiased = o->rs ? o->rs->unbiased : 0,
+        .weight = o->weight ? o->weight + c0 : NULL,
+        .bias = o->bias ? o->bias + c0 : NULL,
+        .save_mean = o->save_mean ? o->save_mean + c0 : NULL,
+        .save_invstd = o->save_invstd ? o->save_invstd + c0 : NULL,
+        .rmean = o->rs ? o->rs->mean + c0 : NULL,
+        .rvar = o->rs ? o->rs->var + c0 : NULL,
+    };
+    o->cl->k->bn_finalize(mo, nc, &f, m, a, b);
 }
 
 /* Inference m, a, b of nc channels from the running statistics (a in fp32,

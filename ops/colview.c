@@ -94,56 +94,12 @@ void nk_cv_expand(const nk_cv *cv, size_t nc, const float *m, const float *a, co
     }
 }
 
-static bool moments_bad(const nk_moments *m) { return !isfinite(m->mean) || !isfinite(m->m2); }
-
-/* Bit pattern of the i-th double of an array of moments (memcpy: no
- * aliasing; flat integer loops over them vectorise). */
-static uint64_t moments_bits(const nk_moments *m, size_t i)
-{
-    uint64_t v;
-    memcpy(&v, (const unsigned char *)m + i * sizeof(double), sizeof v);
-    return v;
-}
-
-/* Any entry not all zero bits (a conservative "not empty"). */
-_Static_assert(sizeof(nk_moments) == 3 * sizeof(double), "nk_moments: three doubles");
-
-static bool any_used(const nk_moments *m, size_t n)
-{
-    uint64_t any = 0;
-    for (size_t i = 0; i < 3 * n; i++)
-        any |= moments_bits(m, i);
-    return any != 0;
-}
-
-/* Non-finite column results of the kernel (an fp32 overflow) again in fp64. */
-static void fix_bad(const float *x, size_t rows, size_t nc, size_t stride, nk_moments *part)
-{
-    /* any double with an all-ones exponent: Inf or NaN */
-    const uint64_t e = 0x7ff0000000000000u;
-    uint64_t bad = 0;
-    for (size_t i = 0; i < 3 * nc; i++)
-        bad |= (moments_bits(part, i) & e) == e;
-    for (size_t c = 0; bad && c < nc; c++)
-        if (moments_bad(&part[c]))
-            nk_moments_f64(x + c, rows, stride, &part[c]);
-}
-
 void nk_cols_moments(const nk_kernels *k, const float *x, size_t rows, size_t cols, size_t stride,
                      nk_moments *acc)
 {
-    nk_moments part[NK_CBLK];
-    for (size_t c0 = 0; c0 < cols; c0 += NK_CBLK) {
-        size_t nc = cols - c0 < NK_CBLK ? cols - c0 : NK_CBLK;
-        const bool used = any_used(acc + c0, nc);
-        /* empty accumulators (the common case) take the kernel's result */
-        nk_moments *dst = used ? part : acc + c0;
-        memset(dst, 0, nc * sizeof *dst);
-        k->moments_cols(x + c0, rows, nc, stride, dst);
-        fix_bad(x + c0, rows, nc, stride, dst);
-        for (size_t c = 0; used && c < nc; c++)
-            nk_moments_merge_inline(&acc[c0 + c], part[c].count, part[c].mean, part[c].m2);
-    }
+    /* the kernel merges into acc (a copy where acc is empty) and recomputes
+     * non-finite columns in fp64 itself */
+    k->moments_cols(x, rows, cols, stride, acc);
 }
 
 /* Moments of n groups of equal count: mean of the means, and the groups' M2

@@ -137,6 +137,7 @@ static void test_tables(void **state)
         assert_non_null(t->norm_short);
         assert_non_null(t->inv_scale);
         assert_non_null(t->inv_std);
+        assert_non_null(t->bn_finalize);
         if (i > 0) {
             /* every entry is this ISA's own kernel, not the inherited scalar one */
             assert_ptr_not_equal(t->moments_rows, s->moments_rows);
@@ -597,6 +598,74 @@ static void test_inv_std(void **state)
                 free(inv);
                 free(rv);
                 free(ri);
+            }
+}
+
+/* Every table's bn_finalize against the scalar one, bit for bit: empty,
+ * constant and spread channels, with and without weight, bias, saves and
+ * running statistics, biased and unbiased, eps 0 and 1e-5; one sentinel on
+ * each side of every output. */
+static void test_bn_finalize(void **state)
+{
+    (void)state;
+    nkt_rng rng;
+    nkt_seed(&rng, 41);
+    enum { NOUT = 7 }; /* m, a, b, save_mean, save_invstd, rmean, rvar */
+    for (int ti = 0; ti < ntables; ti++)
+        for (size_t n = 0; n <= 37; n++)
+            for (int cs = 0; cs < 32; cs++) {
+                nk_moments *mo = malloc((n + 1) * sizeof *mo);
+                float *w = malloc((n + 1) * sizeof *w), *bi = malloc((n + 1) * sizeof *bi);
+                float *o[2][NOUT];
+                assert_true(mo && w && bi);
+                for (int v = 0; v < 2; v++)
+                    for (int j = 0; j < NOUT; j++) {
+                        o[v][j] = malloc((n + 2) * sizeof(float));
+                        assert_non_null(o[v][j]);
+                        for (size_t i = 0; i < n + 2; i++)
+                            o[v][j][i] = NKT_SENTINEL;
+                    }
+                for (size_t i = 0; i < n; i++) {
+                    double u = nkt_uniform(&rng);
+                    mo[i].count = i % 11 == 5 ? 0.0 : (double)(2 + i * 37 % 1000);
+                    mo[i].mean = nkt_normal(&rng) * 10.0;
+                    mo[i].m2 = mo[i].count == 0.0 || i % 7 == 3
+                                   ? 0.0
+                                   : mo[i].count * u * u * pow(10.0, (double)(i % 9) - 4);
+                    w[i] = (float)nkt_normal(&rng);
+                    bi[i] = (float)nkt_normal(&rng);
+                    o[0][5][i + 1] = o[1][5][i + 1] = (float)nkt_normal(&rng);
+                    o[0][6][i + 1] = o[1][6][i + 1] = (float)nkt_uniform(&rng);
+                }
+                for (int v = 0; v < 2; v++) {
+                    const nk_bn_fin f = {
+                        .eps = cs & 16 ? 1e-5 : 0.0,
+                        .momentum = cs & 8 ? 0.1 : 0.75,
+                        .unbiased = (cs & 8) != 0,
+                        .weight = cs & 1 ? w : NULL,
+                        .bias = cs & 2 ? bi : NULL,
+                        .save_mean = cs & 4 ? o[v][3] + 1 : NULL,
+                        .save_invstd = cs & 4 ? o[v][4] + 1 : NULL,
+                        .rmean = cs & 8 ? o[v][5] + 1 : NULL,
+                        .rvar = cs & 8 ? o[v][6] + 1 : NULL,
+                    };
+                    (v ? ref : &tables[ti].k)->bn_finalize(mo, n, &f, o[v][0] + 1, o[v][1] + 1,
+                                                           o[v][2] + 1);
+                }
+                for (int j = 0; j < NOUT; j++)
+                    for (size_t i = 0; i < n + 2; i++)
+                        if (memcmp(&o[0][j][i], &o[1][j][i], sizeof(float))) {
+                            print_error("%s bn_finalize n=%zu case %d output %d [%zu]: %a, scalar %a\n",
+                                        tables[ti].name, n, cs, j, i, (double)o[0][j][i],
+                                        (double)o[1][j][i]);
+                            fail();
+                        }
+                for (int v = 0; v < 2; v++)
+                    for (int j = 0; j < NOUT; j++)
+                        free(o[v][j]);
+                free(mo);
+                free(w);
+                free(bi);
             }
 }
 
@@ -1459,6 +1528,7 @@ int main(void)
         cmocka_unit_test(test_norm_affine),
         cmocka_unit_test(test_inv_scale),
         cmocka_unit_test(test_inv_std),
+        cmocka_unit_test(test_bn_finalize),
         cmocka_unit_test(test_norm_inplace),
         cmocka_unit_test(test_norm_centred),
         cmocka_unit_test(test_norm_short),

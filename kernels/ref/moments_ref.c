@@ -56,6 +56,8 @@ static void moments_cols_ref(const float *x, size_t rows, size_t cols, size_t st
     for (size_t c = 0; c < cols; c++) {
         nk_moments m;
         moments_strided(x + c, rows, stride, &m);
+        if (!isfinite(m.mean) || !isfinite(m.m2))
+            nk_moments_f64(x + c, rows, stride, &m);
         nk_moments_merge_inline(&acc[c], m.count, m.mean, m.m2);
     }
 }

@@ -88,6 +88,13 @@ static void inv_std_ref(const nk_moments *mo, size_t n, double eps, double *var,
     }
 }
 
+static void bn_finalize_ref(const nk_moments *mo, size_t n, const nk_bn_fin *f, float *m,
+                            float *a, float *b)
+{
+    for (size_t c = 0; c < n; c++)
+        nk_bn_finalize1(mo, c, f, m, a, b);
+}
+
 void nk_kernels_init_ref_moments(nk_kernels *k);
 void nk_kernels_init_ref_short(nk_kernels *k);
 
@@ -98,6 +105,7 @@ void nk_kernels_init_ref(nk_kernels *k)
     k->norm_rows = norm_rows_ref;
     k->inv_scale = inv_scale_ref;
     k->inv_std = inv_std_ref;
+    k->bn_finalize = bn_finalize_ref;
     k->norm_cols = norm_cols_ref;
     k->norm_affine = norm_affine_ref;
     nk_kernels_init_ref_short(k);

@@ -217,6 +217,7 @@ NK_INLINE void cols_vec(const float *x, float *y, const float *m, const float *a
         vf_storeu(y + j, o);
 }
 
+#define COLS_ROWS 2
 NK_INLINE void cols_body(const float *x, float *y, size_t rows, size_t cols, size_t xstride,
                          size_t ystride, const float *m, const float *a, const float *b,
                          const int act, const nk_epilogue *ep)
@@ -230,7 +231,26 @@ NK_INLINE void cols_body(const float *x, float *y, size_t rows, size_t cols, siz
     const vf alpha = vf_set1(ep->alpha);
     /* streaming only when every row's full vectors are aligned */
     const int stream = NK_STREAM(ep) && nk_aligned(y) && ystride % NK_VL == 0;
-    for (size_t r = 0; r < rows; r++) {
+    size_t r = 0;
+    for (; r + COLS_ROWS <= rows; r += COLS_ROWS) {
+        const float *xr = x + r * xstride;
+        float *yr = y + r * ystride;
+        size_t j = 0;
+        for (; j + NK_VL <= cols; j += NK_VL) {
+            const vf vm = vf_loadu(m + j), va = vf_loadu(a + j), vb = vf_loadu(b + j);
+            for (int q = 0; q < COLS_ROWS; q++) {
+                vf o = norm1(vf_loadu(xr + q * xstride + j), vm, va, vb, act, alpha);
+                if (stream)
+                    vf_stream(yr + q * ystride + j, o);
+                else
+                    vf_storeu(yr + q * ystride + j, o);
+            }
+        }
+        if (j < cols)
+            for (int q = 0; q < COLS_ROWS; q++)
+                cols_vec(xr + q * xstride, yr + q * ystride, m, a, b, j, cols - j, act, alpha, stream);
+    }
+    for (; r < rows; r++) {
         const float *xr = x + r * xstride;
         float *yr = y + r * ystride;
         size_t j = 0;
