@@ -6,8 +6,9 @@
  *
  *   cc -std=c11 -Wall -Wextra -Iinclude -I<build>/include tests/golden_lowp_check.c
  *
- * (<build>/include holds the generated normkit_version.h). Not a meson test
- * yet: the normkit side of the 16-bit goldens comes with the bf16 support.
+ * (<build>/include holds the generated normkit_version.h); the meson suite
+ * golden_lowp runs it in native builds. The comparison of normkit's own
+ * 16-bit results with these goldens comes with the bf16 support.
  */
 #include <stdio.h>
 #include <stdlib.h>
