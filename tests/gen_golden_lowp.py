@@ -82,6 +82,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# the helpers shared with the fp32 generator (same directory)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gen_golden import fmt, rand_input, seed_for, set_affine  # noqa: E402
+
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "torch_golden_lowp.h")
 
 LAYER = {"bn": "NK_LAYER_BATCH_NORM", "in": "NK_LAYER_INSTANCE_NORM",
@@ -96,19 +100,6 @@ DT_CODE = {F32: "GOLD_LP_F32", BF16: "GOLD_LP_BF16", F16: "GOLD_LP_F16", None: "
 # (fraction bits, smallest normal exponent, largest finite value) of the 16-bit formats
 FORMAT = {BF16: (7, -126, float.fromhex("0x1.fep127")), F16: (10, -14, 65504.0)}
 ACT_DTYPES = (BF16, F16)
-
-
-def seed_for(name):
-    torch.manual_seed(zlib.crc32(name.encode()))
-
-
-def fmt(v):
-    s = "%.9g" % float(v)
-    if not math.isfinite(float(v)):
-        raise ValueError("non-finite golden value")
-    if not any(ch in s for ch in ".e"):
-        s += ".0"
-    return s + "f"
 
 
 def bits_of(t):
@@ -151,31 +142,10 @@ def last_view(t_last):
     return t_last.permute(0, d - 1, *range(1, d - 1))
 
 
-def rand_input(shape, c_dim=1):
-    """Normal data with per-channel offsets and scales (so channels differ)."""
-    x = torch.randn(*shape)
-    if x.numel() and x.dim() > c_dim:
-        C = shape[c_dim]
-        view = [1] * len(shape)
-        view[c_dim] = C
-        off = (torch.rand(C) * 6 - 3).view(view)
-        sc = (torch.rand(C) * 2 + 0.5).view(view)
-        x = x * sc + off
-    return x.float()
-
-
 def ln_input(shape, nd):
     """Normal data with per-row offsets (so rows differ)."""
     rows = shape[:len(shape) - nd]
     return (torch.randn(*shape) * 1.5 + (torch.rand(*rows, *([1] * nd)) * 4 - 2)).float()
-
-
-def set_affine(mod, shape):
-    with torch.no_grad():
-        if getattr(mod, "weight", None) is not None:
-            mod.weight.copy_(torch.rand(shape) + 0.5)
-        if getattr(mod, "bias", None) is not None:
-            mod.bias.copy_(torch.randn(shape) * 0.5)
 
 
 # ---------------------------------------------------------------------------
