@@ -126,7 +126,7 @@ static void fix_bad(const float *x, size_t rows, size_t nc, size_t stride, nk_mo
         bad |= (moments_bits(part, i) & e) == e;
     for (size_t c = 0; bad && c < nc; c++)
         if (moments_bad(&part[c]))
-            nk_moments_f64(x + c, rows, stride, &part[c]);
+            nk_moments_f64(NK_DTYPE_F32, x + c, rows, stride, &part[c]);
 }
 
 void nk_cols_moments(const nk_kernels *k, const float *x, size_t rows, size_t cols, size_t stride,

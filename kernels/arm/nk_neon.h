@@ -32,8 +32,8 @@
 #endif
 
 #define NK_VL 4
-#define NK_FN(name) nk_##name##__neon
-#define NK_INIT nk_kernels_init_neon
+#define NK_FN(name) NK_CAT3(nk_##name, NK_DT_TAG, __neon)
+#define NK_INIT NK_CAT3(nk_kernels_init_neon, NK_DT_TAG, )
 
 #if defined(__aarch64__)
 #  define NK_NREGS 32
@@ -46,7 +46,7 @@
 
 #define NK_STREAM(ep) 0
 NK_INLINE void nk_stream_fence(void) {}
-NK_INLINE void nk_prefetch(const float *p) { __builtin_prefetch(p); }
+NK_INLINE void nk_prefetch(const void *p) { __builtin_prefetch(p); }
 
 typedef float32x4_t vf;
 

@@ -41,7 +41,7 @@
  * the kernel returns. */
 #define NK_STREAM(ep) ((ep)->stream)
 NK_INLINE void nk_stream_fence(void) { _mm_sfence(); }
-NK_INLINE void nk_prefetch(const float *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
+NK_INLINE void nk_prefetch(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
 #define NK_IEEE_VDIV 1
 /* inv_std in fp64 vectors: kernels/x86/inv_std_x86.c */
 #define NK_HAVE_INV_STD 1
@@ -52,11 +52,11 @@ NK_INLINE void nk_prefetch(const float *p) { _mm_prefetch((const char *)p, _MM_H
 #  define NK_VL 16
 #  define NK_NREGS 32
 #  if defined(NK_SIMDE)
-#    define NK_FN(name) nk_##name##__avx512_emu
-#    define NK_INIT nk_kernels_init_avx512_emu
+#    define NK_FN(name) NK_CAT3(nk_##name, NK_DT_TAG, __avx512_emu)
+#    define NK_INIT NK_CAT3(nk_kernels_init_avx512_emu, NK_DT_TAG, )
 #  else
-#    define NK_FN(name) nk_##name##__avx512
-#    define NK_INIT nk_kernels_init_avx512
+#    define NK_FN(name) NK_CAT3(nk_##name, NK_DT_TAG, __avx512)
+#    define NK_INIT NK_CAT3(nk_kernels_init_avx512, NK_DT_TAG, )
 #  endif
 
 typedef __m512 vf;
@@ -215,8 +215,8 @@ NK_INLINE vf vf_tanh(vf v) { NK_LANES(tanhf); }
 
 #  define NK_VL 8
 #  define NK_NREGS 16
-#  define NK_FN(name) nk_##name##__avx2
-#  define NK_INIT nk_kernels_init_avx2
+#  define NK_FN(name) NK_CAT3(nk_##name, NK_DT_TAG, __avx2)
+#  define NK_INIT NK_CAT3(nk_kernels_init_avx2, NK_DT_TAG, )
 
 typedef __m256 vf;
 
