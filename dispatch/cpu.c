@@ -22,11 +22,13 @@ void nk_cpu_detect(nk_cpu_info *info)
     unsigned a, b, c, d;
     info->avx2 = info->avx512 = info->avx512bf16 = info->neon = info->neon_fp16 = 0;
     info->neon_reason = "not an ARM CPU";
-    info->avx2_reason = "AVX2 or FMA not supported by the CPU";
+    info->avx2_reason = "AVX2, FMA or F16C not supported by the CPU";
     info->avx512_reason = "AVX-512 F/BW/DQ/VL not supported by the CPU";
     if (!__get_cpuid(1, &a, &b, &c, &d))
         return;
     int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+    /* F16C: the fp16 conversions of the AVX2 kernels (every AVX2 CPU has it) */
+    int f16c = (c >> 29) & 1;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
         return;
     const unsigned max_sub7 = a;
@@ -36,10 +38,10 @@ void nk_cpu_detect(nk_cpu_info *info)
     int os_ymm = (xcr0 & 0x6) == 0x6;
     int os_zmm = os_ymm && (xcr0 & 0xe0) == 0xe0;
 
-    if (avx && avx2 && fma) {
+    if (avx && avx2 && fma && f16c) {
         if (os_ymm) {
             info->avx2 = 1;
-            info->avx2_reason = "AVX2 and FMA supported by the CPU and the OS";
+            info->avx2_reason = "AVX2, FMA and F16C supported by the CPU and the OS";
         } else {
             info->avx2_reason = "AVX2 supported by the CPU, but not the OS";
         }

@@ -78,15 +78,21 @@ static void nk_init(void)
 #if NK_HAVE_AVX2
     if (nk_cpu.avx2) {
         add_table(NK_ISA_AVX2, NK_DTYPE_F32, NK_ISA_SCALAR, nk_kernels_init_avx2, NULL);
-        add_table(NK_ISA_AVX2, NK_DTYPE_F16, NK_ISA_SCALAR, NULL, NULL);
-        add_table(NK_ISA_AVX2, NK_DTYPE_BF16, NK_ISA_SCALAR, NULL, NULL);
+        add_table(NK_ISA_AVX2, NK_DTYPE_F16, NK_ISA_SCALAR, nk_kernels_init_avx2_f16, NULL);
+        add_table(NK_ISA_AVX2, NK_DTYPE_BF16, NK_ISA_SCALAR, nk_kernels_init_avx2_bf16, NULL);
 #  if NK_HAVE_AVX512
         if (nk_cpu.avx512) {
             add_table(NK_ISA_AVX512, NK_DTYPE_F32, NK_ISA_AVX2, nk_kernels_init_avx512, NULL);
-            add_table(NK_ISA_AVX512, NK_DTYPE_F16, NK_ISA_AVX2, NULL, NULL);
+            add_table(NK_ISA_AVX512, NK_DTYPE_F16, NK_ISA_AVX2, nk_kernels_init_avx512_f16, NULL);
             /* bf16 stores: vcvtneps2bf16 where the CPU has AVX512-BF16,
              * integer rounding otherwise (the same bits) */
-            add_table(NK_ISA_AVX512, NK_DTYPE_BF16, NK_ISA_AVX2, NULL, NULL);
+            nk_filler bf16_ne = NULL;
+#    if NK_HAVE_AVX512BF16
+            if (nk_cpu.avx512bf16)
+                bf16_ne = nk_kernels_init_avx512bf16_bf16;
+#    endif
+            add_table(NK_ISA_AVX512, NK_DTYPE_BF16, NK_ISA_AVX2, nk_kernels_init_avx512_bf16,
+                      bf16_ne);
         }
 #  endif
     }
@@ -95,8 +101,8 @@ static void nk_init(void)
     if (nk_cpu.neon) {
         add_table(NK_ISA_NEON, NK_DTYPE_F32, NK_ISA_SCALAR, nk_kernels_init_neon, NULL);
         if (nk_cpu.neon_fp16)
-            add_table(NK_ISA_NEON, NK_DTYPE_F16, NK_ISA_SCALAR, NULL, NULL);
-        add_table(NK_ISA_NEON, NK_DTYPE_BF16, NK_ISA_SCALAR, NULL, NULL);
+            add_table(NK_ISA_NEON, NK_DTYPE_F16, NK_ISA_SCALAR, nk_kernels_init_neon_f16, NULL);
+        add_table(NK_ISA_NEON, NK_DTYPE_BF16, NK_ISA_SCALAR, nk_kernels_init_neon_bf16, NULL);
     }
 #endif
 

@@ -190,6 +190,8 @@ void nk_kernels_init_avx2_bf16(nk_kernels *k);
 void nk_kernels_init_avx512(nk_kernels *k);
 void nk_kernels_init_avx512_f16(nk_kernels *k);
 void nk_kernels_init_avx512_bf16(nk_kernels *k);
+#endif
+#if NK_HAVE_AVX512BF16
 /* bf16 with AVX512-BF16 stores (vcvtneps2bf16), for CPUs that have it */
 void nk_kernels_init_avx512bf16_bf16(nk_kernels *k);
 #endif

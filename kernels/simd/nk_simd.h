@@ -59,9 +59,17 @@
  *   NK_XLINE               elements per 64-byte cache line (prefetch step)
  *   nk_xload(p)            one element as float (kernels/dtype.h)
  *
- * For fp32 they are the vf_* operations above (defined here). A 16-bit
- * type is added once per architecture in its vocabulary header, as these
- * loads and stores; the algorithms do not change.
+ * For fp32 they are the vf_* operations above (defined here). For a 16-bit
+ * type they are composed here from what the vocabulary header provides:
+ *
+ *   vh                     NK_VL 16-bit elements (an integer vector)
+ *   vh_loadu / vh_load_n / vh_storeu / vh_store_n / vh_stream
+ *                          the moves, with the semantics of the vx_ ones
+ *                          (masked lanes 0, nothing touched past n)
+ *   vh_to_vf, vf_to_vh     the conversions of kernels/cvt.h, bit for bit
+ *
+ * so a new element type is added once per architecture; the algorithms do
+ * not change.
  */
 #ifndef NK_KERNELS_SIMD_NK_SIMD_H
 #define NK_KERNELS_SIMD_NK_SIMD_H
@@ -147,6 +155,12 @@ NK_INLINE vf act_apply(vf v, const int act, vf alpha)
 #  define vx_storeu vf_storeu
 #  define vx_store_n vf_store_n
 #  define vx_stream vf_stream
+#else
+NK_INLINE vf vx_loadu(const xt *p) { return vh_to_vf(vh_loadu(p)); }
+NK_INLINE vf vx_load_n(const xt *p, size_t n) { return vh_to_vf(vh_load_n(p, n)); }
+NK_INLINE void vx_storeu(xt *p, vf v) { vh_storeu(p, vf_to_vh(v)); }
+NK_INLINE void vx_store_n(xt *p, vf v, size_t n) { vh_store_n(p, vf_to_vh(v), n); }
+NK_INLINE void vx_stream(xt *p, vf v) { vh_stream(p, vf_to_vh(v)); }
 #endif
 #define NK_XBYTES (NK_VL * sizeof(xt))
 #define NK_XLINE (64 / sizeof(xt))
