@@ -172,6 +172,14 @@ NK_INLINE float vf_hsum(vf v)
 /* 16-bit elements: 16 in a 256-bit vh */
 #  if NK_DT != NK_DTYPE_F32
 typedef __m256i vh;
+/* the conversions: out of line in the emulated build (inlined at every
+ * load and store, SIMDe's 512-bit integer emulation tripled its compile
+ * time), inline otherwise */
+#    if defined(NK_SIMDE)
+#      define NK_CVT static __attribute__((noinline))
+#    else
+#      define NK_CVT NK_INLINE
+#    endif
 NK_INLINE vh vh_loadu(const xt *p) { return _mm256_loadu_si256((const __m256i *)(const void *)p); }
 NK_INLINE void vh_storeu(xt *p, vh h) { _mm256_storeu_si256((__m256i *)(void *)p, h); }
 #    if defined(NK_SIMDE)
@@ -215,21 +223,23 @@ NK_INLINE vh nk_u32_to_u16(__m512i v)
     return _mm256_loadu_si256((const __m256i *)(const void *)t);
 }
 #      if NK_DT == NK_DTYPE_F16
-NK_INLINE vf vh_to_vf(vh h)
+NK_CVT vf vh_to_vf(vh h)
 {
     uint16_t t[16];
     float f[16];
     _mm256_storeu_si256((__m256i *)(void *)t, h);
     _mm256_storeu_ps(f, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)t)));
-    _mm256_storeu_ps(f + 8, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(t + 8))));
+    _mm256_storeu_ps(f + 8,
+                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(t + 8))));
     return _mm512_loadu_ps(f);
 }
-NK_INLINE vh vf_to_vh(vf v)
+NK_CVT vh vf_to_vh(vf v)
 {
     float f[16];
     uint16_t t[16];
     _mm512_storeu_ps(f, v);
-    _mm_storeu_si128((__m128i *)(void *)t, _mm256_cvtps_ph(_mm256_loadu_ps(f), _MM_FROUND_TO_NEAREST_INT));
+    _mm_storeu_si128((__m128i *)(void *)t,
+                     _mm256_cvtps_ph(_mm256_loadu_ps(f), _MM_FROUND_TO_NEAREST_INT));
     _mm_storeu_si128((__m128i *)(void *)(t + 8),
                      _mm256_cvtps_ph(_mm256_loadu_ps(f + 8), _MM_FROUND_TO_NEAREST_INT));
     return _mm256_loadu_si256((const __m256i *)(const void *)t);
@@ -256,9 +266,9 @@ NK_INLINE vh vf_to_vh(vf v)
 #      endif
 #    endif
 #    if NK_DT == NK_DTYPE_BF16
-NK_INLINE vf vh_to_vf(vh h) { return _mm512_castsi512_ps(_mm512_slli_epi32(nk_u16_to_u32(h), 16)); }
+NK_CVT vf vh_to_vf(vh h) { return _mm512_castsi512_ps(_mm512_slli_epi32(nk_u16_to_u32(h), 16)); }
 /* kernels/cvt.h's rounding: bits + 0x7fff + lsb, NaN quiet (x | 0x400000) */
-NK_INLINE vh nk_bf16_round(vf v)
+NK_CVT vh nk_bf16_round(vf v)
 {
     const __m512i x = _mm512_castps_si512(v);
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
@@ -436,7 +446,10 @@ NK_INLINE void vh_store_n(xt *p, vh h, size_t n)
 NK_INLINE vf vh_to_vf(vh h) { return _mm256_cvtph_ps(h); }
 NK_INLINE vh vf_to_vh(vf v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT); }
 #    else
-NK_INLINE vf vh_to_vf(vh h) { return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)); }
+NK_INLINE vf vh_to_vf(vh h)
+{
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
 /* kernels/cvt.h's rounding: bits + 0x7fff + lsb, NaN quiet (x | 0x400000) */
 NK_INLINE vh vf_to_vh(vf v)
 {
