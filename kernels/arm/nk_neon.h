@@ -194,21 +194,21 @@ NK_INLINE vh vf_to_vh(vf v) { return vreinterpret_u16_f16(vcvt_f16_f32(v)); }
 NK_INLINE vf vh_to_vf(vh h)
 {
     const vf v = vcvt_f32_f16(vreinterpret_f16_u16(h));
-    const uint32x4_t nan = vreinterpretq_u32_s32(
-        vmovl_s16(vreinterpret_s16_u16(vcgt_u16(vand_u16(h, vdup_n_u16(0x7fff)), vdup_n_u16(0x7c00)))));
+    const uint16x4_t nan16 = vcgt_u16(vand_u16(h, vdup_n_u16(0x7fff)), vdup_n_u16(0x7c00));
+    const uint32x4_t nan = vreinterpretq_u32_s32(vmovl_s16(vreinterpret_s16_u16(nan16)));
     const uint32x4_t w = vmovl_u16(h);
-    const uint32x4_t bits = vorrq_u32(vorrq_u32(vandq_u32(vshlq_n_u32(w, 16), vdupq_n_u32(0x80000000u)),
-                                                vdupq_n_u32(0x7fc00000u)),
-                                      vandq_u32(vshlq_n_u32(w, 13), vdupq_n_u32(0x007fe000u)));
+    const uint32x4_t sign = vandq_u32(vshlq_n_u32(w, 16), vdupq_n_u32(0x80000000u));
+    const uint32x4_t frac = vandq_u32(vshlq_n_u32(w, 13), vdupq_n_u32(0x007fe000u));
+    const uint32x4_t bits = vorrq_u32(vorrq_u32(sign, vdupq_n_u32(0x7fc00000u)), frac);
     return vbslq_f32(nan, vreinterpretq_f32_u32(bits), v);
 }
 NK_INLINE vh vf_to_vh(vf v)
 {
     const vh h = vreinterpret_u16_f16(vcvt_f16_f32(v));
     const uint32x4_t x = vreinterpretq_u32_f32(v);
-    const uint32x4_t bits = vorrq_u32(vorrq_u32(vandq_u32(vshrq_n_u32(x, 16), vdupq_n_u32(0x8000u)),
-                                                vdupq_n_u32(0x7e00u)),
-                                      vandq_u32(vshrq_n_u32(x, 13), vdupq_n_u32(0x3ffu)));
+    const uint32x4_t sign = vandq_u32(vshrq_n_u32(x, 16), vdupq_n_u32(0x8000u));
+    const uint32x4_t frac = vandq_u32(vshrq_n_u32(x, 13), vdupq_n_u32(0x3ffu));
+    const uint32x4_t bits = vorrq_u32(vorrq_u32(sign, vdupq_n_u32(0x7e00u)), frac);
     const uint16x4_t nan = vmovn_u32(vmvnq_u32(vceqq_f32(v, v)));
     return vbsl_u16(nan, vmovn_u32(bits), h);
 }
