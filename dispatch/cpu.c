@@ -20,25 +20,28 @@ static uint64_t xgetbv0(void)
 void nk_cpu_detect(nk_cpu_info *info)
 {
     unsigned a, b, c, d;
-    info->avx2 = info->avx512 = info->neon = 0;
+    info->avx2 = info->avx512 = info->avx512bf16 = info->neon = info->neon_fp16 = 0;
     info->neon_reason = "not an ARM CPU";
-    info->avx2_reason = "AVX2 or FMA not supported by the CPU";
+    info->avx2_reason = "AVX2, FMA or F16C not supported by the CPU";
     info->avx512_reason = "AVX-512 F/BW/DQ/VL not supported by the CPU";
     if (!__get_cpuid(1, &a, &b, &c, &d))
         return;
     int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+    /* F16C: the fp16 conversions of the AVX2 kernels (every AVX2 CPU has it) */
+    int f16c = (c >> 29) & 1;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d))
         return;
+    const unsigned max_sub7 = a;
     int avx2 = (b >> 5) & 1;
     int f = (b >> 16) & 1, dq = (b >> 17) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1;
     uint64_t xcr0 = osxsave ? xgetbv0() : 0;
     int os_ymm = (xcr0 & 0x6) == 0x6;
     int os_zmm = os_ymm && (xcr0 & 0xe0) == 0xe0;
 
-    if (avx && avx2 && fma) {
+    if (avx && avx2 && fma && f16c) {
         if (os_ymm) {
             info->avx2 = 1;
-            info->avx2_reason = "AVX2 and FMA supported by the CPU and the OS";
+            info->avx2_reason = "AVX2, FMA and F16C supported by the CPU and the OS";
         } else {
             info->avx2_reason = "AVX2 supported by the CPU, but not the OS";
         }
@@ -49,6 +52,9 @@ void nk_cpu_detect(nk_cpu_info *info)
         } else if (os_zmm) {
             info->avx512 = 1;
             info->avx512_reason = "AVX-512 F/BW/DQ/VL supported by the CPU and the OS";
+            /* AVX512-BF16: leaf 7 subleaf 1, EAX bit 5 (same OS state as AVX-512) */
+            if (max_sub7 >= 1 && __get_cpuid_count(7, 1, &a, &b, &c, &d))
+                info->avx512bf16 = (a >> 5) & 1;
         } else {
             info->avx512_reason = "AVX-512 supported by the CPU, but not the OS";
         }
@@ -59,9 +65,10 @@ void nk_cpu_detect(nk_cpu_info *info)
 
 void nk_cpu_detect(nk_cpu_info *info)
 {
-    info->avx2 = info->avx512 = 0;
+    info->avx2 = info->avx512 = info->avx512bf16 = 0;
     info->avx2_reason = info->avx512_reason = "not an x86 CPU";
     info->neon = 1;
+    info->neon_fp16 = 1; /* fcvtl / fcvtn are baseline */
     info->neon_reason = "NEON (Advanced SIMD) is baseline on AArch64";
 }
 
@@ -70,12 +77,21 @@ void nk_cpu_detect(nk_cpu_info *info)
 #  ifndef HWCAP_NEON
 #    define HWCAP_NEON (1 << 12)
 #  endif
+#  ifndef HWCAP_VFPv4
+#    define HWCAP_VFPv4 (1 << 16)
+#  endif
 
 void nk_cpu_detect(nk_cpu_info *info)
 {
-    info->avx2 = info->avx512 = 0;
+    info->avx2 = info->avx512 = info->avx512bf16 = 0;
     info->avx2_reason = info->avx512_reason = "not an x86 CPU";
-    info->neon = (getauxval(AT_HWCAP) & HWCAP_NEON) != 0;
+    const unsigned long hw = getauxval(AT_HWCAP);
+    info->neon = (hw & HWCAP_NEON) != 0;
+    /* the NEON fp16 conversions (vcvt.f32.f16, -mfpu=neon-fp16) are the
+     * half-precision extension, part of VFPv4; Linux has no HWCAP bit of
+     * their own (HWCAP_HALF is halfword loads), so VFPv4 is asked: a core
+     * with the extension but VFPv3 only runs fp16 on the scalar table */
+    info->neon_fp16 = info->neon && (hw & HWCAP_VFPv4) != 0;
     info->neon_reason = info->neon ? "NEON reported by the kernel (AT_HWCAP)"
                                    : "NEON not reported by the kernel (AT_HWCAP)";
 }
@@ -84,7 +100,7 @@ void nk_cpu_detect(nk_cpu_info *info)
 
 void nk_cpu_detect(nk_cpu_info *info)
 {
-    info->avx2 = info->avx512 = info->neon = 0;
+    info->avx2 = info->avx512 = info->avx512bf16 = info->neon = info->neon_fp16 = 0;
     info->avx2_reason = info->avx512_reason = info->neon_reason =
         "no feature detection for this CPU";
 }

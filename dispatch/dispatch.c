@@ -1,8 +1,10 @@
 /*
  * Runtime CPU-feature dispatch. Detection runs once (pthread_once); the
- * tables are filled in ascending ISA order, each level overwriting what it
- * implements. NORMKIT_ISA=scalar|avx2|avx512|neon or nk_set_isa() select a
- * level the CPU supports; nothing can select one it lacks.
+ * tables, one per (ISA, element type), are filled in ascending ISA order,
+ * each level starting from the level below of the same dtype and
+ * overwriting what it implements. NORMKIT_ISA=scalar|avx2|avx512|neon or
+ * nk_set_isa() select a level the CPU supports; nothing can select one it
+ * lacks. The selection holds for every dtype.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -14,19 +16,42 @@
 #include "dispatch/status.h"
 
 #define NK_NUM_ISA 4
+#define NK_NUM_DTYPE 3 /* NK_DTYPE_F32, NK_DTYPE_F16, NK_DTYPE_BF16 */
 
 static pthread_once_t nk_once = PTHREAD_ONCE_INIT;
-static nk_kernels nk_tables[NK_NUM_ISA];
-static int nk_avail[NK_NUM_ISA];
+static nk_kernels nk_tables[NK_NUM_ISA][NK_NUM_DTYPE];
+static int nk_avail[NK_NUM_ISA][NK_NUM_DTYPE];
 static nk_cpu_info nk_cpu;
+/* the fp32 table of the ISA in use */
 static _Atomic(const nk_kernels *) nk_active;
+
+typedef void (*nk_filler)(nk_kernels *k);
 
 static nk_isa best_isa(void)
 {
     for (int i = NK_NUM_ISA - 1; i > 0; i--)
-        if (nk_avail[i])
+        if (nk_avail[i][NK_DTYPE_F32])
             return (nk_isa)i;
     return NK_ISA_SCALAR;
+}
+
+/* Table (isa, dt): the table (base, dt) overwritten by fill and then fill2
+ * (either may be NULL); inv_scale and inv_std from (isa, fp32), built first. */
+static void add_table(nk_isa isa, unsigned dt, nk_isa base, nk_filler fill, nk_filler fill2)
+{
+    nk_kernels t = nk_tables[base][dt];
+    if (fill)
+        fill(&t);
+    if (fill2)
+        fill2(&t);
+    t.isa = isa;
+    t.dtype = dt;
+    if (dt != NK_DTYPE_F32) {
+        t.inv_scale = nk_tables[isa][NK_DTYPE_F32].inv_scale;
+        t.inv_std = nk_tables[isa][NK_DTYPE_F32].inv_std;
+    }
+    nk_tables[isa][dt] = t;
+    nk_avail[isa][dt] = 1;
 }
 
 static int parse_isa(const char *s, nk_isa *out)
@@ -44,45 +69,49 @@ static void nk_init(void)
 {
     nk_cpu_detect(&nk_cpu);
 
-    nk_kernels t;
-    memset(&t, 0, sizeof t);
-    nk_kernels_init_ref(&t);
-    nk_tables[NK_ISA_SCALAR] = t;
-    nk_avail[NK_ISA_SCALAR] = 1;
+    static const nk_filler ref_fill[NK_NUM_DTYPE] = {nk_kernels_init_ref, nk_kernels_init_ref_f16,
+                                                     nk_kernels_init_ref_bf16};
+    for (unsigned dt = 0; dt < NK_NUM_DTYPE; dt++) {
+        memset(&nk_tables[NK_ISA_SCALAR][dt], 0, sizeof(nk_kernels));
+        add_table(NK_ISA_SCALAR, dt, NK_ISA_SCALAR, ref_fill[dt], NULL);
+    }
 #if NK_HAVE_AVX2
     if (nk_cpu.avx2) {
-        nk_kernels t2 = nk_tables[NK_ISA_SCALAR];
-        nk_kernels_init_avx2(&t2);
-        t2.isa = NK_ISA_AVX2;
-        nk_tables[NK_ISA_AVX2] = t2;
-        nk_avail[NK_ISA_AVX2] = 1;
+        add_table(NK_ISA_AVX2, NK_DTYPE_F32, NK_ISA_SCALAR, nk_kernels_init_avx2, NULL);
+        add_table(NK_ISA_AVX2, NK_DTYPE_F16, NK_ISA_SCALAR, nk_kernels_init_avx2_f16, NULL);
+        add_table(NK_ISA_AVX2, NK_DTYPE_BF16, NK_ISA_SCALAR, nk_kernels_init_avx2_bf16, NULL);
 #  if NK_HAVE_AVX512
         if (nk_cpu.avx512) {
-            nk_kernels t5 = t2;
-            nk_kernels_init_avx512(&t5);
-            t5.isa = NK_ISA_AVX512;
-            nk_tables[NK_ISA_AVX512] = t5;
-            nk_avail[NK_ISA_AVX512] = 1;
+            add_table(NK_ISA_AVX512, NK_DTYPE_F32, NK_ISA_AVX2, nk_kernels_init_avx512, NULL);
+            add_table(NK_ISA_AVX512, NK_DTYPE_F16, NK_ISA_AVX2, nk_kernels_init_avx512_f16, NULL);
+            /* bf16 stores: vcvtneps2bf16 where the CPU has AVX512-BF16,
+             * integer rounding otherwise (the same bits) */
+            nk_filler bf16_ne = NULL;
+#    if NK_HAVE_AVX512BF16
+            if (nk_cpu.avx512bf16)
+                bf16_ne = nk_kernels_init_avx512bf16_bf16;
+#    endif
+            add_table(NK_ISA_AVX512, NK_DTYPE_BF16, NK_ISA_AVX2, nk_kernels_init_avx512_bf16,
+                      bf16_ne);
         }
 #  endif
     }
 #endif
 #if NK_HAVE_NEON
     if (nk_cpu.neon) {
-        nk_kernels tn = nk_tables[NK_ISA_SCALAR];
-        nk_kernels_init_neon(&tn);
-        tn.isa = NK_ISA_NEON;
-        nk_tables[NK_ISA_NEON] = tn;
-        nk_avail[NK_ISA_NEON] = 1;
+        add_table(NK_ISA_NEON, NK_DTYPE_F32, NK_ISA_SCALAR, nk_kernels_init_neon, NULL);
+        if (nk_cpu.neon_fp16)
+            add_table(NK_ISA_NEON, NK_DTYPE_F16, NK_ISA_SCALAR, nk_kernels_init_neon_f16, NULL);
+        add_table(NK_ISA_NEON, NK_DTYPE_BF16, NK_ISA_SCALAR, nk_kernels_init_neon_bf16, NULL);
     }
 #endif
 
     nk_isa pick = best_isa();
     const char *env = getenv("NORMKIT_ISA");
     nk_isa want;
-    if (env && *env && parse_isa(env, &want) && nk_avail[want])
+    if (env && *env && parse_isa(env, &want) && nk_avail[want][NK_DTYPE_F32])
         pick = want;
-    atomic_store(&nk_active, &nk_tables[pick]);
+    atomic_store(&nk_active, &nk_tables[pick][NK_DTYPE_F32]);
 }
 
 static void ensure_init(void) { pthread_once(&nk_once, nk_init); }
@@ -93,12 +122,24 @@ const nk_kernels *nk_kernels_current(void)
     return atomic_load_explicit(&nk_active, memory_order_acquire);
 }
 
-const nk_kernels *nk_kernels_for(nk_isa isa)
+const nk_kernels *nk_kernels_for(nk_isa isa) { return nk_kernels_for_dtype(isa, NK_DTYPE_F32); }
+
+const nk_kernels *nk_kernels_for_dtype(nk_isa isa, unsigned dtype)
 {
     ensure_init();
-    if ((unsigned)isa >= NK_NUM_ISA || !nk_avail[isa])
+    if ((unsigned)isa >= NK_NUM_ISA || dtype >= NK_NUM_DTYPE || !nk_avail[isa][dtype])
         return NULL;
-    return &nk_tables[isa];
+    return &nk_tables[isa][dtype];
+}
+
+const nk_kernels *nk_kernels_current_dtype(unsigned dtype)
+{
+    if (dtype >= NK_NUM_DTYPE)
+        return NULL;
+    int isa = (int)nk_kernels_current()->isa;
+    while (isa > 0 && !nk_avail[isa][dtype])
+        isa--;
+    return &nk_tables[isa][dtype];
 }
 
 nk_isa nk_get_isa(void) { return nk_kernels_current()->isa; }

@@ -301,6 +301,8 @@ typedef struct nk_context {
 
 /* Element types (uint32_t codes in descriptors). */
 #define NK_DTYPE_F32 0u
+#define NK_DTYPE_F16 1u
+#define NK_DTYPE_BF16 2u
 
 /*
  * One tensor pair: x and the output y share extents and element type and may

@@ -3,16 +3,32 @@
  * two families on a canonical view of the tensor:
  *   moments:          count/mean/M2 of contiguous rows, or of columns across rows
  *   normalize-scale:  y = act((x - m) * a + b) with m, a, b per row or per column
- * One table per ISA. The vector ISAs compile the algorithms of kernels/simd
- * (one file per family) against their vocabulary header (kernels/simd/
- * nk_simd.h); a new ISA supplies such a header, or files of its own, and
- * fills a table.
+ * One table per (ISA, element type). The vector ISAs compile the algorithms
+ * of kernels/simd (one file per family) against their vocabulary header
+ * (kernels/simd/nk_simd.h); a new ISA supplies such a header, or files of
+ * its own, and fills a table.
+ *
+ * Element types (the table's dtype, NK_DTYPE_* of normkit.h): x and y are
+ * arrays of fp32, fp16 (IEEE binary16) or bf16, stored as float or uint16_t
+ * (kernels/dtype.h), always of the same type, which is the table's; strides
+ * and lengths count elements. Everything else (m, a, b, g, s, mean_out,
+ * rstd_out, the moments and sums) is fp32 / fp64 whatever the dtype. Loads
+ * widen exactly to fp32, the arithmetic is the fp32 kernels', and stores
+ * round the fp32 result once to the element type (round to nearest even,
+ * kernels/cvt.h). So the statistics keep the fp32 contracts below (the
+ * inputs are exactly representable in fp32), and an output of a 16-bit type
+ * is its fp32 result rounded: the vector and scalar kernels of one dtype
+ * round fp32 values that lie within the fp32 bound of each other, and so
+ * differ by at most that bound plus 1 ulp of the dtype (1 ulp for the
+ * relative fp32 bounds: two fp32 values much closer than an ulp of the
+ * dtype round to the same or to adjacent values).
  */
 #ifndef NK_KERNELS_KERNELS_H
 #define NK_KERNELS_KERNELS_H
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "nk_config.h"
@@ -26,18 +42,18 @@ typedef struct nk_epilogue {
 } nk_epilogue;
 
 /*
- * Moments of `rows` rows of `len` contiguous floats; row r starts at
+ * Moments of `rows` rows of `len` contiguous elements; row r starts at
  * x + r * stride. out[r] = {len, mean, m2}. len >= 1.
  * Accuracy contract: chunked two-pass (fp32 inside chunks of at most a few
  * hundred elements per lane, fp64 Chan merge across chunks); a constant row
  * gives its value as mean and m2 == 0 exactly. Non-finite results on finite
  * input (fp32 overflow of squares) are recomputed in fp64 by the caller.
  */
-typedef void (*nk_moments_rows_fn)(const float *x, size_t rows, size_t len, size_t stride,
+typedef void (*nk_moments_rows_fn)(const void *x, size_t rows, size_t len, size_t stride,
                                    nk_moments *out);
 
 /*
- * Column moments: `rows` rows of `cols` contiguous floats, row r at
+ * Column moments: `rows` rows of `cols` contiguous elements, row r at
  * x + r * stride. Merges (Chan) the moments of column c into acc[c];
  * an acc entry with count 0 is empty. rows >= 1, cols >= 1.
  * Accuracy contract: M2 within about 6 gamma_k M2 and the mean within
@@ -49,11 +65,11 @@ typedef void (*nk_moments_rows_fn)(const float *x, size_t rows, size_t len, size
  * input) are recomputed by the kernel with nk_moments_f64 before they are
  * merged, the same on every ISA.
  */
-typedef void (*nk_moments_cols_fn)(const float *x, size_t rows, size_t cols, size_t stride,
+typedef void (*nk_moments_cols_fn)(const void *x, size_t rows, size_t cols, size_t stride,
                                    nk_moments *acc);
 
 /* out[r] = sum of x^2 over row r (fp32 chunks, fp64 across chunks). */
-typedef void (*nk_sumsq_rows_fn)(const float *x, size_t rows, size_t len, size_t stride,
+typedef void (*nk_sumsq_rows_fn)(const void *x, size_t rows, size_t len, size_t stride,
                                  double *out);
 
 /*
@@ -61,14 +77,14 @@ typedef void (*nk_sumsq_rows_fn)(const float *x, size_t rows, size_t len, size_t
  *   y[r * ystride + i] = act((x[r * xstride + i] - m[r * ps]) * a[r * ps] + b[r * ps])
  * ps (parameter stride) is 0 (one m, a, b for all rows) or 1.
  */
-typedef void (*nk_norm_rows_fn)(const float *x, float *y, size_t rows, size_t len,
+typedef void (*nk_norm_rows_fn)(const void *x, void *y, size_t rows, size_t len,
                                 size_t xstride, size_t ystride, const float *m, const float *a,
                                 const float *b, size_t ps, const nk_epilogue *ep);
 
 /*
  * Column normalize: y[r][c] = act((x[r][c] - m[c]) * a[c] + b[c]), c < cols.
  */
-typedef void (*nk_norm_cols_fn)(const float *x, float *y, size_t rows, size_t cols,
+typedef void (*nk_norm_cols_fn)(const void *x, void *y, size_t rows, size_t cols,
                                 size_t xstride, size_t ystride, const float *m, const float *a,
                                 const float *b, const nk_epilogue *ep);
 
@@ -77,12 +93,12 @@ typedef void (*nk_norm_cols_fn)(const float *x, float *y, size_t rows, size_t co
  *   y[r][i] = act(((x[r][i] - m[r]) * s[r]) * g[i] + b[i])
  * m == NULL means 0 (RMSNorm), g == NULL means 1, b == NULL means 0.
  */
-typedef void (*nk_norm_affine_fn)(const float *x, float *y, size_t rows, size_t len,
+typedef void (*nk_norm_affine_fn)(const void *x, void *y, size_t rows, size_t len,
                                   size_t xstride, size_t ystride, const float *m, const float *s,
                                   const float *g, const float *b, const nk_epilogue *ep);
 
 /*
- * LayerNorm or RMSNorm (flags & NK_SHORT_RMS) of `rows` rows of len floats,
+ * LayerNorm or RMSNorm (flags & NK_SHORT_RMS) of `rows` rows of len elements,
  * 1 <= len <= NK_SHORT_ROW, statistics and output in one call; row r at
  * x + r * xstride, its output at y + r * ystride (x == y with equal strides
  * allowed):
@@ -123,7 +139,7 @@ typedef void (*nk_norm_affine_fn)(const float *x, float *y, size_t rows, size_t 
 /* flags of nk_norm_short_fn */
 #define NK_SHORT_RMS 1u        /* RMSNorm: m = 0 */
 #define NK_SHORT_ROW_AFFINE 2u /* g[r], b[r] per row instead of g[i], b[i] per column */
-typedef void (*nk_norm_short_fn)(const float *x, float *y, size_t rows, size_t len,
+typedef void (*nk_norm_short_fn)(const void *x, void *y, size_t rows, size_t len,
                                  size_t xstride, size_t ystride, const float *g, const float *b,
                                  float eps, unsigned flags, float *mean_out, float *rstd_out,
                                  const nk_epilogue *ep);
@@ -170,6 +186,7 @@ typedef void (*nk_bn_finalize_fn)(const nk_moments *mo, size_t n, const nk_bn_fi
 
 typedef struct nk_kernels {
     nk_isa isa;
+    unsigned dtype; /* NK_DTYPE_*: the element type of x and y of every entry */
     nk_moments_rows_fn moments_rows;
     nk_moments_cols_fn moments_cols;
     nk_sumsq_rows_fn sumsq_rows;
@@ -182,17 +199,31 @@ typedef struct nk_kernels {
     nk_bn_finalize_fn bn_finalize;
 } nk_kernels;
 
-/* Per-ISA table fillers, called in ascending order; each overwrites the
- * entries it implements (dav1d's pattern). */
+/* Per-ISA table fillers, one per element type (no suffix: fp32), called in
+ * ascending order on a table of their dtype; each overwrites the entries it
+ * implements (dav1d's pattern). The 16-bit fillers leave inv_scale and
+ * inv_std, which have no x or y, to the dispatcher (the fp32 table's). */
 void nk_kernels_init_ref(nk_kernels *k);
+void nk_kernels_init_ref_f16(nk_kernels *k);
+void nk_kernels_init_ref_bf16(nk_kernels *k);
 #if NK_HAVE_AVX2
 void nk_kernels_init_avx2(nk_kernels *k);
+void nk_kernels_init_avx2_f16(nk_kernels *k);
+void nk_kernels_init_avx2_bf16(nk_kernels *k);
 #endif
 #if NK_HAVE_AVX512
 void nk_kernels_init_avx512(nk_kernels *k);
+void nk_kernels_init_avx512_f16(nk_kernels *k);
+void nk_kernels_init_avx512_bf16(nk_kernels *k);
+#endif
+#if NK_HAVE_AVX512BF16
+/* bf16 with AVX512-BF16 stores (vcvtneps2bf16), for CPUs that have it */
+void nk_kernels_init_avx512bf16_bf16(nk_kernels *k);
 #endif
 #if NK_HAVE_NEON
 void nk_kernels_init_neon(nk_kernels *k);
+void nk_kernels_init_neon_f16(nk_kernels *k); /* ARMv7: needs VFPv4 / fp16 (HWCAP) */
+void nk_kernels_init_neon_bf16(nk_kernels *k);
 #endif
 
 /* The activation dispatch of every vector kernel: body(ACT) with the
@@ -288,13 +319,25 @@ static inline float nk_inv_scale1(float var, const float *w, float eps)
     return w ? inv * *w : inv;
 }
 
-/* fp64 reference moments of a strided sequence (fallback for fp32 overflow). */
-void nk_moments_f64(const float *x, size_t n, size_t step, nk_moments *out);
-double nk_sumsq_f64(const float *x, size_t n);
+/* fp64 reference moments of a strided sequence of elements of type dtype
+ * (fallback for fp32 overflow). */
+void nk_moments_f64(unsigned dtype, const void *x, size_t n, size_t step, nk_moments *out);
+double nk_sumsq_f64(unsigned dtype, const void *x, size_t n);
 /* m and s of one row of nk_norm_short_fn in fp64, rounded to float: the
  * fallback of every norm_short kernel for rows whose fp32 statistics are
  * not finite. */
-void nk_short_stats_f64(const float *x, size_t len, float eps, int rms, float *m, float *s);
+void nk_short_stats_f64(unsigned dtype, const void *x, size_t len, float eps, int rms, float *m,
+                        float *s);
+/* The same, one function per element type (the kernels call their own) */
+void nk_moments_f64_f32(const float *x, size_t n, size_t step, nk_moments *out);
+void nk_moments_f64_f16(const uint16_t *x, size_t n, size_t step, nk_moments *out);
+void nk_moments_f64_bf16(const uint16_t *x, size_t n, size_t step, nk_moments *out);
+double nk_sumsq_f64_f32(const float *x, size_t n);
+double nk_sumsq_f64_f16(const uint16_t *x, size_t n);
+double nk_sumsq_f64_bf16(const uint16_t *x, size_t n);
+void nk_short_stats_f64_f32(const float *x, size_t len, float eps, int rms, float *m, float *s);
+void nk_short_stats_f64_f16(const uint16_t *x, size_t len, float eps, int rms, float *m, float *s);
+void nk_short_stats_f64_bf16(const uint16_t *x, size_t len, float eps, int rms, float *m, float *s);
 
 /* Scalar activation, the reference for every vector epilogue. */
 float nk_act_ref(float v, const nk_epilogue *ep);

@@ -128,7 +128,7 @@ void nk_rows_moments(const nk_kernels *k, const float *x, size_t rows, size_t le
     k->moments_rows(x, rows, len, stride, out);
     for (size_t r = 0; r < rows; r++)
         if (moments_bad(&out[r]))
-            nk_moments_f64(x + r * stride, len, 1, &out[r]);
+            nk_moments_f64(NK_DTYPE_F32, x + r * stride, len, 1, &out[r]);
 }
 
 void nk_segs_moments(const nk_kernels *k, const float *x, size_t len, size_t stride, size_t lo,

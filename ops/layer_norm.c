@@ -50,7 +50,7 @@ static void ln_moments(void *op, size_t b, size_t p, nk_moments *part)
             cl->k->sumsq_rows(x, e - r, len, xs, ss);
             for (size_t i = 0; i < e - r; i++) {
                 if (!isfinite(ss[i]))
-                    ss[i] = nk_sumsq_f64(x + i * xs, len);
+                    ss[i] = nk_sumsq_f64(NK_DTYPE_F32, x + i * xs, len);
                 out[i] = (nk_moments){(double)len, 0.0, ss[i]};
             }
         } else {

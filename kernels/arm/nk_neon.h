@@ -21,6 +21,19 @@
  * Tails use lane loads and stores, so no kernel reads or writes memory
  * outside its rows. There are no non-temporal stores (NK_STREAM is 0: the
  * epilogue's stream flag is ignored).
+ *
+ * 16-bit element types (NK_DT fp16 / bf16; the vh_* operations nk_simd.h
+ * composes into vx_*): four elements are a uint16x4_t, tails move lanes.
+ *   fp16: vcvt_f32_f16 / vcvt_f16_f32 (fcvtl / fcvtn: baseline on AArch64;
+ *         on ARMv7 the half-precision extension, -mfpu=neon-fp16, offered by
+ *         the dispatcher only with HWCAP_VFPv4). ARMv7 Advanced SIMD always
+ *         runs with the default NaN, so the NaN lanes of both conversions
+ *         are redone by integer operations (quiet, payload kept, as
+ *         kernels/cvt.h); its flush-to-zero does not touch fp16 values.
+ *   bf16: widened by a 16-bit shift, narrowed by the integer rounding of
+ *         kernels/cvt.h (bits + 0x7fff + lsb, NaN quiet), both targets.
+ * (ARMv7 NEON arithmetic itself flushes fp32 denormals, bf16's included,
+ * as it does for fp32 data.)
  */
 #ifndef NK_KERNELS_ARM_NK_NEON_H
 #define NK_KERNELS_ARM_NK_NEON_H
@@ -32,8 +45,8 @@
 #endif
 
 #define NK_VL 4
-#define NK_FN(name) nk_##name##__neon
-#define NK_INIT nk_kernels_init_neon
+#define NK_FN(name) NK_CAT3(nk_##name, NK_DT_TAG, __neon)
+#define NK_INIT NK_CAT3(nk_kernels_init_neon, NK_DT_TAG, )
 
 #if defined(__aarch64__)
 #  define NK_NREGS 32
@@ -46,7 +59,7 @@
 
 #define NK_STREAM(ep) 0
 NK_INLINE void nk_stream_fence(void) {}
-NK_INLINE void nk_prefetch(const float *p) { __builtin_prefetch(p); }
+NK_INLINE void nk_prefetch(const void *p) { __builtin_prefetch(p); }
 
 typedef float32x4_t vf;
 
@@ -138,6 +151,81 @@ NK_INLINE void vf_store_n(float *p, vf v, size_t n)
     }
 }
 NK_INLINE void vf_stream(float *p, vf v) { vst1q_f32(p, v); }
+
+#if NK_DT != NK_DTYPE_F32
+typedef uint16x4_t vh;
+NK_INLINE vh vh_loadu(const xt *p) { return vld1_u16(p); }
+NK_INLINE void vh_storeu(xt *p, vh h) { vst1_u16(p, h); }
+NK_INLINE void vh_stream(xt *p, vh h) { vst1_u16(p, h); }
+/* n (0..4) elements into the low lanes, the others 0; never reads past p + n */
+NK_INLINE vh vh_load_n(const xt *p, size_t n)
+{
+    vh h = vdup_n_u16(0);
+    if (n >= 4)
+        return vld1_u16(p);
+    if (n >= 3)
+        h = vld1_lane_u16(p + 2, h, 2);
+    if (n >= 2)
+        h = vld1_lane_u16(p + 1, h, 1);
+    if (n >= 1)
+        h = vld1_lane_u16(p, h, 0);
+    return h;
+}
+/* the low n (0..4) lanes; never writes past p + n */
+NK_INLINE void vh_store_n(xt *p, vh h, size_t n)
+{
+    if (n >= 4) {
+        vst1_u16(p, h);
+        return;
+    }
+    if (n >= 1)
+        vst1_lane_u16(p, h, 0);
+    if (n >= 2)
+        vst1_lane_u16(p + 1, h, 1);
+    if (n >= 3)
+        vst1_lane_u16(p + 2, h, 2);
+}
+#  if NK_DT == NK_DTYPE_F16
+#    if defined(__aarch64__)
+NK_INLINE vf vh_to_vf(vh h) { return vcvt_f32_f16(vreinterpret_f16_u16(h)); }
+NK_INLINE vh vf_to_vh(vf v) { return vreinterpret_u16_f16(vcvt_f16_f32(v)); }
+#    else
+/* the default NaN of ARMv7 Advanced SIMD replaced: sign, quiet, payload */
+NK_INLINE vf vh_to_vf(vh h)
+{
+    const vf v = vcvt_f32_f16(vreinterpret_f16_u16(h));
+    const uint16x4_t nan16 = vcgt_u16(vand_u16(h, vdup_n_u16(0x7fff)), vdup_n_u16(0x7c00));
+    const uint32x4_t nan = vreinterpretq_u32_s32(vmovl_s16(vreinterpret_s16_u16(nan16)));
+    const uint32x4_t w = vmovl_u16(h);
+    const uint32x4_t sign = vandq_u32(vshlq_n_u32(w, 16), vdupq_n_u32(0x80000000u));
+    const uint32x4_t frac = vandq_u32(vshlq_n_u32(w, 13), vdupq_n_u32(0x007fe000u));
+    const uint32x4_t bits = vorrq_u32(vorrq_u32(sign, vdupq_n_u32(0x7fc00000u)), frac);
+    return vbslq_f32(nan, vreinterpretq_f32_u32(bits), v);
+}
+NK_INLINE vh vf_to_vh(vf v)
+{
+    const vh h = vreinterpret_u16_f16(vcvt_f16_f32(v));
+    const uint32x4_t x = vreinterpretq_u32_f32(v);
+    const uint32x4_t sign = vandq_u32(vshrq_n_u32(x, 16), vdupq_n_u32(0x8000u));
+    const uint32x4_t frac = vandq_u32(vshrq_n_u32(x, 13), vdupq_n_u32(0x3ffu));
+    const uint32x4_t bits = vorrq_u32(vorrq_u32(sign, vdupq_n_u32(0x7e00u)), frac);
+    const uint16x4_t nan = vmovn_u32(vmvnq_u32(vceqq_f32(v, v)));
+    return vbsl_u16(nan, vmovn_u32(bits), h);
+}
+#    endif
+#  else
+NK_INLINE vf vh_to_vf(vh h) { return vreinterpretq_f32_u32(vshll_n_u16(h, 16)); }
+/* kernels/cvt.h's rounding: bits + 0x7fff + lsb, NaN quiet (x | 0x400000) */
+NK_INLINE vh vf_to_vh(vf v)
+{
+    const uint32x4_t x = vreinterpretq_u32_f32(v);
+    const uint32x4_t lsb = vandq_u32(vshrq_n_u32(x, 16), vdupq_n_u32(1));
+    uint32x4_t r = vaddq_u32(x, vaddq_u32(lsb, vdupq_n_u32(0x7fff)));
+    r = vbslq_u32(vmvnq_u32(vceqq_f32(v, v)), vorrq_u32(x, vdupq_n_u32(0x400000)), r);
+    return vshrn_n_u32(r, 16);
+}
+#  endif
+#endif
 
 NK_INLINE float vf_hsum(vf v)
 {

@@ -6,23 +6,27 @@
  * its M2 is sum(d^2) - sum(d)^2/n; chunks are merged in fp64 with Chan's
  * formula. For a constant chunk d is 0 or a single rounding step of m0, so
  * the corrected mean is the value itself and M2 is exactly 0.
+ *
+ * Compiled once per element type (kernels/dtype.h): x is read through
+ * nk_xload, exactly widened to fp32; everything else is the fp32 code.
  */
 #include <math.h>
 
+#include "kernels/dtype.h"
 #include "kernels/kernels.h"
 
 #define NK_REF_CHUNK 256
 
-static void chunk_moments(const float *x, size_t n, size_t step, nk_moments *acc)
+static void chunk_moments(const xt *x, size_t n, size_t step, nk_moments *acc)
 {
     float s = 0.0f;
     for (size_t i = 0; i < n; i++)
-        s += x[i * step];
+        s += nk_xload(&x[i * step]);
     const float inv = 1.0f / (float)n;
     const float m0 = s * inv;
     float s1 = 0.0f, s2 = 0.0f;
     for (size_t i = 0; i < n; i++) {
-        float d = x[i * step] - m0;
+        float d = nk_xload(&x[i * step]) - m0;
         s1 += d;
         s2 += d * d;
     }
@@ -33,7 +37,7 @@ static void chunk_moments(const float *x, size_t n, size_t step, nk_moments *acc
     nk_moments_merge_inline(acc, (double)n, mean, m2);
 }
 
-static void moments_strided(const float *x, size_t n, size_t step, nk_moments *out)
+static void moments_strided(const xt *x, size_t n, size_t step, nk_moments *out)
 {
     nk_moments acc = {0.0, 0.0, 0.0};
     for (size_t i = 0; i < n; i += NK_REF_CHUNK) {
@@ -43,50 +47,53 @@ static void moments_strided(const float *x, size_t n, size_t step, nk_moments *o
     *out = acc;
 }
 
-static void moments_rows_ref(const float *x, size_t rows, size_t len, size_t stride,
+static void moments_rows_ref(const void *xv, size_t rows, size_t len, size_t stride,
                              nk_moments *out)
 {
+    const xt *x = xv;
     for (size_t r = 0; r < rows; r++)
         moments_strided(x + r * stride, len, 1, &out[r]);
 }
 
-static void moments_cols_ref(const float *x, size_t rows, size_t cols, size_t stride,
+static void moments_cols_ref(const void *xv, size_t rows, size_t cols, size_t stride,
                              nk_moments *acc)
 {
+    const xt *x = xv;
     for (size_t c = 0; c < cols; c++) {
         nk_moments m;
         moments_strided(x + c, rows, stride, &m);
         if (!isfinite(m.mean) || !isfinite(m.m2))
-            nk_moments_f64(x + c, rows, stride, &m);
+            NK_DT_F64(nk_moments_f64)(x + c, rows, stride, &m);
         nk_moments_merge_inline(&acc[c], m.count, m.mean, m.m2);
     }
 }
 
-static void sumsq_rows_ref(const float *x, size_t rows, size_t len, size_t stride, double *out)
+static void sumsq_rows_ref(const void *xv, size_t rows, size_t len, size_t stride, double *out)
 {
+    const xt *x = xv;
     for (size_t r = 0; r < rows; r++) {
-        const float *p = x + r * stride;
+        const xt *p = x + r * stride;
         double tot = 0.0;
         for (size_t i = 0; i < len; i += NK_REF_CHUNK) {
             size_t n = len - i < NK_REF_CHUNK ? len - i : NK_REF_CHUNK;
             float s = 0.0f;
             for (size_t j = 0; j < n; j++)
-                s += p[i + j] * p[i + j];
+                s += nk_xload(&p[i + j]) * nk_xload(&p[i + j]);
             tot += (double)s;
         }
         out[r] = tot;
     }
 }
 
-void nk_moments_f64(const float *x, size_t n, size_t step, nk_moments *out)
+void NK_DT_F64(nk_moments_f64)(const xt *x, size_t n, size_t step, nk_moments *out)
 {
     double s = 0.0;
     for (size_t i = 0; i < n; i++)
-        s += (double)x[i * step];
+        s += (double)nk_xload(&x[i * step]);
     double m0 = n ? s / (double)n : 0.0;
     double s1 = 0.0, s2 = 0.0;
     for (size_t i = 0; i < n; i++) {
-        double d = (double)x[i * step] - m0;
+        double d = (double)nk_xload(&x[i * step]) - m0;
         s1 += d;
         s2 += d * d;
     }
@@ -97,16 +104,16 @@ void nk_moments_f64(const float *x, size_t n, size_t step, nk_moments *out)
         out->m2 = 0.0;
 }
 
-double nk_sumsq_f64(const float *x, size_t n)
+double NK_DT_F64(nk_sumsq_f64)(const xt *x, size_t n)
 {
     double s = 0.0;
     for (size_t i = 0; i < n; i++)
-        s += (double)x[i] * (double)x[i];
+        s += (double)nk_xload(&x[i]) * (double)nk_xload(&x[i]);
     return s;
 }
 
-void nk_kernels_init_ref_moments(nk_kernels *k);
-void nk_kernels_init_ref_moments(nk_kernels *k)
+void NK_DT_NAME(nk_kernels_init_ref_moments)(nk_kernels *k);
+void NK_DT_NAME(nk_kernels_init_ref_moments)(nk_kernels *k)
 {
     k->moments_rows = moments_rows_ref;
     k->moments_cols = moments_cols_ref;

@@ -3,11 +3,18 @@
  * Centring before scaling keeps x == mean at exactly b (constant inputs give
  * beta) and keeps large means from costing output bits, which the folded
  * x * a + (b - m * a) form does not.
+ *
+ * Compiled once per element type (kernels/dtype.h): x widened exactly to
+ * fp32 by nk_xload, y rounded from the fp32 result by nk_xstore. The
+ * dtype-independent parts (nk_act_ref, inv_scale, inv_std) are in the fp32
+ * unit only.
  */
 #include <math.h>
 
+#include "kernels/dtype.h"
 #include "kernels/kernels.h"
 
+#if NK_DT == NK_DTYPE_F32
 float nk_act_ref(float v, const nk_epilogue *ep)
 {
     switch (ep->act) {
@@ -27,53 +34,61 @@ float nk_act_ref(float v, const nk_epilogue *ep)
         return v;
     }
 }
+#endif
 
-static void norm_rows_ref(const float *x, float *y, size_t rows, size_t len, size_t xstride,
+static void norm_rows_ref(const void *xv, void *yv, size_t rows, size_t len, size_t xstride,
                           size_t ystride, const float *m, const float *a, const float *b,
                           size_t ps, const nk_epilogue *ep)
 {
+    const xt *x = xv;
+    xt *y = yv;
     for (size_t r = 0; r < rows; r++) {
-        const float *xr = x + r * xstride;
-        float *yr = y + r * ystride;
+        const xt *xr = x + r * xstride;
+        xt *yr = y + r * ystride;
         const float mr = m[r * ps], ar = a[r * ps], br = b[r * ps];
         if (ep->act == NK_ACT_NONE) {
             for (size_t i = 0; i < len; i++)
-                yr[i] = fmaf(xr[i] - mr, ar, br);
+                nk_xstore(&yr[i], fmaf(nk_xload(&xr[i]) - mr, ar, br));
         } else {
             for (size_t i = 0; i < len; i++)
-                yr[i] = nk_act_ref(fmaf(xr[i] - mr, ar, br), ep);
+                nk_xstore(&yr[i], nk_act_ref(fmaf(nk_xload(&xr[i]) - mr, ar, br), ep));
         }
     }
 }
 
-static void norm_cols_ref(const float *x, float *y, size_t rows, size_t cols, size_t xstride,
+static void norm_cols_ref(const void *xv, void *yv, size_t rows, size_t cols, size_t xstride,
                           size_t ystride, const float *m, const float *a, const float *b,
                           const nk_epilogue *ep)
 {
+    const xt *x = xv;
+    xt *y = yv;
     for (size_t r = 0; r < rows; r++) {
-        const float *xr = x + r * xstride;
-        float *yr = y + r * ystride;
+        const xt *xr = x + r * xstride;
+        xt *yr = y + r * ystride;
         for (size_t c = 0; c < cols; c++)
-            yr[c] = nk_act_ref(fmaf(xr[c] - m[c], a[c], b[c]), ep);
+            nk_xstore(&yr[c], nk_act_ref(fmaf(nk_xload(&xr[c]) - m[c], a[c], b[c]), ep));
     }
 }
 
-static void norm_affine_ref(const float *x, float *y, size_t rows, size_t len, size_t xstride,
+static void norm_affine_ref(const void *xv, void *yv, size_t rows, size_t len, size_t xstride,
                             size_t ystride, const float *m, const float *s, const float *g,
                             const float *b, const nk_epilogue *ep)
 {
+    const xt *x = xv;
+    xt *y = yv;
     for (size_t r = 0; r < rows; r++) {
-        const float *xr = x + r * xstride;
-        float *yr = y + r * ystride;
+        const xt *xr = x + r * xstride;
+        xt *yr = y + r * ystride;
         const float mr = m ? m[r] : 0.0f, sr = s[r];
         for (size_t i = 0; i < len; i++) {
-            float v = (xr[i] - mr) * sr;
+            float v = (nk_xload(&xr[i]) - mr) * sr;
             float gi = g ? g[i] : 1.0f, bi = b ? b[i] : 0.0f;
-            yr[i] = nk_act_ref(fmaf(v, gi, bi), ep);
+            nk_xstore(&yr[i], nk_act_ref(fmaf(v, gi, bi), ep));
         }
     }
 }
 
+#if NK_DT == NK_DTYPE_F32
 static void inv_scale_ref(const float *var, const float *w, float eps, size_t n, float *a)
 {
     for (size_t i = 0; i < n; i++)
@@ -94,19 +109,23 @@ static void bn_finalize_ref(const nk_moments *mo, size_t n, const nk_bn_fin *f, 
     for (size_t c = 0; c < n; c++)
         nk_bn_finalize1(mo, c, f, m, a, b);
 }
+#endif
 
-void nk_kernels_init_ref_moments(nk_kernels *k);
-void nk_kernels_init_ref_short(nk_kernels *k);
+void NK_DT_NAME(nk_kernels_init_ref_moments)(nk_kernels *k);
+void NK_DT_NAME(nk_kernels_init_ref_short)(nk_kernels *k);
 
-void nk_kernels_init_ref(nk_kernels *k)
+void NK_DT_NAME(nk_kernels_init_ref)(nk_kernels *k)
 {
     k->isa = NK_ISA_SCALAR;
-    nk_kernels_init_ref_moments(k);
+    k->dtype = NK_DT;
+    NK_DT_NAME(nk_kernels_init_ref_moments)(k);
     k->norm_rows = norm_rows_ref;
+#if NK_DT == NK_DTYPE_F32
     k->inv_scale = inv_scale_ref;
     k->inv_std = inv_std_ref;
     k->bn_finalize = bn_finalize_ref;
+#endif
     k->norm_cols = norm_cols_ref;
     k->norm_affine = norm_affine_ref;
-    nk_kernels_init_ref_short(k);
+    NK_DT_NAME(nk_kernels_init_ref_short)(k);
 }

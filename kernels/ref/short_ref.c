@@ -4,20 +4,23 @@
  * path and the oracle of the vector kernels. Each row is summed in order, in fp32,
  * with the same formulas as the vector kernels; only the summation order
  * differs. nk_short_stats_f64 is the fp64 fallback every ISA shares.
+ * Compiled once per element type (kernels/dtype.h).
  */
 #include <math.h>
 
+#include "kernels/dtype.h"
 #include "kernels/kernels.h"
 
-void nk_short_stats_f64(const float *x, size_t len, float eps, int rms, float *m, float *s)
+void NK_DT_F64(nk_short_stats_f64)(const xt *x, size_t len, float eps, int rms, float *m,
+                                   float *s)
 {
     double ms;
     if (rms) {
-        ms = nk_sumsq_f64(x, len) / (double)len;
+        ms = NK_DT_F64(nk_sumsq_f64)(x, len) / (double)len;
         *m = 0.0f;
     } else {
         nk_moments mo;
-        nk_moments_f64(x, len, 1, &mo);
+        NK_DT_F64(nk_moments_f64)(x, len, 1, &mo);
         ms = mo.m2 / (double)len;
         *m = (float)mo.mean;
     }
@@ -25,15 +28,15 @@ void nk_short_stats_f64(const float *x, size_t len, float eps, int rms, float *m
 }
 
 /* m and s of one row; the fp64 fallback when they are not finite in fp32 */
-static void row_stats(const float *x, size_t n, float eps, int rms, float *m, float *s)
+static void row_stats(const xt *x, size_t n, float eps, int rms, float *m, float *s)
 {
     const float inv = 1.0f / (float)n;
     if (rms) {
         float s2 = 0.0f;
         for (size_t i = 0; i < n; i++)
-            s2 = fmaf(x[i], x[i], s2);
+            s2 = fmaf(nk_xload(&x[i]), nk_xload(&x[i]), s2);
         if (!isfinite(s2)) {
-            nk_short_stats_f64(x, n, eps, rms, m, s);
+            NK_DT_F64(nk_short_stats_f64)(x, n, eps, rms, m, s);
             return;
         }
         *m = 0.0f;
@@ -42,32 +45,34 @@ static void row_stats(const float *x, size_t n, float eps, int rms, float *m, fl
     }
     /* the mean as K + sum(x - K) / n, K the first element; then the sum of
      * squared deviations from it */
-    const float K = x[0];
+    const float K = nk_xload(&x[0]);
     float s1 = 0.0f;
     for (size_t i = 0; i < n; i++)
-        s1 += x[i] - K;
+        s1 += nk_xload(&x[i]) - K;
     const float mean = K + s1 * inv;
     float s2 = 0.0f;
     for (size_t i = 0; i < n; i++) {
-        const float d = x[i] - mean;
+        const float d = nk_xload(&x[i]) - mean;
         s2 = fmaf(d, d, s2);
     }
     if (!isfinite(s1) || !isfinite(s2)) {
-        nk_short_stats_f64(x, n, eps, rms, m, s);
+        NK_DT_F64(nk_short_stats_f64)(x, n, eps, rms, m, s);
         return;
     }
     *m = mean;
     *s = 1.0f / sqrtf(s2 * inv + eps);
 }
 
-static void norm_short_ref(const float *x, float *y, size_t rows, size_t len, size_t xstride,
+static void norm_short_ref(const void *xv, void *yv, size_t rows, size_t len, size_t xstride,
                            size_t ystride, const float *g, const float *b, float eps,
                            unsigned flags, float *mean_out, float *rstd_out, const nk_epilogue *ep)
 {
+    const xt *x = xv;
+    xt *y = yv;
     const int rms = (flags & NK_SHORT_RMS) != 0, per_row = (flags & NK_SHORT_ROW_AFFINE) != 0;
     for (size_t r = 0; r < rows; r++) {
-        const float *xr = x + r * xstride;
-        float *yr = y + r * ystride;
+        const xt *xr = x + r * xstride;
+        xt *yr = y + r * ystride;
         float m, s;
         row_stats(xr, len, eps, rms, &m, &s);
         if (mean_out)
@@ -77,11 +82,11 @@ static void norm_short_ref(const float *x, float *y, size_t rows, size_t len, si
         for (size_t i = 0; i < len; i++) {
             /* gamma and beta of column i, or of row r */
             const size_t j = per_row ? r : i;
-            float v = (xr[i] - m) * s;
-            yr[i] = nk_act_ref(fmaf(v, g ? g[j] : 1.0f, b ? b[j] : 0.0f), ep);
+            float v = (nk_xload(&xr[i]) - m) * s;
+            nk_xstore(&yr[i], nk_act_ref(fmaf(v, g ? g[j] : 1.0f, b ? b[j] : 0.0f), ep));
         }
     }
 }
 
-void nk_kernels_init_ref_short(nk_kernels *k);
-void nk_kernels_init_ref_short(nk_kernels *k) { k->norm_short = norm_short_ref; }
+void NK_DT_NAME(nk_kernels_init_ref_short)(nk_kernels *k);
+void NK_DT_NAME(nk_kernels_init_ref_short)(nk_kernels *k) { k->norm_short = norm_short_ref; }

@@ -19,7 +19,7 @@
 /* rows processed together: amortises the horizontal sums and the scalar
  * fp64 finalisation of short rows, and gives independent add chains */
 #define ROW_GROUP 4
-/* software prefetch distance in floats: about one chunk ahead */
+/* software prefetch distance in elements: about one chunk ahead */
 #ifndef PF_DIST
 #  define PF_DIST 1024
 #endif
@@ -39,7 +39,7 @@ NK_INLINE void chunk_merge(nk_moments *acc, size_t n, float m0, float s1, float 
  * One chunk of n elements of R rows (R = 1, 2 or 4, a constant after
  * inlining). U accumulators per row keep 4 to 8 add chains in flight.
  */
-NK_INLINE void rows_chunk(const float *const *p, const int R, size_t n, nk_moments *acc)
+NK_INLINE void rows_chunk(const xt *const *p, const int R, size_t n, nk_moments *acc)
 {
     /* x86: >= 16 floats per row per step, one prefetch per line (NEON's
      * 4-lane vectors give 8 with R > 1: a line is prefetched twice) */
@@ -53,18 +53,18 @@ NK_INLINE void rows_chunk(const float *const *p, const int R, size_t n, nk_momen
         for (int r = 0; r < R; r++) {
             /* the next chunk streams in while this one's second pass runs
              * from L1 (prefetches past the row end are harmless) */
-            for (size_t o = 0; o < (size_t)U * NK_VL; o += 64 / sizeof(float))
+            for (size_t o = 0; o < (size_t)U * NK_VL; o += NK_XLINE)
                 nk_prefetch(p[r] + i + o + PF_DIST);
             for (int u = 0; u < U; u++)
-                a[r][u] = vf_add(a[r][u], vf_loadu(p[r] + i + (size_t)u * NK_VL));
+                a[r][u] = vf_add(a[r][u], vx_loadu(p[r] + i + (size_t)u * NK_VL));
         }
     for (; i + NK_VL <= n; i += NK_VL)
         for (int r = 0; r < R; r++)
-            a[r][0] = vf_add(a[r][0], vf_loadu(p[r] + i));
+            a[r][0] = vf_add(a[r][0], vx_loadu(p[r] + i));
     const size_t tail = n - i;
     if (tail)
         for (int r = 0; r < R; r++)
-            a[r][0] = vf_add(a[r][0], vf_load_n(p[r] + i, tail));
+            a[r][0] = vf_add(a[r][0], vx_load_n(p[r] + i, tail));
 
     const float inv = 1.0f / (float)n;
     float m0[4];
@@ -85,19 +85,19 @@ NK_INLINE void rows_chunk(const float *const *p, const int R, size_t n, nk_momen
     for (i = 0; i + (size_t)U2 * NK_VL <= n; i += (size_t)U2 * NK_VL)
         for (int r = 0; r < R; r++)
             for (int u = 0; u < U2; u++) {
-                vf d = vf_sub(vf_loadu(p[r] + i + (size_t)u * NK_VL), vm[r]);
+                vf d = vf_sub(vx_loadu(p[r] + i + (size_t)u * NK_VL), vm[r]);
                 s1[r][u] = vf_add(s1[r][u], d);
                 s2[r][u] = vf_fma(d, d, s2[r][u]);
             }
     for (; i + NK_VL <= n; i += NK_VL)
         for (int r = 0; r < R; r++) {
-            vf d = vf_sub(vf_loadu(p[r] + i), vm[r]);
+            vf d = vf_sub(vx_loadu(p[r] + i), vm[r]);
             s1[r][0] = vf_add(s1[r][0], d);
             s2[r][0] = vf_fma(d, d, s2[r][0]);
         }
     if (tail)
         for (int r = 0; r < R; r++) {
-            vf d = vf_sub_n(vf_load_n(p[r] + i, tail), vm[r], tail);
+            vf d = vf_sub_n(vx_load_n(p[r] + i, tail), vm[r], tail);
             s1[r][0] = vf_add(s1[r][0], d);
             s2[r][0] = vf_fma(d, d, s2[r][0]);
         }
@@ -111,9 +111,9 @@ NK_INLINE void rows_chunk(const float *const *p, const int R, size_t n, nk_momen
     }
 }
 
-NK_INLINE void rows_group(const float *x, const int R, size_t len, size_t stride, nk_moments *out)
+NK_INLINE void rows_group(const xt *x, const int R, size_t len, size_t stride, nk_moments *out)
 {
-    const float *p[4];
+    const xt *p[4];
     for (int r = 0; r < R; r++) {
         out[r].count = out[r].mean = out[r].m2 = 0.0;
         p[r] = x + (size_t)r * stride;
@@ -126,9 +126,10 @@ NK_INLINE void rows_group(const float *x, const int R, size_t len, size_t stride
     }
 }
 
-static void NK_FN(moments_rows)(const float *x, size_t rows, size_t len, size_t stride,
+static void NK_FN(moments_rows)(const void *xv, size_t rows, size_t len, size_t stride,
                                 nk_moments *out)
 {
+    const xt *x = xv;
     size_t r = 0;
     for (; r + ROW_GROUP <= rows; r += ROW_GROUP)
         rows_group(x + r * stride, 4, len, stride, out + r);
@@ -142,10 +143,10 @@ static void NK_FN(moments_rows)(const float *x, size_t rows, size_t len, size_t 
 
 /* ---- sumsq_rows: fp32 sums of squares per chunk, fp64 across chunks ---- */
 
-NK_INLINE void sumsq_group(const float *x, const int R, size_t len, size_t stride, double *out)
+NK_INLINE void sumsq_group(const xt *x, const int R, size_t len, size_t stride, double *out)
 {
     const int U = R == 1 ? 4 : 2; /* as rows_chunk */
-    const float *p[4];
+    const xt *p[4];
     for (int r = 0; r < R; r++) {
         out[r] = 0.0;
         p[r] = x + (size_t)r * stride;
@@ -160,19 +161,19 @@ NK_INLINE void sumsq_group(const float *x, const int R, size_t len, size_t strid
         for (; i + (size_t)U * NK_VL <= n; i += (size_t)U * NK_VL)
             for (int r = 0; r < R; r++)
                 for (int u = 0; u < U; u++) {
-                    if (u * NK_VL % 16 == 0)
+                    if (u * NK_VL % NK_XLINE == 0)
                         nk_prefetch(p[r] + i + (size_t)u * NK_VL + PF_DIST);
-                    vf v = vf_loadu(p[r] + i + (size_t)u * NK_VL);
+                    vf v = vx_loadu(p[r] + i + (size_t)u * NK_VL);
                     a[r][u] = vf_fma(v, v, a[r][u]);
                 }
         for (; i + NK_VL <= n; i += NK_VL)
             for (int r = 0; r < R; r++) {
-                vf v = vf_loadu(p[r] + i);
+                vf v = vx_loadu(p[r] + i);
                 a[r][0] = vf_fma(v, v, a[r][0]);
             }
         if (i < n)
             for (int r = 0; r < R; r++) {
-                vf v = vf_load_n(p[r] + i, n - i);
+                vf v = vx_load_n(p[r] + i, n - i);
                 a[r][0] = vf_fma(v, v, a[r][0]);
             }
         for (int r = 0; r < R; r++) {
@@ -185,8 +186,9 @@ NK_INLINE void sumsq_group(const float *x, const int R, size_t len, size_t strid
     }
 }
 
-static void NK_FN(sumsq_rows)(const float *x, size_t rows, size_t len, size_t stride, double *out)
+static void NK_FN(sumsq_rows)(const void *xv, size_t rows, size_t len, size_t stride, double *out)
 {
+    const xt *x = xv;
     size_t r = 0;
     for (; r + ROW_GROUP <= rows; r += ROW_GROUP)
         sumsq_group(x + r * stride, 4, len, stride, out + r);
@@ -230,7 +232,7 @@ static void NK_FN(sumsq_rows)(const float *x, size_t rows, size_t len, size_t st
 
 /* One-pass segment of nr rows of V vectors of columns (V <= COL_V1, or 1
  * with `tail` valid lanes when tail != 0), shifted by k: s1, s2 per column. */
-NK_INLINE void cols_shifted(const float *p, size_t nr, size_t stride, const int V, size_t tail,
+NK_INLINE void cols_shifted(const xt *p, size_t nr, size_t stride, const int V, size_t tail,
                             const float *k, float *s1, float *s2, unsigned *bad)
 {
     vf vk[COL_V1], t1[COL_V1], t2[COL_V1];
@@ -241,11 +243,11 @@ NK_INLINE void cols_shifted(const float *p, size_t nr, size_t stride, const int 
     /* no software prefetch: the hardware prefetchers follow the rows, and
      * a prefetch per line costs more than it saves, from L2 and from memory
      * (AVX-512, 100352x64 rows: 1100 -> 640 us; 64x512: 3.2 -> 2.5 us) */
-    const float *q = p;
+    const xt *q = p;
     for (size_t r = 0; r < nr; r++, q += stride) {
         for (int v = 0; v < V; v++) {
-            vf d = tail ? vf_sub_n(vf_load_n(q, tail), vk[v], tail)
-                        : vf_sub(vf_loadu(q + v * NK_VL), vk[v]);
+            vf d = tail ? vf_sub_n(vx_load_n(q, tail), vk[v], tail)
+                        : vf_sub(vx_loadu(q + v * NK_VL), vk[v]);
             t1[v] = vf_add(t1[v], d);
             t2[v] = vf_fma(d, d, t2[v]);
         }
@@ -263,32 +265,33 @@ NK_INLINE void cols_shifted(const float *p, size_t nr, size_t stride, const int 
  * V = 1 with `tail` valid lanes when tail != 0): the provisional means into
  * m0, then the shifted pass from L1. Writes m0, s1, s2 per column.
  */
-NK_INLINE void cols_chunk(const float *p, size_t nr, size_t stride, const int V, size_t tail,
+NK_INLINE void cols_chunk(const xt *p, size_t nr, size_t stride, const int V, size_t tail,
                           float *m0, float *s1, float *s2, unsigned *bad)
 {
     vf a[4];
     for (int v = 0; v < V; v++)
         a[v] = vf_zero();
-    const float *q = p;
+    const xt *q = p;
     for (size_t r = 0; r < nr; r++, q += stride)
         for (int v = 0; v < V; v++)
-            a[v] = vf_add(a[v], tail ? vf_load_n(q, tail) : vf_loadu(q + v * NK_VL));
+            a[v] = vf_add(a[v], tail ? vx_load_n(q, tail) : vx_loadu(q + v * NK_VL));
     const vf inv = vf_set1(1.0f / (float)nr);
     for (int v = 0; v < V; v++)
         vf_storeu(m0 + v * NK_VL, vf_mul(a[v], inv));
     cols_shifted(p, nr, stride, V, tail, m0, s1, s2, bad);
 }
 
-static void NK_FN(moments_cols)(const float *x, size_t rows, size_t cols, size_t stride,
+static void NK_FN(moments_cols)(const void *xv, size_t rows, size_t cols, size_t stride,
                                 nk_moments *acc)
 {
+    const xt *x = xv;
     /* fp64 accumulators per column (SoA so the merge loops vectorise);
      * +COL_BLOCK1: full-vector stores of a partial last block */
     double am[COL_SUPER], aq[COL_SUPER];
     float k[COL_SUPER + COL_BLOCK1], s1[COL_SUPER + COL_BLOCK1], s2[COL_SUPER + COL_BLOCK1];
     for (size_t c0 = 0; c0 < cols; c0 += COL_SUPER) {
         const size_t nc = cols - c0 < COL_SUPER ? cols - c0 : COL_SUPER;
-        const float *p = x + c0;
+        const xt *p = x + c0;
 
         /* any non-finite fp32 sum (an overflow of d^2, or non-finite input) */
         unsigned bad = 0;
@@ -315,7 +318,7 @@ static void NK_FN(moments_cols)(const float *x, size_t rows, size_t cols, size_t
             size_t nr = rows - r0;
             nr = nr < r0 ? nr : r0;
             nr = nr < COL_CHUNK ? nr : COL_CHUNK;
-            const float *q = p + r0 * stride;
+            const xt *q = p + r0 * stride;
 #define SHIFTED(V)                                                                                \
     do {                                                                                          \
         cols_shifted(q + j, nr, stride, V, 0, k + j, s1 + j, s2 + j, &bad);                             \
@@ -350,7 +353,7 @@ static void NK_FN(moments_cols)(const float *x, size_t rows, size_t cols, size_t
             for (size_t c = 0; c < nc; c++)
                 if (!isfinite(am[c]) || !isfinite(aq[c])) {
                     nk_moments f;
-                    nk_moments_f64(p + c, rows, stride, &f);
+                    NK_DT_F64(nk_moments_f64)(p + c, rows, stride, &f);
                     am[c] = f.mean;
                     aq[c] = f.m2;
                 }

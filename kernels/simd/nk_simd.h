@@ -2,7 +2,8 @@
  * The vector kernels' vocabulary (SLEEF's helper-header pattern): the
  * algorithm files of kernels/simd (moments.c, normalize.c, short.c) are
  * written once against it and compiled once per ISA, each time against the
- * vocabulary header of the target:
+ * vocabulary header of the target, and once per element type of x and y
+ * (NK_DT, kernels/dtype.h: fp32, fp16, bf16):
  *
  *   kernels/x86/nk_x86.h   AVX2 (8 lanes), AVX-512 (16 lanes, also built
  *                          against SIMDe for the tests)
@@ -13,8 +14,9 @@
  *   NK_VL, vf              lanes per vector (even), the fp32 vector type
  *   NK_NREGS               vector registers of the target (16 or 32): the
  *                          algorithms size their unrolling by it
- *   NK_FN(name), NK_INIT   per-ISA symbol names, the table filler the
- *                          dispatcher calls
+ *   NK_FN(name), NK_INIT   per-ISA, per-dtype symbol names (fp32 without a
+ *                          dtype suffix), the table filler the dispatcher
+ *                          calls
  *   vf_zero set1 loadu storeu add sub mul div sqrt fma relu leaky
  *   vf_load_n / vf_store_n the first n (0..NK_VL) lanes, nothing read or
  *                          written past them; other lanes load as 0
@@ -31,7 +33,8 @@
  *                          non-temporal stores: whether ep asks for them
  *                          (0 where the target has none), the store, and
  *                          the fence after the last of a call
- *   nk_prefetch(p)         software prefetch into L1 (never faults)
+ *   nk_prefetch(p)         software prefetch into L1 of the byte at p (never
+ *                          faults)
  *   NK_IEEE_VDIV           1 where vf_div and vf_sqrt are correctly rounded
  *                          vector instructions (the inv_scale kernel is
  *                          compiled only there)
@@ -39,8 +42,34 @@
  *                          of its own (fp64, outside this vocabulary):
  *                          NK_FN(kernels_init_inv_std) fills it
  *
- * A new element type (fp16, bf16) is added here once per architecture, as
- * loads and stores of it into vf; the algorithms do not change.
+ * The elements of x and y (xt, the unit's storage type: float or uint16_t)
+ * go in and out of vf only through the element-typed vocabulary; everything
+ * else (parameters, statistics, scratch arrays) is float and uses vf_*:
+ *
+ *   vx_loadu(p)            NK_VL elements from p (any alignment of xt),
+ *                          widened exactly to fp32
+ *   vx_load_n(p, n)        the first n (0..NK_VL) elements, nothing read
+ *                          past them; other lanes 0
+ *   vx_storeu(p, v)        NK_VL lanes rounded to xt (to nearest even,
+ *                          kernels/cvt.h, bit for bit) into p
+ *   vx_store_n(p, v, n)    the first n (0..NK_VL) lanes, nothing written
+ *                          past them
+ *   vx_stream(p, v)        vx_storeu, non-temporal: p aligned to NK_XBYTES
+ *   NK_XBYTES              bytes of NK_VL elements (streaming alignment)
+ *   NK_XLINE               elements per 64-byte cache line (prefetch step)
+ *   nk_xload(p)            one element as float (kernels/dtype.h)
+ *
+ * For fp32 they are the vf_* operations above (defined here). For a 16-bit
+ * type they are composed here from what the vocabulary header provides:
+ *
+ *   vh                     NK_VL 16-bit elements (an integer vector)
+ *   vh_loadu / vh_load_n / vh_storeu / vh_store_n / vh_stream
+ *                          the moves, with the semantics of the vx_ ones
+ *                          (masked lanes 0, nothing touched past n)
+ *   vh_to_vf, vf_to_vh     the conversions of kernels/cvt.h, bit for bit
+ *
+ * so a new element type is added once per architecture; the algorithms do
+ * not change.
  */
 #ifndef NK_KERNELS_SIMD_NK_SIMD_H
 #define NK_KERNELS_SIMD_NK_SIMD_H
@@ -49,6 +78,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "kernels/dtype.h"
 #include "kernels/kernels.h"
 
 #if defined(NK_HAVE_SLEEF) && NK_HAVE_SLEEF
@@ -116,13 +146,31 @@ NK_INLINE vf act_apply(vf v, const int act, vf alpha)
     }
 }
 
-/* Streaming stores need a vector-aligned destination. */
-#define NK_VBYTES (NK_VL * sizeof(float))
-NK_INLINE int nk_aligned(const float *p) { return ((uintptr_t)p % NK_VBYTES) == 0; }
-/* Floats before p reaches vector alignment (p must be float-aligned). */
-NK_INLINE size_t nk_head(const float *p)
+/* x and y: the element-typed loads and stores (16-bit types: the vocabulary
+ * header's) */
+#if NK_DT == NK_DTYPE_F32
+/* the vf_* functions themselves (macros: fp32 compiles as before) */
+#  define vx_loadu vf_loadu
+#  define vx_load_n vf_load_n
+#  define vx_storeu vf_storeu
+#  define vx_store_n vf_store_n
+#  define vx_stream vf_stream
+#else
+NK_INLINE vf vx_loadu(const xt *p) { return vh_to_vf(vh_loadu(p)); }
+NK_INLINE vf vx_load_n(const xt *p, size_t n) { return vh_to_vf(vh_load_n(p, n)); }
+NK_INLINE void vx_storeu(xt *p, vf v) { vh_storeu(p, vf_to_vh(v)); }
+NK_INLINE void vx_store_n(xt *p, vf v, size_t n) { vh_store_n(p, vf_to_vh(v), n); }
+NK_INLINE void vx_stream(xt *p, vf v) { vh_stream(p, vf_to_vh(v)); }
+#endif
+#define NK_XBYTES (NK_VL * sizeof(xt))
+#define NK_XLINE (64 / sizeof(xt))
+
+/* Streaming stores need a destination aligned to NK_XBYTES. */
+NK_INLINE int nk_aligned(const xt *p) { return ((uintptr_t)p % NK_XBYTES) == 0; }
+/* Elements before p reaches that alignment (p must be xt-aligned). */
+NK_INLINE size_t nk_head(const xt *p)
 {
-    size_t mis = ((uintptr_t)p % NK_VBYTES) / sizeof(float);
+    size_t mis = ((uintptr_t)p % NK_XBYTES) / sizeof(xt);
     return mis ? NK_VL - mis : 0;
 }
 

@@ -19,8 +19,8 @@ NK_INLINE vf norm1(vf x, vf m, vf a, vf b, const int act, vf alpha)
     return act_apply(vf_fma(vf_sub(x, m), a, b), act, alpha);
 }
 
-/* One run of n floats with scalar m, a, b. */
-NK_INLINE void span_scalar(const float *x, float *y, size_t n, vf m, vf a, vf b, const int act,
+/* One run of n elements with scalar m, a, b. */
+NK_INLINE void span_scalar(const xt *x, xt *y, size_t n, vf m, vf a, vf b, const int act,
                            vf alpha, int stream)
 {
     size_t i = 0;
@@ -28,31 +28,31 @@ NK_INLINE void span_scalar(const float *x, float *y, size_t n, vf m, vf a, vf b,
         size_t h = nk_head(y);
         h = h < n ? h : n;
         if (h)
-            vf_store_n(y, norm1(vf_load_n(x, h), m, a, b, act, alpha), h);
+            vx_store_n(y, norm1(vx_load_n(x, h), m, a, b, act, alpha), h);
         for (i = h; i + NK_VL <= n; i += NK_VL)
-            vf_stream(y + i, norm1(vf_loadu(x + i), m, a, b, act, alpha));
+            vx_stream(y + i, norm1(vx_loadu(x + i), m, a, b, act, alpha));
     } else {
         for (; i + 2 * NK_VL <= n; i += 2 * NK_VL) {
-            vf v0 = norm1(vf_loadu(x + i), m, a, b, act, alpha);
-            vf v1 = norm1(vf_loadu(x + i + NK_VL), m, a, b, act, alpha);
-            vf_storeu(y + i, v0);
-            vf_storeu(y + i + NK_VL, v1);
+            vf v0 = norm1(vx_loadu(x + i), m, a, b, act, alpha);
+            vf v1 = norm1(vx_loadu(x + i + NK_VL), m, a, b, act, alpha);
+            vx_storeu(y + i, v0);
+            vx_storeu(y + i + NK_VL, v1);
         }
         for (; i + NK_VL <= n; i += NK_VL)
-            vf_storeu(y + i, norm1(vf_loadu(x + i), m, a, b, act, alpha));
+            vx_storeu(y + i, norm1(vx_loadu(x + i), m, a, b, act, alpha));
     }
     if (i < n)
-        vf_store_n(y + i, norm1(vf_load_n(x + i, n - i), m, a, b, act, alpha), n - i);
+        vx_store_n(y + i, norm1(vx_load_n(x + i, n - i), m, a, b, act, alpha), n - i);
 }
 
-/* Back-to-back rows of NK_VL <= len < ROWS_FLAT_MAX floats with their own
- * m, a, b: one stream of rows * len floats, each vector covering at most two
+/* Back-to-back rows of NK_VL <= len < ROWS_FLAT_MAX elements with their own
+ * m, a, b: one stream of rows * len elements, each vector covering at most two
  * rows (blended parameters where it straddles). Short rows then cost no
  * per-row masked tail (BatchNorm at 7x7: 3.06 vectors of data per row
  * instead of 4 stores). */
 #define ROWS_FLAT_MAX 256
 
-NK_INLINE void rows_flat(const float *x, float *y, size_t rows, size_t len, const float *m,
+NK_INLINE void rows_flat(const xt *x, xt *y, size_t rows, size_t len, const float *m,
                          const float *a, const float *b, const int act, vf alpha, const int stream)
 {
     const size_t n = rows * len;
@@ -62,7 +62,7 @@ NK_INLINE void rows_flat(const float *x, float *y, size_t rows, size_t len, cons
         /* up to the first aligned output vector: inside row 0 (len >= NK_VL) */
         size_t h = nk_head(y);
         if (h) {
-            vf_store_n(y, norm1(vf_load_n(x, h), vm, va, vb, act, alpha), h);
+            vx_store_n(y, norm1(vx_load_n(x, h), vm, va, vb, act, alpha), h);
             i = h;
             left -= h;
         }
@@ -82,18 +82,18 @@ NK_INLINE void rows_flat(const float *x, float *y, size_t rows, size_t len, cons
         } else {
             left -= NK_VL;
         }
-        vf o = norm1(vf_loadu(x + i), pm, pa, pb, act, alpha);
+        vf o = norm1(vx_loadu(x + i), pm, pa, pb, act, alpha);
         if (stream)
-            vf_stream(y + i, o);
+            vx_stream(y + i, o);
         else
-            vf_storeu(y + i, o);
+            vx_storeu(y + i, o);
     }
     /* the tail (< NK_VL <= len) lies in the last row */
     if (i < n)
-        vf_store_n(y + i, norm1(vf_load_n(x + i, n - i), vm, va, vb, act, alpha), n - i);
+        vx_store_n(y + i, norm1(vx_load_n(x + i, n - i), vm, va, vb, act, alpha), n - i);
 }
 
-NK_INLINE void rows_body(const float *x, float *y, size_t rows, size_t len, size_t xstride,
+NK_INLINE void rows_body(const xt *x, xt *y, size_t rows, size_t len, size_t xstride,
                          size_t ystride, const float *m, const float *a, const float *b, size_t ps,
                          const int act, const nk_epilogue *ep)
 {
@@ -110,11 +110,12 @@ NK_INLINE void rows_body(const float *x, float *y, size_t rows, size_t len, size
                     vf_set1(b[r * ps]), act, alpha, NK_STREAM(ep));
 }
 
-static void NK_FN(norm_rows)(const float *x, float *y, size_t rows, size_t len, size_t xstride,
+static void NK_FN(norm_rows)(const void *x, void *y, size_t rows, size_t len, size_t xstride,
                              size_t ystride, const float *m, const float *a, const float *b,
                              size_t ps, const nk_epilogue *ep)
 {
-#define ROWS(ACT) rows_body(x, y, rows, len, xstride, ystride, m, a, b, ps, ACT, ep)
+#define ROWS(ACT)                                                                                 \
+    rows_body((const xt *)x, (xt *)y, rows, len, xstride, ystride, m, a, b, ps, ACT, ep)
     NK_ACT_SWITCH(ROWS)
 #undef ROWS
     if (NK_STREAM(ep))
@@ -124,7 +125,7 @@ static void NK_FN(norm_rows)(const float *x, float *y, size_t rows, size_t len, 
 /* ---- norm_cols: per-column m, a, b ---- */
 
 /* Narrow rows (at most 4 vectors) are processed in tiles of at least
- * COLS_MIN_ROWS rows and about COLS_TILE floats; inside a tile, blocks of
+ * COLS_MIN_ROWS rows and about COLS_TILE elements; inside a tile, blocks of
  * 4/2/1 vectors and a tail keep their m, a, b in registers across the tile's
  * rows, so each output vector costs one load of x. */
 #define COLS_TILE 4096
@@ -132,7 +133,7 @@ static void NK_FN(norm_rows)(const float *x, float *y, size_t rows, size_t len, 
 
 /* One column block: V full vectors (V constant after inlining), or one
  * masked vector of `tail` lanes when tail != 0, over nr rows. */
-NK_INLINE void cols_block(const float *x, float *y, size_t nr, size_t xstride, size_t ystride,
+NK_INLINE void cols_block(const xt *x, xt *y, size_t nr, size_t xstride, size_t ystride,
                           const float *m, const float *a, const float *b, const int V, size_t tail,
                           const int act, vf alpha, int stream)
 {
@@ -144,23 +145,23 @@ NK_INLINE void cols_block(const float *x, float *y, size_t nr, size_t xstride, s
         vb[v] = tail ? vf_load_n(b, tail) : vf_loadu(b + o);
     }
     for (size_t r = 0; r < nr; r++) {
-        const float *xr = x + r * xstride;
-        float *yr = y + r * ystride;
+        const xt *xr = x + r * xstride;
+        xt *yr = y + r * ystride;
         for (int v = 0; v < V; v++) {
             const size_t o = (size_t)v * NK_VL;
-            vf o1 = norm1(tail ? vf_load_n(xr, tail) : vf_loadu(xr + o), vm[v], va[v], vb[v], act,
+            vf o1 = norm1(tail ? vx_load_n(xr, tail) : vx_loadu(xr + o), vm[v], va[v], vb[v], act,
                           alpha);
             if (tail)
-                vf_store_n(yr, o1, tail);
+                vx_store_n(yr, o1, tail);
             else if (stream)
-                vf_stream(yr + o, o1);
+                vx_stream(yr + o, o1);
             else
-                vf_storeu(yr + o, o1);
+                vx_storeu(yr + o, o1);
         }
     }
 }
 
-NK_INLINE void cols_tiled(const float *x, float *y, size_t rows, size_t cols, size_t xstride,
+NK_INLINE void cols_tiled(const xt *x, xt *y, size_t rows, size_t cols, size_t xstride,
                           size_t ystride, const float *m, const float *a, const float *b,
                           const int act, const nk_epilogue *ep)
 {
@@ -172,11 +173,11 @@ NK_INLINE void cols_tiled(const float *x, float *y, size_t rows, size_t cols, si
     const size_t tile = COLS_TILE / cols > COLS_MIN_ROWS ? COLS_TILE / cols : COLS_MIN_ROWS;
     for (size_t r0 = 0; r0 < rows; r0 += tile) {
         const size_t nr = rows - r0 < tile ? rows - r0 : tile;
-        const float *xt = x + r0 * xstride;
-        float *yt = y + r0 * ystride;
+        const xt *xq = x + r0 * xstride;
+        xt *yq = y + r0 * ystride;
         size_t j = 0;
 #define BLOCK(V, tail)                                                                            \
-    cols_block(xt + j, yt + j, nr, xstride, ystride, m + j, a + j, b + j, V, tail, act, alpha,    \
+    cols_block(xq + j, yq + j, nr, xstride, ystride, m + j, a + j, b + j, V, tail, act, alpha,    \
                stream)
         for (; j + 4 * NK_VL <= cols; j += 4 * NK_VL)
             BLOCK(4, 0);
@@ -200,25 +201,25 @@ NK_INLINE void cols_tiled(const float *x, float *y, size_t rows, size_t cols, si
  * tile of rows saves those loads but walks x in strided pieces of a row:
  * slower from L2 and from memory alike (AVX-512, 64x512: 0.63 -> 0.81 of
  * memcpy from L2; 2048x256: 0.80 -> 0.88). */
-NK_INLINE void cols_vec(const float *x, float *y, const float *m, const float *a, const float *b,
+NK_INLINE void cols_vec(const xt *x, xt *y, const float *m, const float *a, const float *b,
                         size_t j, size_t tail, const int act, vf alpha, int stream)
 {
     if (tail) {
-        vf_store_n(y + j,
-                   norm1(vf_load_n(x + j, tail), vf_load_n(m + j, tail), vf_load_n(a + j, tail),
+        vx_store_n(y + j,
+                   norm1(vx_load_n(x + j, tail), vf_load_n(m + j, tail), vf_load_n(a + j, tail),
                          vf_load_n(b + j, tail), act, alpha),
                    tail);
         return;
     }
-    vf o = norm1(vf_loadu(x + j), vf_loadu(m + j), vf_loadu(a + j), vf_loadu(b + j), act, alpha);
+    vf o = norm1(vx_loadu(x + j), vf_loadu(m + j), vf_loadu(a + j), vf_loadu(b + j), act, alpha);
     if (stream)
-        vf_stream(y + j, o);
+        vx_stream(y + j, o);
     else
-        vf_storeu(y + j, o);
+        vx_storeu(y + j, o);
 }
 
 #define COLS_ROWS 2
-NK_INLINE void cols_body(const float *x, float *y, size_t rows, size_t cols, size_t xstride,
+NK_INLINE void cols_body(const xt *x, xt *y, size_t rows, size_t cols, size_t xstride,
                          size_t ystride, const float *m, const float *a, const float *b,
                          const int act, const nk_epilogue *ep)
 {
@@ -233,17 +234,17 @@ NK_INLINE void cols_body(const float *x, float *y, size_t rows, size_t cols, siz
     const int stream = NK_STREAM(ep) && nk_aligned(y) && ystride % NK_VL == 0;
     size_t r = 0;
     for (; r + COLS_ROWS <= rows; r += COLS_ROWS) {
-        const float *xr = x + r * xstride;
-        float *yr = y + r * ystride;
+        const xt *xr = x + r * xstride;
+        xt *yr = y + r * ystride;
         size_t j = 0;
         for (; j + NK_VL <= cols; j += NK_VL) {
             const vf vm = vf_loadu(m + j), va = vf_loadu(a + j), vb = vf_loadu(b + j);
             for (int q = 0; q < COLS_ROWS; q++) {
-                vf o = norm1(vf_loadu(xr + q * xstride + j), vm, va, vb, act, alpha);
+                vf o = norm1(vx_loadu(xr + q * xstride + j), vm, va, vb, act, alpha);
                 if (stream)
-                    vf_stream(yr + q * ystride + j, o);
+                    vx_stream(yr + q * ystride + j, o);
                 else
-                    vf_storeu(yr + q * ystride + j, o);
+                    vx_storeu(yr + q * ystride + j, o);
             }
         }
         if (j < cols)
@@ -251,8 +252,8 @@ NK_INLINE void cols_body(const float *x, float *y, size_t rows, size_t cols, siz
                 cols_vec(xr + q * xstride, yr + q * ystride, m, a, b, j, cols - j, act, alpha, stream);
     }
     for (; r < rows; r++) {
-        const float *xr = x + r * xstride;
-        float *yr = y + r * ystride;
+        const xt *xr = x + r * xstride;
+        xt *yr = y + r * ystride;
         size_t j = 0;
         for (; j + 2 * NK_VL <= cols; j += 2 * NK_VL) {
             cols_vec(xr, yr, m, a, b, j, 0, act, alpha, stream);
@@ -267,11 +268,12 @@ NK_INLINE void cols_body(const float *x, float *y, size_t rows, size_t cols, siz
     }
 }
 
-static void NK_FN(norm_cols)(const float *x, float *y, size_t rows, size_t cols, size_t xstride,
+static void NK_FN(norm_cols)(const void *x, void *y, size_t rows, size_t cols, size_t xstride,
                              size_t ystride, const float *m, const float *a, const float *b,
                              const nk_epilogue *ep)
 {
-#define COLS(ACT) cols_body(x, y, rows, cols, xstride, ystride, m, a, b, ACT, ep)
+#define COLS(ACT)                                                                                 \
+    cols_body((const xt *)x, (xt *)y, rows, cols, xstride, ystride, m, a, b, ACT, ep)
     NK_ACT_SWITCH(COLS)
 #undef COLS
     if (NK_STREAM(ep))
@@ -283,39 +285,39 @@ static void NK_FN(norm_cols)(const float *x, float *y, size_t rows, size_t cols,
 /* ((x - m) * s) * g + b on n < NK_VL lanes or a full vector at offset i */
 #define AFF_G(i, n) (HG ? ((n) ? vf_load_n(g + (i), (n)) : vf_loadu(g + (i))) : one)
 #define AFF_B(i, n) (HB ? ((n) ? vf_load_n(b + (i), (n)) : vf_loadu(b + (i))) : vf_zero())
-#define AFF_X(i, n) ((n) ? vf_load_n(xr + (i), (n)) : vf_loadu(xr + (i)))
+#define AFF_X(i, n) ((n) ? vx_load_n(xr + (i), (n)) : vx_loadu(xr + (i)))
 #define AFF(i, n) \
     act_apply(vf_fma(vf_mul(vf_sub(AFF_X(i, n), vm), vs), AFF_G(i, n), AFF_B(i, n)), act, alpha)
 
-NK_INLINE void affine_body(const float *x, float *y, size_t rows, size_t len, size_t xstride,
+NK_INLINE void affine_body(const xt *x, xt *y, size_t rows, size_t len, size_t xstride,
                            size_t ystride, const float *m, const float *s, const float *g,
                            const float *b, const int act, const int HG, const int HB,
                            const nk_epilogue *ep)
 {
     const vf alpha = vf_set1(ep->alpha), one = vf_set1(1.0f);
     for (size_t r = 0; r < rows; r++) {
-        const float *xr = x + r * xstride;
-        float *yr = y + r * ystride;
+        const xt *xr = x + r * xstride;
+        xt *yr = y + r * ystride;
         const vf vm = vf_set1(m ? m[r] : 0.0f), vs = vf_set1(s[r]);
         size_t i = 0;
         if (NK_STREAM(ep)) {
             size_t h = nk_head(yr);
             h = h < len ? h : len;
             if (h)
-                vf_store_n(yr, AFF(0, h), h);
+                vx_store_n(yr, AFF(0, h), h);
             for (i = h; i + NK_VL <= len; i += NK_VL)
-                vf_stream(yr + i, AFF(i, 0));
+                vx_stream(yr + i, AFF(i, 0));
         } else {
             for (; i + 2 * NK_VL <= len; i += 2 * NK_VL) {
                 vf v0 = AFF(i, 0), v1 = AFF(i + NK_VL, 0);
-                vf_storeu(yr + i, v0);
-                vf_storeu(yr + i + NK_VL, v1);
+                vx_storeu(yr + i, v0);
+                vx_storeu(yr + i + NK_VL, v1);
             }
             for (; i + NK_VL <= len; i += NK_VL)
-                vf_storeu(yr + i, AFF(i, 0));
+                vx_storeu(yr + i, AFF(i, 0));
         }
         if (i < len)
-            vf_store_n(yr + i, AFF(i, len - i), len - i);
+            vx_store_n(yr + i, AFF(i, len - i), len - i);
     }
 }
 #undef AFF
@@ -323,30 +325,35 @@ NK_INLINE void affine_body(const float *x, float *y, size_t rows, size_t len, si
 #undef AFF_B
 #undef AFF_G
 
-static void NK_FN(norm_affine)(const float *x, float *y, size_t rows, size_t len, size_t xstride,
+static void NK_FN(norm_affine)(const void *x, void *y, size_t rows, size_t len, size_t xstride,
                                size_t ystride, const float *m, const float *s, const float *g,
                                const float *b, const nk_epilogue *ep)
 {
+#define X_ ((const xt *)x)
+#define Y_ ((xt *)y)
 #define AFFINE(ACT)                                                                                \
     do {                                                                                           \
         if (g && b)                                                                                \
-            affine_body(x, y, rows, len, xstride, ystride, m, s, g, b, ACT, 1, 1, ep);             \
+            affine_body(X_, Y_, rows, len, xstride, ystride, m, s, g, b, ACT, 1, 1, ep);           \
         else if (g)                                                                                \
-            affine_body(x, y, rows, len, xstride, ystride, m, s, g, b, ACT, 1, 0, ep);             \
+            affine_body(X_, Y_, rows, len, xstride, ystride, m, s, g, b, ACT, 1, 0, ep);           \
         else if (b)                                                                                \
-            affine_body(x, y, rows, len, xstride, ystride, m, s, g, b, ACT, 0, 1, ep);             \
+            affine_body(X_, Y_, rows, len, xstride, ystride, m, s, g, b, ACT, 0, 1, ep);           \
         else                                                                                       \
-            affine_body(x, y, rows, len, xstride, ystride, m, s, g, b, ACT, 0, 0, ep);             \
+            affine_body(X_, Y_, rows, len, xstride, ystride, m, s, g, b, ACT, 0, 0, ep);           \
     } while (0)
     NK_ACT_SWITCH(AFFINE)
 #undef AFFINE
+#undef Y_
+#undef X_
     if (NK_STREAM(ep))
         nk_stream_fence();
 }
 
 /* ---- inv_scale: the same IEEE operations as the scalar kernel ---- */
 
-#if NK_IEEE_VDIV
+/* fp32 parameters only: compiled in the fp32 unit, shared by every table */
+#if NK_IEEE_VDIV && NK_DT == NK_DTYPE_F32
 static void NK_FN(inv_scale)(const float *var, const float *w, float eps, size_t n, float *a)
 {
     const vf ve = vf_set1(eps);
@@ -362,7 +369,9 @@ static void NK_FN(inv_scale)(const float *var, const float *w, float eps, size_t
 }
 #endif
 
-/* inv_std (fp64) is the architecture's own where NK_HAVE_INV_STD */
+/* inv_std (fp64) is the architecture's own where NK_HAVE_INV_STD; inv_scale
+ * and inv_std are filled by the fp32 unit only (the dispatcher gives the
+ * other dtypes' tables the fp32 table's) */
 void NK_INIT(nk_kernels *k)
 {
     NK_FN(kernels_init_moments)(k);
@@ -370,10 +379,12 @@ void NK_INIT(nk_kernels *k)
     k->norm_rows = NK_FN(norm_rows);
     k->norm_cols = NK_FN(norm_cols);
     k->norm_affine = NK_FN(norm_affine);
-#if NK_IEEE_VDIV
+#if NK_DT == NK_DTYPE_F32
+#  if NK_IEEE_VDIV
     k->inv_scale = NK_FN(inv_scale);
-#endif
-#if NK_HAVE_INV_STD
+#  endif
+#  if NK_HAVE_INV_STD
     NK_FN(kernels_init_inv_std)(k);
+#  endif
 #endif
 }

@@ -42,7 +42,7 @@
 
 /* The first NK_VL row pointers of a block of nr rows from x (those past nr
  * repeat row nr - 1). */
-NK_INLINE void block_rows(const float *x, size_t nr, size_t xstride, const float **p)
+NK_INLINE void block_rows(const xt *x, size_t nr, size_t xstride, const xt **p)
 {
     for (size_t r = 0; r < NK_VL; r++) {
         p[r] = x;
@@ -57,12 +57,12 @@ NK_INLINE void block_rows(const float *x, size_t nr, size_t xstride, const float
  * r + HALF are accumulated together and folded at once, so half as many
  * accumulators are live.
  */
-NK_INLINE unsigned stats_body(const float *const *p, size_t tail, float inv, float eps, const int V,
+NK_INLINE unsigned stats_body(const xt *const *p, size_t tail, float inv, float eps, const int V,
                               const int RMS, float *m, float *s)
 {
 #define LD(r, j)                                                                                   \
-    ((j) == V - 1 ? vf_load_n(p[r] + (size_t)(j) * NK_VL, tail)                                   \
-                  : vf_loadu(p[r] + (size_t)(j) * NK_VL))
+    ((j) == V - 1 ? vx_load_n(p[r] + (size_t)(j) * NK_VL, tail)                                   \
+                  : vx_loadu(p[r] + (size_t)(j) * NK_VL))
 /* x - k, 0 past tail */
 #define DEV(r, j, k) ((j) == V - 1 ? vf_sub_n(LD(r, j), k, tail) : vf_sub(LD(r, j), k))
     const vf vinv = vf_set1(inv), ve = vf_set1(eps);
@@ -70,7 +70,7 @@ NK_INLINE unsigned stats_body(const float *const *p, size_t tail, float inv, flo
     if (!RMS) {
         /* pass 1: sum(x - K) */
         for (int i = 0; i < HALF; i++) {
-            const vf ka = vf_set1(p[i][0]), kb = vf_set1(p[i + HALF][0]);
+            const vf ka = vf_set1(nk_xload(p[i])), kb = vf_set1(nk_xload(p[i + HALF]));
             vf a = DEV(i, 0, ka), b = DEV(i + HALF, 0, kb);
             for (int j = 1; j < V; j++) {
                 a = vf_add(a, DEV(i, j, ka));
@@ -83,7 +83,7 @@ NK_INLINE unsigned stats_body(const float *const *p, size_t tail, float inv, flo
         vf_storeu(c, vf_mul(S1, vinv));
         NK_VIA_MEMORY(c);
         for (int r = 0; r < NK_VL; r++)
-            m[r] = p[r][0] + c[r];
+            m[r] = nk_xload(p[r]) + c[r];
         NK_VIA_MEMORY(m);
     } else {
         vf_storeu(m, vf_zero());
@@ -109,19 +109,19 @@ NK_INLINE unsigned stats_body(const float *const *p, size_t tail, float inv, flo
     return vf_nonfinite(S1) | vf_nonfinite(S2);
 }
 
-typedef unsigned (*stats_fn)(const float *const *p, size_t tail, float inv, float eps, float *m,
+typedef unsigned (*stats_fn)(const xt *const *p, size_t tail, float inv, float eps, float *m,
                              float *s);
 
 /* One statistics function per (V, LayerNorm / RMSNorm), called once per
  * block: the normalize loops are compiled per (V, activation) and need not
  * be multiplied by these. */
 #define STATS(V)                                                                                   \
-    static unsigned stats_ln_##V(const float *const *p, size_t tail, float inv, float eps,        \
+    static unsigned stats_ln_##V(const xt *const *p, size_t tail, float inv, float eps,           \
                                  float *m, float *s)                                               \
     {                                                                                              \
         return stats_body(p, tail, inv, eps, V, 0, m, s);                                          \
     }                                                                                              \
-    static unsigned stats_rms_##V(const float *const *p, size_t tail, float inv, float eps,       \
+    static unsigned stats_rms_##V(const xt *const *p, size_t tail, float inv, float eps,          \
                                   float *m, float *s)                                              \
     {                                                                                              \
         return stats_body(p, tail, inv, eps, V, 1, m, s);                                          \
@@ -148,15 +148,15 @@ static const stats_fn stats_tab[2][SHORT_V - 1] = {{SHORT_VS(STATS_LN)}, {SHORT_
 #undef STATS
 
 /* m[r], s[r] of the nr (<= NK_VL) rows from x, V >= 2 */
-NK_INLINE void block_stats(const float *x, size_t nr, size_t len, size_t xstride, size_t tail,
+NK_INLINE void block_stats(const xt *x, size_t nr, size_t len, size_t xstride, size_t tail,
                            float inv, float eps, int rms, stats_fn stats, float *m, float *s)
 {
-    const float *p[NK_VL];
+    const xt *p[NK_VL];
     block_rows(x, nr, xstride, p);
     unsigned bad = stats(p, tail, inv, eps, m, s) & ((2u << (nr - 1)) - 1u);
     for (; bad; bad &= bad - 1) {
         const unsigned r = (unsigned)__builtin_ctz(bad);
-        nk_short_stats_f64(p[r], len, eps, rms, &m[r], &s[r]);
+        NK_DT_F64(nk_short_stats_f64)(p[r], len, eps, rms, &m[r], &s[r]);
     }
 }
 
@@ -173,7 +173,7 @@ NK_INLINE vf row_b(const float *b, size_t r) { return vf_set1(b ? b[r] : 0.0f); 
  * bl hold g / b (or 1 / 0) padded to whole vectors, or with ROWAFF one
  * float per row (or NULL). RMSNorm skips the subtraction of its m = 0
  * (x - 0 == x; AVX2, 64 floats: 6.7 -> 6.3 ns a row). */
-NK_INLINE void norm_body(const float *x, float *y, size_t nr, size_t xstride, size_t ystride,
+NK_INLINE void norm_body(const xt *x, xt *y, size_t nr, size_t xstride, size_t ystride,
                          size_t tail, const float *gl, const float *bl, const float *m,
                          const float *s, const int V, const int RMS, const int ROWAFF,
                          const int act, vf alpha, int stream)
@@ -184,16 +184,16 @@ NK_INLINE void norm_body(const float *x, float *y, size_t nr, size_t xstride, si
         for (int j = 0; j < V; j++) {
             const size_t o = (size_t)j * NK_VL;
             const int full = j < V - 1 || tail == NK_VL;
-            vf v = full ? vf_loadu(x + o) : vf_load_n(x + o, tail);
+            vf v = full ? vx_loadu(x + o) : vx_load_n(x + o, tail);
             v = act_apply(vf_fma(vf_mul(RMS ? v : vf_sub(v, vm), vs),
                                  ROWAFF ? rg : vf_loadu(gl + o), ROWAFF ? rb : vf_loadu(bl + o)),
                           act, alpha);
             if (!full)
-                vf_store_n(y + o, v, tail);
+                vx_store_n(y + o, v, tail);
             else if (stream)
-                vf_stream(y + o, v);
+                vx_stream(y + o, v);
             else
-                vf_storeu(y + o, v);
+                vx_storeu(y + o, v);
         }
     }
 }
@@ -210,26 +210,26 @@ NK_INLINE void norm_body(const float *x, float *y, size_t nr, size_t xstride, si
  * normalized through norm_body after the fp64 recomputation (the same
  * operations on every row).
  */
-NK_INLINE void block1(const float *x, float *y, size_t nr, size_t len, size_t xstride,
+NK_INLINE void block1(const xt *x, xt *y, size_t nr, size_t len, size_t xstride,
                       size_t ystride, const float *gl, const float *bl, float inv, float eps,
                       const int RMS, const int ROWAFF, const int act, vf alpha, int stream,
                       float *m, float *s)
 {
     const vf vinv = vf_set1(inv), ve = vf_set1(eps);
-    const float *p[NK_VL];
+    const xt *p[NK_VL];
     block_rows(x, nr, xstride, p);
     vf v[NK_VL], w[HALF], S1 = vf_zero();
     for (int r = 0; r < NK_VL; r++)
-        v[r] = vf_load_n(p[r], len);
+        v[r] = vx_load_n(p[r], len);
     if (!RMS) {
         for (int i = 0; i < HALF; i++)
-            w[i] = vf_fold_rows(vf_sub_n(v[i], vf_set1(p[i][0]), len),
-                                vf_sub_n(v[i + HALF], vf_set1(p[i + HALF][0]), len));
+            w[i] = vf_fold_rows(vf_sub_n(v[i], vf_set1(nk_xload(p[i])), len),
+                                vf_sub_n(v[i + HALF], vf_set1(nk_xload(p[i + HALF])), len));
         S1 = vf_sum_folded(w);
         float c[NK_VL];
         vf_storeu(c, vf_mul(S1, vinv));
         for (int r = 0; r < NK_VL; r++)
-            m[r] = p[r][0] + c[r];
+            m[r] = nk_xload(p[r]) + c[r];
         NK_VIA_MEMORY(m);
         for (int r = 0; r < NK_VL; r++)
             v[r] = vf_sub_n(v[r], vf_set1(m[r]), len);
@@ -246,7 +246,7 @@ NK_INLINE void block1(const float *x, float *y, size_t nr, size_t len, size_t xs
     if (bad) {
         for (; bad; bad &= bad - 1) {
             const unsigned r = (unsigned)__builtin_ctz(bad);
-            nk_short_stats_f64(p[r], len, eps, RMS, &m[r], &s[r]);
+            NK_DT_F64(nk_short_stats_f64)(p[r], len, eps, RMS, &m[r], &s[r]);
         }
         norm_body(x, y, nr, xstride, ystride, len, gl, bl, m, s, 1, RMS, ROWAFF, act, alpha,
                   stream);
@@ -262,15 +262,15 @@ NK_INLINE void block1(const float *x, float *y, size_t nr, size_t len, size_t xs
                                       ROWAFF ? row_b(bl, (size_t)r) : vb),
                                act, alpha);
         if (len < NK_VL)
-            vf_store_n(y, o, len);
+            vx_store_n(y, o, len);
         else if (stream)
-            vf_stream(y, o);
+            vx_stream(y, o);
         else
-            vf_storeu(y, o);
+            vx_storeu(y, o);
     }
 }
 
-NK_INLINE void short_rows(const float *x, float *y, size_t rows, size_t len, size_t xstride,
+NK_INLINE void short_rows(const xt *x, xt *y, size_t rows, size_t len, size_t xstride,
                           size_t ystride, const float *g, const float *b, float eps, int rms,
                           float *mean_out, float *rstd_out, const nk_epilogue *ep, const int V,
                           const int ROWAFF, const int act)
@@ -337,7 +337,7 @@ NK_INLINE void short_rows(const float *x, float *y, size_t rows, size_t len, siz
         nk_stream_fence();
 }
 
-NK_INLINE void short_act(const float *x, float *y, size_t rows, size_t len, size_t xstride,
+NK_INLINE void short_act(const xt *x, xt *y, size_t rows, size_t len, size_t xstride,
                          size_t ystride, const float *g, const float *b, float eps, int rms,
                          float *mean_out, float *rstd_out, const nk_epilogue *ep,
                          const int ROWAFF, const int act)
@@ -380,7 +380,7 @@ NK_INLINE void short_act(const float *x, float *y, size_t rows, size_t len, size
  * spilled the block's vectors in the hot loop). */
 #define SHORT_FN(ACT)                                                                              \
     static __attribute__((noinline)) void short_##ACT(                                             \
-        const float *x, float *y, size_t rows, size_t len, size_t xstride, size_t ystride,         \
+        const xt *x, xt *y, size_t rows, size_t len, size_t xstride, size_t ystride,               \
         const float *g, const float *b, float eps, int rms, float *mean_out, float *rstd_out,      \
         const nk_epilogue *ep)                                                                     \
     {                                                                                              \
@@ -388,7 +388,7 @@ NK_INLINE void short_act(const float *x, float *y, size_t rows, size_t len, size
                   ACT);                                                                            \
     }                                                                                              \
     static __attribute__((noinline)) void short_row_##ACT(                                         \
-        const float *x, float *y, size_t rows, size_t len, size_t xstride, size_t ystride,         \
+        const xt *x, xt *y, size_t rows, size_t len, size_t xstride, size_t ystride,               \
         const float *g, const float *b, float eps, int rms, float *mean_out, float *rstd_out,      \
         const nk_epilogue *ep)                                                                     \
     {                                                                                              \
@@ -398,11 +398,13 @@ NK_INLINE void short_act(const float *x, float *y, size_t rows, size_t len, size
 NK_ACT_EACH(SHORT_FN)
 #undef SHORT_FN
 
-static void NK_FN(norm_short)(const float *x, float *y, size_t rows, size_t len, size_t xstride,
+static void NK_FN(norm_short)(const void *xv, void *yv, size_t rows, size_t len, size_t xstride,
                               size_t ystride, const float *g, const float *b, float eps,
                               unsigned flags, float *mean_out, float *rstd_out,
                               const nk_epilogue *ep)
 {
+    const xt *x = xv;
+    xt *y = yv;
     const int rms = (flags & NK_SHORT_RMS) != 0;
 #define SHORT(ACT)                                                                                 \
     short_##ACT(x, y, rows, len, xstride, ystride, g, b, eps, rms, mean_out, rstd_out, ep)

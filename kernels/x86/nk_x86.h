@@ -15,6 +15,25 @@
  * Tail handling uses masked loads that read nothing past the end and masked
  * stores that write nothing past it, so no kernel touches memory outside
  * its rows.
+ *
+ * 16-bit element types (NK_DT fp16 / bf16; the vh_* operations that
+ * nk_simd.h composes into vx_*): NK_VL elements are one vh, a 256-bit
+ * vector with AVX-512, 128-bit with AVX2.
+ *   fp16: vcvtph2ps / vcvtps2ph with the round-to-nearest-even immediate
+ *         (F16C for AVX2: the AVX2 units are built with -mf16c).
+ *   bf16: widened by a 16-bit shift; narrowed by the integer rounding of
+ *         kernels/cvt.h (bits + 0x7fff + lsb, NaN made quiet), or with
+ *         AVX512-BF16 (a second build of the bf16 AVX-512 units with
+ *         -mavx512bf16, picked by the dispatcher where CPUID has it) by
+ *         vcvtneps2bf16. That instruction flushes denormal fp32 inputs to
+ *         ±0 (what it does with NaN and everything else is the rounding of
+ *         kernels/cvt.h), so a vector holding a denormal (vfpclassps) takes
+ *         the integer rounding instead: the same bits either way.
+ *   tails: AVX-512 masks 16-bit lanes (AVX512BW vmovdqu16). AVX2 has no
+ *         16-bit masked load or store: the first n elements are n / 2
+ *         pairs moved as 32-bit lanes by vpmaskmovd, and with n odd the
+ *         last element alone (a scalar load blended into its lane; a
+ *         scalar store of its lane), so nothing is read or written past n.
  */
 #ifndef NK_KERNELS_X86_NK_X86_H
 #define NK_KERNELS_X86_NK_X86_H
@@ -41,7 +60,7 @@
  * the kernel returns. */
 #define NK_STREAM(ep) ((ep)->stream)
 NK_INLINE void nk_stream_fence(void) { _mm_sfence(); }
-NK_INLINE void nk_prefetch(const float *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
+NK_INLINE void nk_prefetch(const void *p) { _mm_prefetch((const char *)p, _MM_HINT_T0); }
 #define NK_IEEE_VDIV 1
 /* inv_std in fp64 vectors: kernels/x86/inv_std_x86.c */
 #define NK_HAVE_INV_STD 1
@@ -52,11 +71,15 @@ NK_INLINE void nk_prefetch(const float *p) { _mm_prefetch((const char *)p, _MM_H
 #  define NK_VL 16
 #  define NK_NREGS 32
 #  if defined(NK_SIMDE)
-#    define NK_FN(name) nk_##name##__avx512_emu
-#    define NK_INIT nk_kernels_init_avx512_emu
+#    define NK_FN(name) NK_CAT3(nk_##name, NK_DT_TAG, __avx512_emu)
+#    define NK_INIT NK_CAT3(nk_kernels_init_avx512_emu, NK_DT_TAG, )
+#  elif defined(__AVX512BF16__) && NK_DT == NK_DTYPE_BF16
+/* the bf16 units built a second time with vcvtneps2bf16 */
+#    define NK_FN(name) NK_CAT3(nk_##name, NK_DT_TAG, __avx512bf16)
+#    define NK_INIT NK_CAT3(nk_kernels_init_avx512bf16, NK_DT_TAG, )
 #  else
-#    define NK_FN(name) nk_##name##__avx512
-#    define NK_INIT nk_kernels_init_avx512
+#    define NK_FN(name) NK_CAT3(nk_##name, NK_DT_TAG, __avx512)
+#    define NK_INIT NK_CAT3(nk_kernels_init_avx512, NK_DT_TAG, )
 #  endif
 
 typedef __m512 vf;
@@ -146,6 +169,107 @@ NK_INLINE float vf_hsum(vf v)
 }
 #  endif
 
+/* 16-bit elements: 16 in a 256-bit vh */
+#  if NK_DT != NK_DTYPE_F32
+typedef __m256i vh;
+/* the conversions: out of line in the emulated build (inlined at every
+ * load and store, SIMDe's 512-bit integer emulation tripled its compile
+ * time), inline otherwise */
+#    if defined(NK_SIMDE)
+#      define NK_CVT static __attribute__((noinline))
+#    else
+#      define NK_CVT NK_INLINE
+#    endif
+NK_INLINE vh vh_loadu(const xt *p) { return _mm256_loadu_si256((const __m256i *)(const void *)p); }
+NK_INLINE void vh_storeu(xt *p, vh h) { _mm256_storeu_si256((__m256i *)(void *)p, h); }
+#    if defined(NK_SIMDE)
+NK_INLINE vh vh_load_n(const xt *p, size_t n)
+{
+    xt t[16] = {0};
+    memcpy(t, p, n * sizeof(xt));
+    return _mm256_loadu_si256((const __m256i *)(const void *)t);
+}
+NK_INLINE void vh_store_n(xt *p, vh h, size_t n)
+{
+    xt t[16];
+    _mm256_storeu_si256((__m256i *)(void *)t, h);
+    memcpy(p, t, n * sizeof(xt));
+}
+NK_INLINE void vh_stream(xt *p, vh h)
+{
+    if ((uintptr_t)p % 32)
+        __builtin_trap(); /* vmovntdq would fault */
+    _mm256_storeu_si256((__m256i *)(void *)p, h);
+}
+/* SIMDe 0.7.4 lacks the 512-bit widening and narrowing moves: lane by lane
+ * through memory */
+NK_INLINE __m512i nk_u16_to_u32(vh h)
+{
+    uint16_t t[16];
+    uint32_t u[16];
+    _mm256_storeu_si256((__m256i *)(void *)t, h);
+    for (int i = 0; i < 16; i++)
+        u[i] = t[i];
+    return _mm512_loadu_si512(u);
+}
+NK_INLINE vh nk_u32_to_u16(__m512i v)
+{
+    uint32_t u[16];
+    uint16_t t[16];
+    _mm512_storeu_si512(u, v);
+    for (int i = 0; i < 16; i++)
+        t[i] = (uint16_t)u[i];
+    return _mm256_loadu_si256((const __m256i *)(const void *)t);
+}
+#      if NK_DT == NK_DTYPE_F16
+#        error "the emulated AVX-512 build has no fp16 copy (tests/meson.build)"
+#      endif
+#    else
+NK_INLINE vh vh_load_n(const xt *p, size_t n)
+{
+    return _mm256_maskz_loadu_epi16((vmask)((1u << n) - 1u), p);
+}
+NK_INLINE void vh_store_n(xt *p, vh h, size_t n)
+{
+    _mm256_mask_storeu_epi16(p, (vmask)((1u << n) - 1u), h);
+}
+NK_INLINE void vh_stream(xt *p, vh h) { _mm256_stream_si256((__m256i *)(void *)p, h); }
+NK_INLINE __m512i nk_u16_to_u32(vh h) { return _mm512_cvtepu16_epi32(h); }
+NK_INLINE vh nk_u32_to_u16(__m512i v) { return _mm512_cvtepi32_epi16(v); }
+#      if NK_DT == NK_DTYPE_F16
+NK_INLINE vf vh_to_vf(vh h) { return _mm512_cvtph_ps(h); }
+NK_INLINE vh vf_to_vh(vf v)
+{
+    return _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+#      endif
+#    endif
+#    if NK_DT == NK_DTYPE_BF16
+NK_CVT vf vh_to_vf(vh h) { return _mm512_castsi512_ps(_mm512_slli_epi32(nk_u16_to_u32(h), 16)); }
+/* kernels/cvt.h's rounding: bits + 0x7fff + lsb, NaN quiet (x | 0x400000) */
+NK_CVT vh nk_bf16_round(vf v)
+{
+    const __m512i x = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(x, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q),
+                              _mm512_or_si512(x, _mm512_set1_epi32(0x400000)));
+    return nk_u32_to_u16(_mm512_srli_epi32(r, 16));
+}
+#      if defined(__AVX512BF16__) && !defined(NK_SIMDE)
+/* vcvtneps2bf16, unless a lane is an fp32 denormal (which it flushes) */
+NK_INLINE vh vf_to_vh(vf v)
+{
+    if (_mm512_fpclass_ps_mask(v, 0x20)) /* denormal */
+        return nk_bf16_round(v);
+    return (vh)_mm512_cvtneps_pbh(v);
+}
+#      else
+NK_INLINE vh vf_to_vh(vf v) { return nk_bf16_round(v); }
+#      endif
+#    endif
+#  endif
+
 /*
  * Transposing row sums of 16 vectors v[r] into one whose lane r is the sum
  * of the lanes of v[r]: four levels of 16 -> 8 -> ... -> 1 vectors, a level
@@ -215,8 +339,8 @@ NK_INLINE vf vf_tanh(vf v) { NK_LANES(tanhf); }
 
 #  define NK_VL 8
 #  define NK_NREGS 16
-#  define NK_FN(name) nk_##name##__avx2
-#  define NK_INIT nk_kernels_init_avx2
+#  define NK_FN(name) NK_CAT3(nk_##name, NK_DT_TAG, __avx2)
+#  define NK_INIT NK_CAT3(nk_kernels_init_avx2, NK_DT_TAG, )
 
 typedef __m256 vf;
 
@@ -262,6 +386,62 @@ NK_INLINE float vf_hsum(vf v)
     q = _mm_add_ss(q, _mm_movehdup_ps(q));
     return _mm_cvtss_f32(q);
 }
+
+/* 16-bit elements: 8 in a 128-bit vh */
+#  if NK_DT != NK_DTYPE_F32
+typedef __m128i vh;
+/* vpmaskmovd lane masks of the first k (0..4) 32-bit lanes */
+NK_INLINE __m128i vm_first4(size_t k)
+{
+    return _mm_loadu_si128((const __m128i *)(const void *)(nk_x86_mask + 8 - k));
+}
+/* lane i (0..7) of 16 bits set: the first 8 of nk_x86_lane16 + 8 - i */
+static const int16_t nk_x86_lane16[16] = {0, 0, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, 0};
+NK_INLINE vh vh_loadu(const xt *p) { return _mm_loadu_si128((const __m128i *)(const void *)p); }
+NK_INLINE void vh_storeu(xt *p, vh h) { _mm_storeu_si128((__m128i *)(void *)p, h); }
+NK_INLINE void vh_stream(xt *p, vh h) { _mm_stream_si128((__m128i *)(void *)p, h); }
+/* n / 2 pairs as 32-bit lanes, then the odd last element into lane n - 1 */
+NK_INLINE vh vh_load_n(const xt *p, size_t n)
+{
+    vh h = _mm_maskload_epi32((const int *)(const void *)p, vm_first4(n / 2));
+    if (n & 1) {
+        const __m128i lane =
+            _mm_loadu_si128((const __m128i *)(const void *)(nk_x86_lane16 + 9 - n));
+        h = _mm_blendv_epi8(h, _mm_set1_epi16((short)p[n - 1]), lane);
+    }
+    return h;
+}
+/* n / 2 pairs as 32-bit lanes, then the odd last element alone */
+NK_INLINE void vh_store_n(xt *p, vh h, size_t n)
+{
+    _mm_maskstore_epi32((int *)(void *)p, vm_first4(n / 2), h);
+    if (n & 1) {
+        /* the pair holding element n - 1 in lane 0; its low half */
+        const __m128 q = _mm_permutevar_ps(_mm_castsi128_ps(h), _mm_cvtsi32_si128((int)(n / 2)));
+        p[n - 1] = (xt)_mm_cvtsi128_si32(_mm_castps_si128(q));
+    }
+}
+#    if NK_DT == NK_DTYPE_F16
+NK_INLINE vf vh_to_vf(vh h) { return _mm256_cvtph_ps(h); }
+NK_INLINE vh vf_to_vh(vf v) { return _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT); }
+#    else
+NK_INLINE vf vh_to_vf(vh h)
+{
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+/* kernels/cvt.h's rounding: bits + 0x7fff + lsb, NaN quiet (x | 0x400000) */
+NK_INLINE vh vf_to_vh(vf v)
+{
+    const __m256i x = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_add_epi32(x, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(x, _mm256_set1_epi32(0x400000)),
+                           _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
+    r = _mm256_srli_epi32(r, 16);
+    return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+}
+#    endif
+#  endif
 
 /* Transposing row sums of 8 vectors (see the AVX-512 version): the same
  * pairwise tree for every row (lane i + lane i + 4, then + 2, + 1). */
