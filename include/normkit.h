@@ -322,7 +322,16 @@ typedef struct nk_context {
  *       In place (y == x) requires equal strides.
  *   activation, alpha      fused activation of the output (NK_ACT_*), alpha
  *                           the LeakyReLU slope; 0 and any alpha = none.
- *   dtype                  NK_DTYPE_F32.
+ *   dtype                  the element type of x and y: NK_DTYPE_F32,
+ *                           NK_DTYPE_F16 or NK_DTYPE_BF16. Arithmetic is fp32
+ *                           (statistics merged in fp64) whatever the dtype;
+ *                           outputs are rounded to nearest even once, NaN
+ *                           stays NaN, Inf stays Inf, overflow gives Inf.
+ *   param_dtype            the element type of weight and bias:
+ *                           NK_DTYPE_F32 (0, the default; PyTorch's bf16
+ *                           activations with fp32 parameters) or dtype.
+ *                           Running statistics, saved statistics and
+ *                           per-channel moments are fp32 (fp64) always.
  *
  * LayerNorm and RMSNorm normalize over c at every (n, position) of a
  * channels-last tensor: a (rows, cols) matrix is n = rows, c = cols,
@@ -339,48 +348,52 @@ typedef struct nk_tensor_desc {
     int32_t activation;
     float alpha;
     uint64_t reserved[4]; /* 0 */
+    /* appended in 0.2 (read as NK_DTYPE_F32 from older callers' structs) */
+    uint32_t param_dtype;
+    uint32_t reserved2; /* 0 */
 } nk_tensor_desc;
 #define NK_TENSOR_DESC_INIT                                                                        \
-    {sizeof(nk_tensor_desc), NK_DTYPE_F32, 0, 0, 0, 0, 1, {0, 0}, {0, 0}, 0, 0.01f, {0, 0, 0, 0}}
+    {sizeof(nk_tensor_desc), NK_DTYPE_F32, 0, 0, 0, 0, 1, {0, 0}, {0, 0}, 0, 0.01f, {0, 0, 0, 0},   \
+     NK_DTYPE_F32, 0}
 
 /*
  * The _ex entry points: the functions above with a context and a descriptor.
- * x, y, weight and bias are typed by desc->dtype (fp32 today; weight and bias
- * stay fp32). Every other rule, output and message is the one of the
- * function without _ex, which is a wrapper over these.
+ * x and y are typed by desc->dtype, weight and bias by desc->param_dtype;
+ * every other array is fp32. Every other rule, output and message is the
+ * one of the function without _ex, which is a wrapper over these.
  */
 NK_API nk_status nk_batch_norm_train_ex(const nk_context *ctx, const nk_tensor_desc *desc,
-                                        const void *x, void *y, const float *weight,
-                                        const float *bias, double eps, nk_running_stats *running,
+                                        const void *x, void *y, const void *weight,
+                                        const void *bias, double eps, nk_running_stats *running,
                                         float *save_mean, float *save_invstd);
 NK_API nk_status nk_batch_norm_infer_ex(const nk_context *ctx, const nk_tensor_desc *desc,
-                                        const void *x, void *y, const float *weight,
-                                        const float *bias, const float *running_mean,
+                                        const void *x, void *y, const void *weight,
+                                        const void *bias, const float *running_mean,
                                         const float *running_var, double eps);
 /* desc's y fields are ignored. */
 NK_API nk_status nk_batch_norm_stats_ex(const nk_context *ctx, const nk_tensor_desc *desc,
                                         const void *x, nk_moments *per_channel);
 NK_API nk_status nk_batch_norm_apply_moments_ex(const nk_context *ctx, const nk_tensor_desc *desc,
                                                 const void *x, void *y,
-                                                const nk_moments *per_channel, const float *weight,
-                                                const float *bias, double eps,
+                                                const nk_moments *per_channel, const void *weight,
+                                                const void *bias, double eps,
                                                 nk_running_stats *running, float *save_mean,
                                                 float *save_invstd);
 NK_API nk_status nk_instance_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc,
-                                     const void *x, void *y, const float *weight,
-                                     const float *bias, double eps, int use_input_stats,
+                                     const void *x, void *y, const void *weight,
+                                     const void *bias, double eps, int use_input_stats,
                                      nk_running_stats *running, float *save_mean,
                                      float *save_invstd);
 NK_API nk_status nk_group_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc,
-                                  const void *x, void *y, int64_t groups, const float *weight,
-                                  const float *bias, double eps, float *save_mean,
+                                  const void *x, void *y, int64_t groups, const void *weight,
+                                  const void *bias, double eps, float *save_mean,
                                   float *save_invstd);
 /* save_mean / save_invstd / save_rstd: one value per normalized row, n * spatial. */
 NK_API nk_status nk_layer_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc,
-                                  const void *x, void *y, const float *weight, const float *bias,
+                                  const void *x, void *y, const void *weight, const void *bias,
                                   double eps, float *save_mean, float *save_invstd);
 NK_API nk_status nk_rms_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, const void *x,
-                                void *y, const float *weight, double eps, float *save_rstd);
+                                void *y, const void *weight, double eps, float *save_rstd);
 
 /* ------------------------------------------------------------------------ */
 /* Dispatcher                                                                 */
@@ -499,8 +512,8 @@ NK_API int nk_module_training(const nk_module *m);
 /* Runs the layer on an ndim-dimensional input of extents dims (the framework's
  * own layout: NCHW unless data_format / Keras says channels-last). Rejects the
  * ranks the framework rejects. y has as many elements as x. */
-NK_API nk_status nk_module_forward(nk_module *m, const float *x, int ndim, const int64_t *dims,
-                                   float *y);
+NK_API nk_status nk_module_forward(nk_module *m, const void *x, int ndim, const int64_t *dims,
+                                   void *y);
 
 /*
  * Optional outputs of nk_module_forward_ex. Set struct_size to
@@ -527,8 +540,18 @@ typedef struct nk_module_outputs {
 } nk_module_outputs;
 
 /* nk_module_forward plus the optional outputs (outputs may be NULL). */
-NK_API nk_status nk_module_forward_ex(nk_module *m, const float *x, int ndim, const int64_t *dims,
-                                      float *y, const nk_module_outputs *outputs);
+NK_API nk_status nk_module_forward_ex(nk_module *m, const void *x, int ndim, const int64_t *dims,
+                                      void *y, const nk_module_outputs *outputs);
+
+/* The element type of x and y of later forwards: NK_DTYPE_F32 (the default),
+ * NK_DTYPE_F16 (ONNX float16 tensors) or NK_DTYPE_BF16 (a PyTorch module
+ * with dtype=torch.bfloat16). Weight, bias, running statistics and the
+ * optional outputs stay fp32: a 16-bit checkpoint's values are exact in
+ * fp32 and give the same results, and running statistics keep fp32
+ * precision (PyTorch rounds a bf16 module's buffers to bf16 after every
+ * update; normkit does not). NK_ERR_BAD_PARAM for other codes. */
+NK_API nk_status nk_module_set_dtype(nk_module *m, uint32_t dtype);
+NK_API uint32_t nk_module_dtype(const nk_module *m);
 
 /* Later calls of m run with ctx's pool (NULL: the calling thread only). The
  * context is copied; the pool it points to must stay valid while m runs. */

@@ -111,7 +111,7 @@ static void bn_rows_moments(void *op, size_t blk, size_t p, nk_moments *part)
         size_t lo = 0, hi = L;
         if (o->pieces > 1)
             nk_piece_range(L, o->pieces, p, &lo, &hi);
-        nk_segs_moments(cl->k, cl->x + (blk * o->cb + i) * cl->xs1, S, cl->xs0, lo, hi, &part[i]);
+        nk_segs_moments(cl->k, nk_xat(cl->k, cl->x, (blk * o->cb + i) * cl->xs1), S, cl->xs0, lo, hi, &part[i]);
     }
 }
 
@@ -133,7 +133,7 @@ static void bn_rows_normalize(void *op, size_t blk, size_t p, const void *par)
         size_t lo = 0, hi = L, c = blk * o->cb + i;
         if (o->pieces > 1)
             nk_piece_range(L, o->pieces, p, &lo, &hi);
-        nk_segs_normalize(cl->k, cl->x + c * cl->xs1, cl->y + c * cl->ys1, S, cl->xs0, cl->ys0, lo,
+        nk_segs_normalize(cl->k, nk_xat(cl->k, cl->x, c * cl->xs1), nk_yat(cl->k, cl->y, c * cl->ys1), S, cl->xs0, cl->ys0, lo,
                           hi, pp->m[i], pp->a[i], pp->b[i], &cl->ep);
     }
 }
@@ -169,7 +169,7 @@ static void bn_irows_normalize(void *op, size_t b, size_t p, const void *par)
     const size_t q0 = b * o->cb, q1 = q0 + bn_irows_groups(op, b);
     for (size_t q = q0; q < q1;) {
         size_t xs, ys, e = nk_grid_run(&o->g, q, q1, &xs, &ys);
-        cl->k->norm_rows(cl->x + nk_grid_x(&o->g, q), cl->y + nk_grid_y(&o->g, q), e - q, cl->s, xs,
+        cl->k->norm_rows(nk_xat(cl->k, cl->x, nk_grid_x(&o->g, q)), nk_yat(cl->k, cl->y, nk_grid_y(&o->g, q)), e - q, cl->s, xs,
                          ys, pp->m + (q - q0), pp->a + (q - q0), pp->b + (q - q0), 1, &cl->ep);
         q = e;
     }
@@ -339,12 +339,17 @@ nk_status nk_batch_norm_train(const float *x, const nk_shape *shape, const float
 }
 
 nk_status nk_batch_norm_train_ex(const nk_context *ctx, const nk_tensor_desc *desc, const void *x,
-                                 void *y, const float *weight, const float *bias, double eps,
+                                 void *y, const void *weight, const void *bias, double eps,
                                  nk_running_stats *running, float *save_mean, float *save_invstd)
 {
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, "nk_batch_norm_train_ex", ctx, desc, x, y, eps, true);
-    return st ? st : bn_train(&cl, weight, bias, eps, running, save_mean, save_invstd);
+    nk_params pp;
+    if (st || (st = nk_call_params(&cl, weight, bias, &pp)))
+        return st;
+    st = bn_train(&cl, pp.w, pp.b, eps, running, save_mean, save_invstd);
+    nk_params_free(&pp);
+    return st;
 }
 
 /* ---- statistics alone ---- */
@@ -448,15 +453,19 @@ nk_status nk_batch_norm_apply_moments(const float *x, const nk_shape *shape,
 
 nk_status nk_batch_norm_apply_moments_ex(const nk_context *ctx, const nk_tensor_desc *desc,
                                          const void *x, void *y, const nk_moments *per_channel,
-                                         const float *weight, const float *bias, double eps,
+                                         const void *weight, const void *bias, double eps,
                                          nk_running_stats *running, float *save_mean,
                                          float *save_invstd)
 {
     nk_call cl;
     nk_status st =
         nk_call_from_desc(&cl, "nk_batch_norm_apply_moments_ex", ctx, desc, x, y, eps, true);
-    return st ? st
-              : bn_apply(&cl, per_channel, weight, bias, eps, running, save_mean, save_invstd);
+    nk_params pp;
+    if (st || (st = nk_call_params(&cl, weight, bias, &pp)))
+        return st;
+    st = bn_apply(&cl, per_channel, pp.w, pp.b, eps, running, save_mean, save_invstd);
+    nk_params_free(&pp);
+    return st;
 }
 
 /* ---- inference ---- */
@@ -487,10 +496,15 @@ nk_status nk_batch_norm_infer(const float *x, const nk_shape *shape, const float
 }
 
 nk_status nk_batch_norm_infer_ex(const nk_context *ctx, const nk_tensor_desc *desc, const void *x,
-                                 void *y, const float *weight, const float *bias,
+                                 void *y, const void *weight, const void *bias,
                                  const float *running_mean, const float *running_var, double eps)
 {
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, "nk_batch_norm_infer_ex", ctx, desc, x, y, eps, true);
-    return st ? st : nk_bn_infer_call(&cl, weight, bias, running_mean, running_var, eps);
+    nk_params pp;
+    if (st || (st = nk_call_params(&cl, weight, bias, &pp)))
+        return st;
+    st = nk_bn_infer_call(&cl, pp.w, pp.b, running_mean, running_var, eps);
+    nk_params_free(&pp);
+    return st;
 }

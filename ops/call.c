@@ -13,12 +13,13 @@ static void call_dense(nk_call *cl)
     cl->xs0 = cl->ys0 = mid * inner;
 }
 
-static void call_common(nk_call *cl, const char *fn, const float *x, const float *y)
+static void call_common(nk_call *cl, const char *fn, const void *x, const void *y, unsigned dtype)
 {
     cl->fn = fn;
     cl->x = x;
-    cl->y = (float *)y;
-    cl->k = nk_kernels_current();
+    cl->y = (void *)y;
+    cl->k = nk_kernels_current_dtype(dtype);
+    cl->pdt = NK_DTYPE_F32;
     nk_exec_init(&cl->ex, NULL);
 }
 
@@ -33,7 +34,7 @@ nk_status nk_call_from_shape(nk_call *cl, const char *fn, const float *x, const 
     cl->s = (size_t)s->spatial;
     cl->layout = s->layout;
     call_dense(cl);
-    call_common(cl, fn, x, y);
+    call_common(cl, fn, x, y, NK_DTYPE_F32);
     return NK_OK;
 }
 
@@ -58,7 +59,7 @@ nk_status nk_call_from_rows(nk_call *cl, const char *fn, const float *x, int64_t
     cl->s = 1;
     cl->layout = NK_CHANNELS_LAST;
     call_dense(cl);
-    call_common(cl, fn, x, y);
+    call_common(cl, fn, x, y, NK_DTYPE_F32);
     return NK_OK;
 }
 
@@ -182,9 +183,21 @@ nk_status nk_call_from_desc(nk_call *cl, const char *fn, const nk_context *ctx,
                        "%s: desc sets fields past the %zu bytes of nk_tensor_desc this normkit %s "
                        "knows",
                        fn, sizeof *d, NK_VERSION_STRING);
-    if (d->dtype != NK_DTYPE_F32)
-        return nk_fail(NK_ERR_UNSUPPORTED, "%s: desc->dtype %u is not supported (NK_DTYPE_F32 = 0)",
+    if (d->dtype > NK_DTYPE_BF16)
+        return nk_fail(NK_ERR_UNSUPPORTED,
+                       "%s: desc->dtype must be NK_DTYPE_F32 (0), NK_DTYPE_F16 (1) or "
+                       "NK_DTYPE_BF16 (2), got %u",
                        fn, (unsigned)d->dtype);
+    /* fields appended after reserved[]: zero for callers that predate them */
+    const bool has_pdt = d->struct_size >= offsetof(nk_tensor_desc, reserved2) + sizeof d->reserved2;
+    const unsigned pdt = has_pdt ? d->param_dtype : NK_DTYPE_F32;
+    if (pdt != NK_DTYPE_F32 && pdt != d->dtype)
+        return nk_fail(NK_ERR_BAD_PARAM,
+                       "%s: desc->param_dtype must be NK_DTYPE_F32 (0) or desc->dtype (%u), got %u",
+                       fn, (unsigned)d->dtype, pdt);
+    if (has_pdt && d->reserved2)
+        return nk_fail(NK_ERR_BAD_PARAM, "%s: desc->reserved2 must be 0, got %u", fn,
+                       (unsigned)d->reserved2);
     if (d->flags)
         return nk_fail(NK_ERR_BAD_PARAM, "%s: desc->flags must be 0, got %#x", fn,
                        (unsigned)d->flags);
@@ -232,9 +245,11 @@ nk_status nk_call_from_desc(nk_call *cl, const char *fn, const nk_context *ctx,
             return nk_fail(NK_ERR_NULL_POINTER, "%s: x is NULL", fn);
         memset(&cl->ep, 0, sizeof cl->ep);
     }
-    call_common(cl, fn, x, y);
+    call_common(cl, fn, x, y, d->dtype);
+    cl->pdt = pdt;
     nk_exec_init(&cl->ex, &c);
-    if (cl->ex.pool && cl->total * sizeof(float) <= nk_stream_threshold_pool())
+    const size_t bytes = cl->total * nk_esize(d->dtype);
+    if (has_y && bytes <= (cl->ex.pool ? nk_stream_threshold_pool() : nk_stream_threshold()))
         cl->ep.stream = 0;
     return NK_OK;
 }

@@ -26,7 +26,8 @@ bool nk_cv_for_bn(const nk_call *cl, nk_cv *cv)
 void nk_cv_for_sample(const nk_call *cl, size_t n, nk_cv *cv)
 {
     const size_t S = cl->s, C = cl->c;
-    *cv = (nk_cv){cl->k, cl->x + n * cl->xs0, cl->y ? cl->y + n * cl->ys0 : NULL, S, C, 1,
+    *cv = (nk_cv){cl->k, nk_xat(cl->k, cl->x, n * cl->xs0),
+                  cl->y ? nk_yat(cl->k, cl->y, n * cl->ys0) : NULL, S, C, 1,
                   {1, cl->xs1, 0, cl->ys1, 0}, S <= 1 || (cl->xs1 == C && cl->ys1 == C)};
 }
 
@@ -94,7 +95,7 @@ void nk_cv_expand(const nk_cv *cv, size_t nc, const float *m, const float *a, co
     }
 }
 
-void nk_cols_moments(const nk_kernels *k, const float *x, size_t rows, size_t cols, size_t stride,
+void nk_cols_moments(const nk_kernels *k, const void *x, size_t rows, size_t cols, size_t stride,
                      nk_moments *acc)
 {
     /* the kernel merges into acc (a copy where acc is empty) and recomputes
@@ -124,13 +125,13 @@ static nk_moments combine_equal(const nk_moments *p, size_t n)
  * merged in column order into acc[((j0 + j) % base) / rep - cbase]. The
  * columns of a channel that lie side by side (up to rep of them) have equal
  * counts: they are combined in closed form and merged once. */
-static void merge_moments(const nk_kernels *k, const float *x, size_t rows, size_t j0,
+static void merge_moments(const nk_kernels *k, const void *x, size_t rows, size_t j0,
                           size_t ncols, size_t stride, size_t base, size_t rep, size_t cbase,
                           nk_moments *acc)
 {
     if (rep == 1 && j0 + ncols <= base) {
         /* one column per channel: merge straight into the channels */
-        nk_cols_moments(k, x + j0, rows, ncols, stride, acc + (j0 - cbase));
+        nk_cols_moments(k, nk_xat(k, x, j0), rows, ncols, stride, acc + (j0 - cbase));
         return;
     }
     nk_moments part[NK_CBLK];
@@ -140,7 +141,7 @@ static void merge_moments(const nk_kernels *k, const float *x, size_t rows, size
     for (size_t b0 = 0; b0 < ncols; b0 += NK_CBLK) {
         size_t nb = ncols - b0 < NK_CBLK ? ncols - b0 : NK_CBLK;
         memset(part, 0, nb * sizeof part[0]);
-        nk_cols_moments(k, x + j0 + b0, rows, nb, stride, part);
+        nk_cols_moments(k, nk_xat(k, x, j0 + b0), rows, nb, stride, part);
         for (size_t j = 0; j < nb;) {
             size_t run = rep - in;
             run = run < nb - j ? run : nb - j;
@@ -173,12 +174,13 @@ void nk_cv_moments(const nk_cv *cv, size_t r0, size_t r1, size_t c0, size_t nc, 
     const size_t W = nk_cv_cols(cv, nc);
     size_t head = wide_head(cv, r0, r1, W);
     if (head)
-        merge_moments(cv->k, cv->x + r0 * cv->width, head / (W / cv->width), 0, W, W, cv->width,
+        merge_moments(cv->k, nk_xat(cv->k, cv->x, r0 * cv->width), head / (W / cv->width), 0, W, W,
+                      cv->width,
                       cv->rep, 0, acc);
     for (size_t r = r0 + head; r < r1;) {
         size_t xs, ys, e = nk_grid_run(&cv->g, r, r1, &xs, &ys);
-        merge_moments(cv->k, cv->x + nk_grid_x(&cv->g, r), e - r, j0, ncols, xs, cv->width, cv->rep,
-                      c0, acc);
+        merge_moments(cv->k, nk_xat(cv->k, cv->x, nk_grid_x(&cv->g, r)), e - r, j0, ncols, xs,
+                      cv->width, cv->rep, c0, acc);
         r = e;
     }
 }
@@ -190,12 +192,13 @@ void nk_cv_normalize(const nk_cv *cv, size_t r0, size_t r1, size_t c0, size_t nc
     const size_t W = nk_cv_cols(cv, nc);
     size_t head = wide_head(cv, r0, r1, W);
     if (head)
-        cv->k->norm_cols(cv->x + r0 * cv->width, cv->y + r0 * cv->width, head / (W / cv->width), W,
-                         W, W, cm, ca, cb, ep);
+        cv->k->norm_cols(nk_xat(cv->k, cv->x, r0 * cv->width), nk_yat(cv->k, cv->y, r0 * cv->width),
+                         head / (W / cv->width), W, W, W, cm, ca, cb, ep);
     for (size_t r = r0 + head; r < r1;) {
         size_t xs, ys, e = nk_grid_run(&cv->g, r, r1, &xs, &ys);
-        cv->k->norm_cols(cv->x + nk_grid_x(&cv->g, r) + j0, cv->y + nk_grid_y(&cv->g, r) + j0, e - r,
-                         ncols, xs, ys, cm, ca, cb, ep);
+        cv->k->norm_cols(nk_xat(cv->k, cv->x, nk_grid_x(&cv->g, r) + j0),
+                         nk_yat(cv->k, cv->y, nk_grid_y(&cv->g, r) + j0), e - r, ncols, xs, ys, cm,
+                         ca, cb, ep);
         r = e;
     }
 }

@@ -2,6 +2,9 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <stdlib.h>
+
+#include "kernels/cvt.h"
 #include "ops/internal.h"
 
 nk_status nk_check_product(int64_t a, int64_t b, const char *fn, size_t *out)
@@ -75,7 +78,7 @@ nk_status nk_check_options(const nk_options *o, const char *fn, nk_epilogue *ep)
     return NK_OK;
 }
 
-nk_status nk_check_io(const char *fn, const float *x, const float *y, size_t total, double eps,
+nk_status nk_check_io(const char *fn, const void *x, const void *y, size_t total, double eps,
                       const nk_options *opts, nk_epilogue *ep)
 {
     nk_status st;
@@ -122,16 +125,16 @@ void nk_format_size(char *buf, size_t len, int64_t a, int64_t b, int64_t spatial
 
 static bool moments_bad(const nk_moments *m) { return !isfinite(m->mean) || !isfinite(m->m2); }
 
-void nk_rows_moments(const nk_kernels *k, const float *x, size_t rows, size_t len, size_t stride,
+void nk_rows_moments(const nk_kernels *k, const void *x, size_t rows, size_t len, size_t stride,
                      nk_moments *out)
 {
     k->moments_rows(x, rows, len, stride, out);
     for (size_t r = 0; r < rows; r++)
         if (moments_bad(&out[r]))
-            nk_moments_f64(NK_DTYPE_F32, x + r * stride, len, 1, &out[r]);
+            nk_moments_f64(k->dtype, nk_xat(k, x, r * stride), len, 1, &out[r]);
 }
 
-void nk_segs_moments(const nk_kernels *k, const float *x, size_t len, size_t stride, size_t lo,
+void nk_segs_moments(const nk_kernels *k, const void *x, size_t len, size_t stride, size_t lo,
                      size_t hi, nk_moments *acc)
 {
     if (!len || lo >= hi)
@@ -140,7 +143,7 @@ void nk_segs_moments(const nk_kernels *k, const float *x, size_t len, size_t str
     size_t j = lo / len, off = lo % len;
     if (off && lo < hi) {
         size_t n = len - off < hi - lo ? len - off : hi - lo;
-        nk_rows_moments(k, x + j * stride + off, 1, n, n, part);
+        nk_rows_moments(k, nk_xat(k, x, j * stride + off), 1, n, n, part);
         nk_moments_merge_inline(acc, part[0].count, part[0].mean, part[0].m2);
         lo += n;
         j++;
@@ -148,18 +151,18 @@ void nk_segs_moments(const nk_kernels *k, const float *x, size_t len, size_t str
     size_t full = (hi - lo) / len;
     for (size_t j0 = 0; j0 < full; j0 += 64) {
         size_t nb = full - j0 < 64 ? full - j0 : 64;
-        nk_rows_moments(k, x + (j + j0) * stride, nb, len, stride, part);
+        nk_rows_moments(k, nk_xat(k, x, (j + j0) * stride), nb, len, stride, part);
         for (size_t i = 0; i < nb; i++)
             nk_moments_merge_inline(acc, part[i].count, part[i].mean, part[i].m2);
     }
     lo += full * len;
     if (lo < hi) {
-        nk_rows_moments(k, x + (j + full) * stride, 1, hi - lo, hi - lo, part);
+        nk_rows_moments(k, nk_xat(k, x, (j + full) * stride), 1, hi - lo, hi - lo, part);
         nk_moments_merge_inline(acc, part[0].count, part[0].mean, part[0].m2);
     }
 }
 
-void nk_segs_normalize(const nk_kernels *k, const float *x, float *y, size_t len, size_t xstride,
+void nk_segs_normalize(const nk_kernels *k, const void *x, void *y, size_t len, size_t xstride,
                        size_t ystride, size_t lo, size_t hi, float m, float a, float b,
                        const nk_epilogue *ep)
 {
@@ -168,19 +171,20 @@ void nk_segs_normalize(const nk_kernels *k, const float *x, float *y, size_t len
     size_t j = lo / len, off = lo % len;
     if (off && lo < hi) {
         size_t n = len - off < hi - lo ? len - off : hi - lo;
-        k->norm_rows(x + j * xstride + off, y + j * ystride + off, 1, n, n, n, &m, &a, &b, 0, ep);
+        k->norm_rows(nk_xat(k, x, j * xstride + off), nk_yat(k, y, j * ystride + off), 1, n, n, n,
+                     &m, &a, &b, 0, ep);
         lo += n;
         j++;
     }
     size_t full = (hi - lo) / len;
     if (full)
-        k->norm_rows(x + j * xstride, y + j * ystride, full, len, xstride, ystride, &m, &a, &b, 0,
-                     ep);
+        k->norm_rows(nk_xat(k, x, j * xstride), nk_yat(k, y, j * ystride), full, len, xstride,
+                     ystride, &m, &a, &b, 0, ep);
     lo += full * len;
     j += full;
     if (lo < hi)
-        k->norm_rows(x + j * xstride, y + j * ystride, 1, hi - lo, hi - lo, hi - lo, &m, &a, &b, 0,
-                     ep);
+        k->norm_rows(nk_xat(k, x, j * xstride), nk_yat(k, y, j * ystride), 1, hi - lo, hi - lo,
+                     hi - lo, &m, &a, &b, 0, ep);
 }
 
 double nk_rstd(double var, double eps) { return 1.0 / sqrt((var > 0.0 ? var : 0.0) + eps); }
@@ -213,4 +217,53 @@ double nk_effective_momentum(nk_running_stats *rs)
     if (rs->cumulative)
         return 1.0 / (double)rs->num_batches_tracked;
     return rs->momentum;
+}
+
+/* n parameters of dtype dt as fp32 into out (exact) */
+static void params_to_f32(unsigned dt, const void *p, size_t n, float *out)
+{
+    const uint16_t *h = p;
+    if (dt == NK_DTYPE_BF16)
+        for (size_t i = 0; i < n; i++)
+            out[i] = nk_bf16_to_f32(h[i]);
+    else
+        for (size_t i = 0; i < n; i++)
+            out[i] = nk_f16_to_f32(h[i]);
+}
+
+nk_status nk_call_params(const nk_call *cl, const void *weight, const void *bias, nk_params *p)
+{
+    p->heap = NULL;
+    if (cl->pdt == NK_DTYPE_F32) {
+        p->w = weight;
+        p->b = bias;
+        return NK_OK;
+    }
+    const size_t n = cl->c;
+    float *dst[2] = {p->st[0], p->st[1]};
+    if (n > NK_PARAM_STACK && (weight || bias)) {
+        p->heap = n <= SIZE_MAX / (2 * sizeof(float)) ? malloc(2 * n * sizeof(float)) : NULL;
+        if (!p->heap)
+            return nk_fail(NK_ERR_OUT_OF_MEMORY,
+                           "%s: no memory for the fp32 copies of %zu 16-bit weight and bias entries",
+                           cl->fn, n);
+        dst[0] = p->heap;
+        dst[1] = p->heap + n;
+    }
+    p->w = p->b = NULL;
+    if (weight) {
+        params_to_f32(cl->pdt, weight, n, dst[0]);
+        p->w = dst[0];
+    }
+    if (bias) {
+        params_to_f32(cl->pdt, bias, n, dst[1]);
+        p->b = dst[1];
+    }
+    return NK_OK;
+}
+
+void nk_params_free(nk_params *p)
+{
+    free(p->heap);
+    p->heap = NULL;
 }

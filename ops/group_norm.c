@@ -82,13 +82,13 @@ static void gn_rows_moments(void *op, size_t b, size_t p, nk_moments *part)
     if (o->rowwise && o->pieces == 1) {
         for (size_t q = q0; q < q1;) {
             size_t xs, ys, e = nk_grid_run(&o->g, q, q1, &xs, &ys);
-            nk_rows_moments(cl->k, cl->x + nk_grid_x(&o->g, q), e - q, L, xs, part + (q - q0));
+            nk_rows_moments(cl->k, nk_xat(cl->k, cl->x, nk_grid_x(&o->g, q)), e - q, L, xs, part + (q - q0));
             q = e;
         }
         return;
     }
     for (size_t q = q0; q < q1; q++) {
-        const float *x = cl->x + gn_xoff(o, q);
+        const void *x = nk_xat(cl->k, cl->x, gn_xoff(o, q));
         if (o->rowwise)
             nk_segs_moments(cl->k, x, L, L, lo, hi, &part[q - q0]);
         else
@@ -115,14 +115,14 @@ static void gn_rows_normalize(void *op, size_t b, size_t p, const void *par)
     float m[64], a[64], bb[64];
     for (size_t i = 0, ng = gn_rows_groups(op, b); i < ng; i++) {
         const size_t q = q0 + i, c0 = (q % o->G) * o->cpg;
-        const float *x = cl->x + gn_xoff(o, q);
-        float *y = cl->y + gn_yoff(o, q);
+        const void *x = nk_xat(cl->k, cl->x, gn_xoff(o, q));
+        void *y = nk_yat(cl->k, cl->y, gn_yoff(o, q));
         if (lo == 0 && hi == L) {
             /* whole channels, 64 per call */
             for (size_t j0 = 0; j0 < o->cpg; j0 += 64) {
                 size_t nj = o->cpg - j0 < 64 ? o->cpg - j0 : 64;
                 gn_params(o, c0 + j0, nj, pp->mean[i], pp->rstd[i], m, a, bb);
-                cl->k->norm_rows(x + j0 * cl->xs1, y + j0 * cl->ys1, nj, S, cl->xs1, cl->ys1, m, a,
+                cl->k->norm_rows(nk_xat(cl->k, x, j0 * cl->xs1), nk_yat(cl->k, y, j0 * cl->ys1), nj, S, cl->xs1, cl->ys1, m, a,
                                  bb, 1, &cl->ep);
             }
             continue;
@@ -131,7 +131,7 @@ static void gn_rows_normalize(void *op, size_t b, size_t p, const void *par)
         for (size_t j = lo / S; j * S < hi; j++) {
             size_t s0 = j * S > lo ? j * S : lo, s1 = (j + 1) * S < hi ? (j + 1) * S : hi;
             gn_params(o, c0 + j, 1, pp->mean[i], pp->rstd[i], m, a, bb);
-            nk_segs_normalize(cl->k, x + j * cl->xs1, y + j * cl->ys1, S, S, S, s0 - j * S,
+            nk_segs_normalize(cl->k, nk_xat(cl->k, x, j * cl->xs1), nk_yat(cl->k, y, j * cl->ys1), S, S, S, s0 - j * S,
                               s1 - j * S, m[0], a[0], bb[0], &cl->ep);
         }
     }
@@ -301,10 +301,15 @@ nk_status nk_group_norm(const float *x, const nk_shape *shape, int64_t groups, c
 }
 
 nk_status nk_group_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, const void *x, void *y,
-                           int64_t groups, const float *weight, const float *bias, double eps,
+                           int64_t groups, const void *weight, const void *bias, double eps,
                            float *save_mean, float *save_invstd)
 {
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, "nk_group_norm_ex", ctx, desc, x, y, eps, true);
-    return st ? st : gn_run(&cl, groups, weight, bias, eps, save_mean, save_invstd);
+    nk_params pp;
+    if (st || (st = nk_call_params(&cl, weight, bias, &pp)))
+        return st;
+    st = gn_run(&cl, groups, pp.w, pp.b, eps, save_mean, save_invstd);
+    nk_params_free(&pp);
+    return st;
 }

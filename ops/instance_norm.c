@@ -102,13 +102,13 @@ static void in_rows_moments(void *op, size_t b, size_t p, nk_moments *part)
     if (o->pieces > 1) {
         size_t lo, hi;
         nk_piece_range(cl->s, o->pieces, p, &lo, &hi);
-        nk_segs_moments(cl->k, cl->x + nk_grid_x(&o->g, r0) + lo, hi - lo, hi - lo, 0, hi - lo,
+        nk_segs_moments(cl->k, nk_xat(cl->k, cl->x, nk_grid_x(&o->g, r0) + lo), hi - lo, hi - lo, 0, hi - lo,
                         part);
         return;
     }
     for (size_t r = r0; r < r1;) {
         size_t xs, ys, e = nk_grid_run(&o->g, r, r1, &xs, &ys);
-        nk_rows_moments(cl->k, cl->x + nk_grid_x(&o->g, r), e - r, cl->s, xs, part + (r - r0));
+        nk_rows_moments(cl->k, nk_xat(cl->k, cl->x, nk_grid_x(&o->g, r)), e - r, cl->s, xs, part + (r - r0));
         r = e;
     }
 }
@@ -133,13 +133,13 @@ static void in_rows_normalize(void *op, size_t b, size_t p, const void *par)
     if (o->pieces > 1) {
         size_t lo, hi;
         nk_piece_range(cl->s, o->pieces, p, &lo, &hi);
-        cl->k->norm_rows(cl->x + nk_grid_x(&o->g, r0) + lo, cl->y + nk_grid_y(&o->g, r0) + lo, 1,
+        cl->k->norm_rows(nk_xat(cl->k, cl->x, nk_grid_x(&o->g, r0) + lo), nk_yat(cl->k, cl->y, nk_grid_y(&o->g, r0) + lo), 1,
                          hi - lo, hi - lo, hi - lo, pp->m, pp->a, pp->b, 0, &cl->ep);
         return;
     }
     for (size_t r = r0; r < r1;) {
         size_t xs, ys, e = nk_grid_run(&o->g, r, r1, &xs, &ys);
-        cl->k->norm_rows(cl->x + nk_grid_x(&o->g, r), cl->y + nk_grid_y(&o->g, r), e - r, cl->s, xs,
+        cl->k->norm_rows(nk_xat(cl->k, cl->x, nk_grid_x(&o->g, r)), nk_yat(cl->k, cl->y, nk_grid_y(&o->g, r)), e - r, cl->s, xs,
                          ys, pp->m + (r - r0), pp->a + (r - r0), pp->b + (r - r0), 1, &cl->ep);
         r = e;
     }
@@ -165,7 +165,7 @@ static void in_short_normalize(void *op, size_t b, size_t p, const void *par)
         const size_t c = r % C;
         if (e > r - c + C)
             e = r - c + C; /* the end of the sample: the channel wraps to 0 */
-        cl->k->norm_short(cl->x + nk_grid_x(&o->g, r), cl->y + nk_grid_y(&o->g, r), e - r, cl->s,
+        cl->k->norm_short(nk_xat(cl->k, cl->x, nk_grid_x(&o->g, r)), nk_yat(cl->k, cl->y, nk_grid_y(&o->g, r)), e - r, cl->s,
                           xs, ys, o->weight ? o->weight + c : NULL, o->bias ? o->bias + c : NULL,
                           (float)o->eps, NK_SHORT_ROW_AFFINE,
                           o->save_mean ? o->save_mean + r : NULL,
@@ -361,12 +361,16 @@ nk_status nk_instance_norm(const float *x, const nk_shape *shape, const float *w
 }
 
 nk_status nk_instance_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, const void *x,
-                              void *y, const float *weight, const float *bias, double eps,
+                              void *y, const void *weight, const void *bias, double eps,
                               int use_input_stats, nk_running_stats *running, float *save_mean,
                               float *save_invstd)
 {
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, "nk_instance_norm_ex", ctx, desc, x, y, eps, true);
-    return st ? st
-              : in_run(&cl, weight, bias, eps, use_input_stats, running, save_mean, save_invstd);
+    nk_params pp;
+    if (st || (st = nk_call_params(&cl, weight, bias, &pp)))
+        return st;
+    st = in_run(&cl, pp.w, pp.b, eps, use_input_stats, running, save_mean, save_invstd);
+    nk_params_free(&pp);
+    return st;
 }

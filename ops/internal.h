@@ -27,7 +27,7 @@ nk_status nk_check_eps(double eps, const char *fn);
 /* Validates opts (NULL = defaults) and fills the kernel epilogue. */
 nk_status nk_check_options(const nk_options *opts, const char *fn, nk_epilogue *ep);
 /* x / y present unless empty, eps, options; fills the epilogue. */
-nk_status nk_check_io(const char *fn, const float *x, const float *y, size_t total, double eps,
+nk_status nk_check_io(const char *fn, const void *x, const void *y, size_t total, double eps,
                       const nk_options *opts, nk_epilogue *ep);
 /* The checks every (x, shape, y, eps, opts) operator starts with; fills the
  * element count and the epilogue (stream when the output outlives the cache). */
@@ -48,12 +48,37 @@ typedef struct nk_call {
     int layout;
     size_t xs0, xs1, ys0, ys1;
     size_t total;
-    const float *x;
-    float *y;
+    const void *x; /* elements of k->dtype */
+    void *y;
+    unsigned pdt;  /* weight and bias: NK_DTYPE_F32 or k->dtype */
     nk_epilogue ep;
     nk_exec ex;
-    const nk_kernels *k;
+    const nk_kernels *k; /* the current ISA's table for the call's dtype */
 } nk_call;
+
+/* Bytes of one element of a table's dtype, and element i of x / y. */
+static inline size_t nk_esize(unsigned dtype) { return dtype == NK_DTYPE_F32 ? 4u : 2u; }
+static inline const void *nk_xat(const nk_kernels *k, const void *x, size_t i)
+{
+    return (const char *)x + i * nk_esize(k->dtype);
+}
+static inline void *nk_yat(const nk_kernels *k, void *y, size_t i)
+{
+    return (char *)y + i * nk_esize(k->dtype);
+}
+
+/* Weight and bias of an _ex call as fp32 arrays of c entries: the caller's
+ * arrays for NK_DTYPE_F32, else converted (exactly) once per call, into
+ * the call's stack up to NK_PARAM_STACK entries each, into the heap above
+ * (NK_ERR_OUT_OF_MEMORY when it has none). NULL stays NULL. */
+#define NK_PARAM_STACK 2048
+typedef struct nk_params {
+    const float *w, *b;
+    float *heap;
+    float st[2][NK_PARAM_STACK];
+} nk_params;
+nk_status nk_call_params(const nk_call *cl, const void *weight, const void *bias, nk_params *p);
+void nk_params_free(nk_params *p);
 
 /* The functions without _ex: nk_check_tensor_args on a dense tensor, run in
  * the calling thread. */
@@ -80,9 +105,9 @@ void nk_call_run(nk_call *cl, const nk_plan *pl);
 void nk_format_size(char *buf, size_t len, int64_t a, int64_t b, int64_t spatial);
 
 /* Moments of rows with the current kernels, fp64 recompute when fp32 overflowed. */
-void nk_rows_moments(const nk_kernels *k, const float *x, size_t rows, size_t len, size_t stride,
+void nk_rows_moments(const nk_kernels *k, const void *x, size_t rows, size_t len, size_t stride,
                      nk_moments *out);
-void nk_cols_moments(const nk_kernels *k, const float *x, size_t rows, size_t cols, size_t stride,
+void nk_cols_moments(const nk_kernels *k, const void *x, size_t rows, size_t cols, size_t stride,
                      nk_moments *acc);
 
 /*
@@ -126,8 +151,8 @@ static inline size_t nk_grid_run(const nk_grid *g, size_t r, size_t r1, size_t *
  */
 typedef struct nk_cv {
     const nk_kernels *k;
-    const float *x;
-    float *y;
+    const void *x; /* elements of k->dtype */
+    void *y;
     size_t rows, width, rep;
     nk_grid g;
     bool contiguous; /* row r at r * width in x and y */
@@ -220,9 +245,9 @@ nk_status nk_bn_infer_call(nk_call *cl, const float *weight, const float *bias,
  * sequence of positions: moments of positions [lo, hi) merged in order into
  * acc (the kernels' chunking per row, 64 rows per call); normalize of the
  * same positions with one m, a, b. */
-void nk_segs_moments(const nk_kernels *k, const float *x, size_t len, size_t stride, size_t lo,
+void nk_segs_moments(const nk_kernels *k, const void *x, size_t len, size_t stride, size_t lo,
                      size_t hi, nk_moments *acc);
-void nk_segs_normalize(const nk_kernels *k, const float *x, float *y, size_t len, size_t xstride,
+void nk_segs_normalize(const nk_kernels *k, const void *x, void *y, size_t len, size_t xstride,
                        size_t ystride, size_t lo, size_t hi, float m, float a, float b,
                        const nk_epilogue *ep);
 

@@ -43,14 +43,14 @@ static void ln_moments(void *op, size_t b, size_t p, nk_moments *part)
     const size_t len = hi - lo;
     for (size_t r = r0; r < r1;) {
         size_t xs, ys, e = nk_grid_run(&o->g, r, r1, &xs, &ys);
-        const float *x = cl->x + nk_grid_x(&o->g, r) + lo;
+        const void *x = nk_xat(cl->k, cl->x, nk_grid_x(&o->g, r) + lo);
         nk_moments *out = part + (r - r0);
         if (o->rms) {
             double ss[64];
             cl->k->sumsq_rows(x, e - r, len, xs, ss);
             for (size_t i = 0; i < e - r; i++) {
                 if (!isfinite(ss[i]))
-                    ss[i] = nk_sumsq_f64(NK_DTYPE_F32, x + i * xs, len);
+                    ss[i] = nk_sumsq_f64(cl->k->dtype, nk_xat(cl->k, x, i * xs), len);
                 out[i] = (nk_moments){(double)len, 0.0, ss[i]};
             }
         } else {
@@ -93,7 +93,7 @@ static void ln_normalize(void *op, size_t b, size_t p, const void *par)
     const float *g = o->weight ? o->weight + lo : NULL, *bb = o->bias ? o->bias + lo : NULL;
     for (size_t r = r0; r < r1;) {
         size_t xs, ys, e = nk_grid_run(&o->g, r, r1, &xs, &ys);
-        cl->k->norm_affine(cl->x + nk_grid_x(&o->g, r) + lo, cl->y + nk_grid_y(&o->g, r) + lo, e - r,
+        cl->k->norm_affine(nk_xat(cl->k, cl->x, nk_grid_x(&o->g, r) + lo), nk_yat(cl->k, cl->y, nk_grid_y(&o->g, r) + lo), e - r,
                            hi - lo,
                            xs, ys, o->rms ? NULL : pp->m + (r - r0), pp->s + (r - r0), g, bb,
                            &cl->ep);
@@ -117,7 +117,7 @@ static void ln_short_normalize(void *op, size_t b, size_t p, const void *par)
     size_t r0 = b * o->rb, r1 = r0 + ln_groups(op, b);
     for (size_t r = r0; r < r1;) {
         size_t xs, ys, e = nk_grid_run(&o->g, r, r1, &xs, &ys);
-        cl->k->norm_short(cl->x + nk_grid_x(&o->g, r), cl->y + nk_grid_y(&o->g, r), e - r, cl->c,
+        cl->k->norm_short(nk_xat(cl->k, cl->x, nk_grid_x(&o->g, r)), nk_yat(cl->k, cl->y, nk_grid_y(&o->g, r)), e - r, cl->c,
                           xs, ys, o->weight, o->bias, (float)o->eps, o->rms ? NK_SHORT_RMS : 0u,
                           o->save_mean ? o->save_mean + r : NULL,
                           o->save_inv ? o->save_inv + r : NULL, &cl->ep);
@@ -180,14 +180,18 @@ nk_status nk_layer_norm(const float *x, int64_t rows, int64_t cols, const float 
 }
 
 nk_status nk_layer_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, const void *x, void *y,
-                           const float *weight, const float *bias, double eps, float *save_mean,
+                           const void *weight, const void *bias, double eps, float *save_mean,
                            float *save_invstd)
 {
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, "nk_layer_norm_ex", ctx, desc, x, y, eps, true);
     if (st || (st = ln_layout(&cl)))
         return st;
-    ln_run(&cl, weight, bias, eps, save_mean, save_invstd, false);
+    nk_params pp;
+    if ((st = nk_call_params(&cl, weight, bias, &pp)))
+        return st;
+    ln_run(&cl, pp.w, pp.b, eps, save_mean, save_invstd, false);
+    nk_params_free(&pp);
     return NK_OK;
 }
 
@@ -203,12 +207,16 @@ nk_status nk_rms_norm(const float *x, int64_t rows, int64_t cols, const float *w
 }
 
 nk_status nk_rms_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, const void *x, void *y,
-                         const float *weight, double eps, float *save_rstd)
+                         const void *weight, double eps, float *save_rstd)
 {
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, "nk_rms_norm_ex", ctx, desc, x, y, eps, true);
     if (st || (st = ln_layout(&cl)))
         return st;
-    ln_run(&cl, weight, NULL, eps, NULL, save_rstd, true);
+    nk_params pp;
+    if ((st = nk_call_params(&cl, weight, NULL, &pp)))
+        return st;
+    ln_run(&cl, pp.w, NULL, eps, NULL, save_rstd, true);
+    nk_params_free(&pp);
     return NK_OK;
 }

@@ -323,6 +323,7 @@ struct nk_module {
     /* LayerNorm / RMSNorm: first reduced and first parameter dim, < 0 from the end */
     int norm_axis, params_axis;
     nk_options opts;
+    unsigned dtype; /* x and y: nk_module_set_dtype */
     nk_context ctx; /* nk_module_set_context: the pool the calls run on */
     int64_t nbt;
     float *weight, *bias, *rmean, *rvar;
@@ -793,14 +794,15 @@ static nk_tensor_desc module_desc(const nk_module *m, const nk_shape *s)
     d.c = s->c;
     d.spatial = s->spatial;
     d.layout = (uint32_t)s->layout;
+    d.dtype = m->dtype;
     d.activation = (int32_t)m->opts.activation;
     d.alpha = m->opts.alpha;
     return d;
 }
 
 /* LayerNorm / RMSNorm of rows x D through the module's context. */
-static nk_status module_rows(const nk_module *m, const float *x, int64_t rows, int64_t D,
-                             const float *w, const float *b, float *y, float *mean, float *invstd,
+static nk_status module_rows(const nk_module *m, const void *x, int64_t rows, int64_t D,
+                             const float *w, const float *b, void *y, float *mean, float *invstd,
                              int with_act)
 {
     const nk_shape s = {rows, D, 1, NK_CHANNELS_LAST};
@@ -834,7 +836,7 @@ static void stats_rule(const nk_module *m, int *batch, int *update)
     *update = !running && m->track && (m->training || m->stats == STATS_BATCH_UPDATE);
 }
 
-static nk_status forward_bn(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y,
+static nk_status forward_bn(nk_module *m, const void *x, int ndim, const int64_t *dims, void *y,
                             const nk_module_outputs *o)
 {
     int unb;
@@ -873,7 +875,7 @@ static nk_status forward_bn(nk_module *m, const float *x, int ndim, const int64_
     return module_error(m, st);
 }
 
-static nk_status forward_in(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y,
+static nk_status forward_in(nk_module *m, const void *x, int ndim, const int64_t *dims, void *y,
                             const nk_module_outputs *o)
 {
     int unb;
@@ -914,7 +916,7 @@ static nk_status forward_in(nk_module *m, const float *x, int ndim, const int64_
     return module_error(m, st);
 }
 
-static nk_status forward_gn(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y,
+static nk_status forward_gn(nk_module *m, const void *x, int ndim, const int64_t *dims, void *y,
                             const nk_module_outputs *o)
 {
     int unb;
@@ -935,7 +937,7 @@ static nk_status forward_gn(nk_module *m, const float *x, int ndim, const int64_
 
 static int norm_axis(int a, int ndim) { return a < 0 ? a + ndim : a; }
 
-static nk_status forward_ln(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y,
+static nk_status forward_ln(nk_module *m, const void *x, int ndim, const int64_t *dims, void *y,
                             const nk_module_outputs *o)
 {
     const int rs = norm_axis(m->norm_axis, ndim);   /* first reduced dim */
@@ -968,29 +970,31 @@ static nk_status forward_ln(nk_module *m, const float *x, int ndim, const int64_
     if (m->layer == NK_LAYER_RMS_NORM || ps == rs)
         return module_error(m, module_rows(m, x, rows, D, m->weight, m->bias, y, o->mean,
                                            o->invstd, 1));
+    const nk_kernels *kt = nk_kernels_current_dtype(m->dtype);
     if (ps < rs) {
         /* parameters also span trailing row dims: row r uses the slice (r % (P / D)) */
         int64_t k = P / D;
         for (int64_t r = 0; r < rows; r++) {
             int64_t off = (r % k) * D;
-            st = module_rows(m, x + r * D, 1, D, m->weight ? m->weight + off : NULL,
-                             m->bias ? m->bias + off : NULL, y + r * D, o->mean ? o->mean + r : NULL,
+            st = module_rows(m, nk_xat(kt, x, (size_t)(r * D)), 1, D,
+                             m->weight ? m->weight + off : NULL, m->bias ? m->bias + off : NULL,
+                             nk_yat(kt, y, (size_t)(r * D)), o->mean ? o->mean + r : NULL,
                              o->invstd ? o->invstd + r : NULL, 1);
             if (st)
                 return module_error(m, st);
         }
         return NK_OK;
     }
-    /* ps > rs: each row holds D / P slices sharing the parameters */
+    /* ps > rs: each row holds D / P slices sharing the parameters (a
+     * 16-bit y is rounded twice here: after normalizing, after the affine) */
     if ((st = module_rows(m, x, rows, D, NULL, NULL, y, o->mean, o->invstd, 0)))
         return module_error(m, st);
     nk_epilogue ep;
     nk_check_options(&m->opts, "nk_module_forward", &ep);
-    const nk_kernels *kt = nk_kernels_current();
     const float one = 1.0f;
     for (int64_t i = 0; i < rows * (D / P); i++)
-        kt->norm_affine(y + i * P, y + i * P, 1, (size_t)P, (size_t)P, (size_t)P, NULL, &one, m->weight,
-                        m->bias, &ep);
+        kt->norm_affine(nk_yat(kt, y, (size_t)(i * P)), nk_yat(kt, y, (size_t)(i * P)), 1, (size_t)P,
+                        (size_t)P, (size_t)P, NULL, &one, m->weight, m->bias, &ep);
     nk_clear_error();
     return NK_OK;
 }
@@ -1009,7 +1013,23 @@ nk_status nk_module_set_context(nk_module *m, const nk_context *ctx)
     return NK_OK;
 }
 
-nk_status nk_module_forward(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y)
+nk_status nk_module_set_dtype(nk_module *m, uint32_t dtype)
+{
+    if (!m)
+        return nk_fail(NK_ERR_NULL_POINTER, "nk_module_set_dtype: module is NULL");
+    if (dtype > NK_DTYPE_BF16)
+        return nk_fail(NK_ERR_BAD_PARAM,
+                       "nk_module_set_dtype: dtype must be NK_DTYPE_F32 (0), NK_DTYPE_F16 (1) or "
+                       "NK_DTYPE_BF16 (2), got %u",
+                       (unsigned)dtype);
+    m->dtype = dtype;
+    nk_clear_error();
+    return NK_OK;
+}
+
+uint32_t nk_module_dtype(const nk_module *m) { return m ? m->dtype : NK_DTYPE_F32; }
+
+nk_status nk_module_forward(nk_module *m, const void *x, int ndim, const int64_t *dims, void *y)
 {
     return nk_module_forward_ex(m, x, ndim, dims, y, NULL);
 }
@@ -1017,7 +1037,7 @@ nk_status nk_module_forward(nk_module *m, const float *x, int ndim, const int64_
 /* Size of the first version of nk_module_outputs. */
 #define OUTPUTS_V1_SIZE (offsetof(nk_module_outputs, running_var) + sizeof(float *))
 
-nk_status nk_module_forward_ex(nk_module *m, const float *x, int ndim, const int64_t *dims, float *y,
+nk_status nk_module_forward_ex(nk_module *m, const void *x, int ndim, const int64_t *dims, void *y,
                                const nk_module_outputs *outputs)
 {
     if (!m || !dims)

@@ -915,7 +915,7 @@ static const vcase vcases[] = {
     {V_DESC_TAIL, NK_ERR_UNSUPPORTED, NK_ERR_UNSUPPORTED, "desc sets fields past",
      "desc, non-zero trailing field"},
     {V_DESC_TAIL_ZERO, NK_OK, NK_OK, NULL, "desc, zero trailing field"},
-    {V_DTYPE, NK_ERR_UNSUPPORTED, NK_ERR_UNSUPPORTED, "desc->dtype", "dtype 1"},
+    {V_DTYPE, NK_ERR_UNSUPPORTED, NK_ERR_UNSUPPORTED, "desc->dtype", "got 3"},
     {V_LAYOUT, NK_ERR_BAD_PARAM, NK_ERR_BAD_PARAM, "desc->layout", "layout 2"},
     {V_DESC_FLAGS, NK_ERR_BAD_PARAM, NK_ERR_BAD_PARAM, "desc->flags", "desc->flags = 2"},
     {V_DESC_RESERVED, NK_ERR_BAD_PARAM, NK_ERR_BAD_PARAM, "desc->reserved[2]",
@@ -1009,7 +1009,8 @@ static void make_bad(bad_call *bc, int kind, const tcase *t, float *x, float *y)
         bc->pdesc = NULL;
         break;
     case V_DESC_SIZE:
-        d->struct_size = sizeof *d - 4;
+        /* the first version of the struct ended with reserved[] */
+        d->struct_size = (uint32_t)(offsetof(nk_tensor_desc, reserved) + sizeof d->reserved - 4);
         snprintf(v, vn, "got %u", (unsigned)d->struct_size);
         break;
     case V_DESC_TAIL:
@@ -1020,8 +1021,8 @@ static void make_bad(bad_call *bc, int kind, const tcase *t, float *x, float *y)
         d->struct_size = sizeof *d + 16;
         break;
     case V_DTYPE:
-        d->dtype = 1;
-        snprintf(v, vn, "dtype 1");
+        d->dtype = 3; /* not an NK_DTYPE_* code */
+        snprintf(v, vn, "got 3");
         break;
     case V_LAYOUT:
         d->layout = 2;
