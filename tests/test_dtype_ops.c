@@ -265,18 +265,27 @@ typedef struct tally {
     uint64_t n, exact, one, window;
 } tally;
 
-static void tally_print(const char *what, const tally t[2])
+/* Prints the tallies and requires at least min_exact of the elements to be
+ * exactly the correctly rounded value: the 1-ulp bound alone would pass a
+ * store that truncates (every element within 1 ulp, half of them off). */
+static void tally_print(const char *what, const tally t[2], double min_exact)
 {
     for (int k = 0; k < 2; k++) {
         if (!t[k].n)
             continue;
+        const double frac = (double)t[k].exact / (double)t[k].n;
         printf("  %-22s %s: %9llu elements, %.4f%% correctly rounded, %llu 1 ulp away, "
                "%llu in the fp32 window\n",
-               what, k ? "bf16" : "fp16", (unsigned long long)t[k].n,
-               100.0 * (double)t[k].exact / (double)t[k].n, (unsigned long long)t[k].one,
-               (unsigned long long)t[k].window);
+               what, k ? "bf16" : "fp16", (unsigned long long)t[k].n, 100.0 * frac,
+               (unsigned long long)t[k].one, (unsigned long long)t[k].window);
+        fflush(stdout);
+        if (frac < min_exact) {
+            print_error("%s %s: only %.4f%% of the elements correctly rounded (at least %.1f%% "
+                        "expected)\n",
+                        what, k ? "bf16" : "fp16", 100.0 * frac, 100.0 * min_exact);
+            fail();
+        }
     }
-    fflush(stdout);
 }
 
 #define CANARY16 0x7d5bu /* fp16: a NaN; bf16: about 1.8e37 */
@@ -918,7 +927,7 @@ static void test_sweep(void **state)
 {
     const int op = (int)(intptr_t)*state;
     sweep_op(op, sweep_tally[op]);
-    tally_print(op_names[op], sweep_tally[op]);
+    tally_print(op_names[op], sweep_tally[op], 0.995);
 }
 
 /* ------------------------------------------------------------ robustness */
@@ -926,7 +935,7 @@ static void test_sweep(void **state)
 /* Every ISA, both dtypes, params fp32 and 16-bit: the specs below on data of
  * mean `mean` and spread std16[dt] with (a), (b), (c). */
 static void sweep_data(const spec *specs, size_t nspecs, double mean, const double std16[2],
-                       int both_pdt, const char *label, uint64_t seed0)
+                       int both_pdt, const char *label, double min_exact, uint64_t seed0)
 {
     nk_isa isas[4];
     const int nisa = isa_list(isas);
@@ -942,7 +951,7 @@ static void sweep_data(const spec *specs, size_t nspecs, double mean, const doub
                                std16[dt == NK_DTYPE_BF16], t);
     }
     set_isa(orig);
-    tally_print(label, t);
+    tally_print(label, t, min_exact);
 }
 
 /* mean 1e4, spread 1% (bf16: an ulp of 64 there, 3 to 4 values per sigma;
@@ -963,7 +972,8 @@ static void test_large_mean(void **state)
         {RMS, 3, 768, 1, NK_CHANNELS_LAST, 1, NK_ACT_NONE, 2, 0, 0},
     };
     const double std16[2] = {20.0, 100.0};
-    sweep_data(specs, COUNT(specs), 1e4, std16, 1, "mean 1e4", 0x1E4000u);
+    /* fp16: 94.6% with the default seed (the fp32 mean's own rounding) */
+    sweep_data(specs, COUNT(specs), 1e4, std16, 1, "mean 1e4", 0.9, 0x1E4000u);
 }
 
 /* a BatchNorm channel of 2^20 elements (2^16 quick), both layouts */
@@ -976,7 +986,7 @@ static void test_long_channel(void **state)
         {BN_TRAIN, 4, 2, s / 2, NK_CHANNELS_LAST, 1, NK_ACT_SILU, 1, 0, 1},
     };
     const double std16[2] = {2.0, 2.0};
-    sweep_data(specs, COUNT(specs), 3.0, std16, 0, "2^20-element channel", 0x20C000u);
+    sweep_data(specs, COUNT(specs), 3.0, std16, 0, "2^20-element channel", 0.995, 0x20C000u);
 }
 
 /* Runs spec sp on x given by a callback (dense values before rounding) and
@@ -1073,7 +1083,7 @@ static void test_near_max(void **state)
             }
     }
     set_isa(orig);
-    tally_print("near the largest value", t);
+    tally_print("near the largest value", t, 0.995);
     /* BatchNorm inference did reach past the largest finite value */
     assert_true(inf_outputs > 0);
 }
