@@ -345,7 +345,7 @@ nk_status nk_batch_norm_train_ex(const nk_context *ctx, const nk_tensor_desc *de
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, "nk_batch_norm_train_ex", ctx, desc, x, y, eps, true);
     nk_params pp;
-    if (st || (st = nk_call_params(&cl, weight, bias, &pp)))
+    if (st || (st = nk_call_params(&cl, weight, bias, false, &pp)))
         return st;
     st = bn_train(&cl, pp.w, pp.b, eps, running, save_mean, save_invstd);
     nk_params_free(&pp);
@@ -461,7 +461,7 @@ nk_status nk_batch_norm_apply_moments_ex(const nk_context *ctx, const nk_tensor_
     nk_status st =
         nk_call_from_desc(&cl, "nk_batch_norm_apply_moments_ex", ctx, desc, x, y, eps, true);
     nk_params pp;
-    if (st || (st = nk_call_params(&cl, weight, bias, &pp)))
+    if (st || (st = nk_call_params(&cl, weight, bias, false, &pp)))
         return st;
     st = bn_apply(&cl, per_channel, pp.w, pp.b, eps, running, save_mean, save_invstd);
     nk_params_free(&pp);
@@ -502,7 +502,7 @@ nk_status nk_batch_norm_infer_ex(const nk_context *ctx, const nk_tensor_desc *de
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, "nk_batch_norm_infer_ex", ctx, desc, x, y, eps, true);
     nk_params pp;
-    if (st || (st = nk_call_params(&cl, weight, bias, &pp)))
+    if (st || (st = nk_call_params(&cl, weight, bias, false, &pp)))
         return st;
     st = nk_bn_infer_call(&cl, pp.w, pp.b, running_mean, running_var, eps);
     nk_params_free(&pp);

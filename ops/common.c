@@ -219,10 +219,9 @@ double nk_effective_momentum(nk_running_stats *rs)
     return rs->momentum;
 }
 
-/* n parameters of dtype dt as fp32 into out (exact) */
-static void params_to_f32(unsigned dt, const void *p, size_t n, float *out)
+void nk_params_to_f32(unsigned dt, const void *p, size_t i0, size_t n, float *out)
 {
-    const uint16_t *h = p;
+    const uint16_t *h = (const uint16_t *)p + i0;
     if (dt == NK_DTYPE_BF16)
         for (size_t i = 0; i < n; i++)
             out[i] = nk_bf16_to_f32(h[i]);
@@ -231,15 +230,23 @@ static void params_to_f32(unsigned dt, const void *p, size_t n, float *out)
             out[i] = nk_f16_to_f32(h[i]);
 }
 
-nk_status nk_call_params(const nk_call *cl, const void *weight, const void *bias, nk_params *p)
+nk_status nk_call_params(const nk_call *cl, const void *weight, const void *bias, bool chunked,
+                         nk_params *p)
 {
     p->heap = NULL;
+    p->w16 = p->b16 = NULL;
     if (cl->pdt == NK_DTYPE_F32) {
         p->w = weight;
         p->b = bias;
         return NK_OK;
     }
     const size_t n = cl->c;
+    p->w = p->b = NULL;
+    if (n > NK_PARAM_STACK && chunked) {
+        p->w16 = weight;
+        p->b16 = bias;
+        return NK_OK;
+    }
     float *dst[2] = {p->st[0], p->st[1]};
     if (n > NK_PARAM_STACK && (weight || bias)) {
         p->heap = n <= SIZE_MAX / (2 * sizeof(float)) ? malloc(2 * n * sizeof(float)) : NULL;
@@ -250,13 +257,12 @@ nk_status nk_call_params(const nk_call *cl, const void *weight, const void *bias
         dst[0] = p->heap;
         dst[1] = p->heap + n;
     }
-    p->w = p->b = NULL;
     if (weight) {
-        params_to_f32(cl->pdt, weight, n, dst[0]);
+        nk_params_to_f32(cl->pdt, weight, 0, n, dst[0]);
         p->w = dst[0];
     }
     if (bias) {
-        params_to_f32(cl->pdt, bias, n, dst[1]);
+        nk_params_to_f32(cl->pdt, bias, 0, n, dst[1]);
         p->b = dst[1];
     }
     return NK_OK;

@@ -307,7 +307,7 @@ nk_status nk_group_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, co
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, "nk_group_norm_ex", ctx, desc, x, y, eps, true);
     nk_params pp;
-    if (st || (st = nk_call_params(&cl, weight, bias, &pp)))
+    if (st || (st = nk_call_params(&cl, weight, bias, false, &pp)))
         return st;
     st = gn_run(&cl, groups, pp.w, pp.b, eps, save_mean, save_invstd);
     nk_params_free(&pp);

@@ -368,7 +368,7 @@ nk_status nk_instance_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc,
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, "nk_instance_norm_ex", ctx, desc, x, y, eps, true);
     nk_params pp;
-    if (st || (st = nk_call_params(&cl, weight, bias, &pp)))
+    if (st || (st = nk_call_params(&cl, weight, bias, false, &pp)))
         return st;
     st = in_run(&cl, pp.w, pp.b, eps, use_input_stats, running, save_mean, save_invstd);
     nk_params_free(&pp);

@@ -68,17 +68,24 @@ static inline void *nk_yat(const nk_kernels *k, void *y, size_t i)
 }
 
 /* Weight and bias of an _ex call as fp32 arrays of c entries: the caller's
- * arrays for NK_DTYPE_F32, else converted (exactly) once per call, into
- * the call's stack up to NK_PARAM_STACK entries each, into the heap above
- * (NK_ERR_OUT_OF_MEMORY when it has none). NULL stays NULL. */
+ * arrays for NK_DTYPE_F32, else converted (exactly) once per call into the
+ * call's stack up to NK_PARAM_STACK entries each. Longer 16-bit arrays:
+ * with `chunked` (an operator that converts slices where it uses them:
+ * LayerNorm, RMSNorm) w and b are NULL and w16, b16 the caller's arrays;
+ * else one heap buffer (NK_ERR_OUT_OF_MEMORY when there is none). NULL
+ * stays NULL. */
 #define NK_PARAM_STACK 2048
 typedef struct nk_params {
     const float *w, *b;
+    const void *w16, *b16; /* chunked, long 16-bit arrays only */
     float *heap;
     float st[2][NK_PARAM_STACK];
 } nk_params;
-nk_status nk_call_params(const nk_call *cl, const void *weight, const void *bias, nk_params *p);
+nk_status nk_call_params(const nk_call *cl, const void *weight, const void *bias, bool chunked,
+                         nk_params *p);
 void nk_params_free(nk_params *p);
+/* n entries from i0 of a 16-bit parameter array of dtype dt into out, exact. */
+void nk_params_to_f32(unsigned dt, const void *p, size_t i0, size_t n, float *out);
 
 /* The functions without _ex: nk_check_tensor_args on a dense tensor, run in
  * the calling thread. */

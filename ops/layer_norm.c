@@ -13,6 +13,7 @@
 typedef struct ln_op {
     const nk_call *cl;
     const float *weight, *bias;
+    const void *w16, *b16; /* long 16-bit parameters, converted in slices */
     double eps;
     float *save_mean, *save_inv;
     bool rms;
@@ -90,14 +91,28 @@ static void ln_normalize(void *op, size_t b, size_t p, const void *par)
     size_t r0 = o->pieces > 1 ? b : b * o->rb, r1 = r0 + ln_groups(op, b), lo = 0, hi = cl->c;
     if (o->pieces > 1)
         nk_piece_range(cl->c, o->pieces, p, &lo, &hi);
-    const float *g = o->weight ? o->weight + lo : NULL, *bb = o->bias ? o->bias + lo : NULL;
-    for (size_t r = r0; r < r1;) {
-        size_t xs, ys, e = nk_grid_run(&o->g, r, r1, &xs, &ys);
-        cl->k->norm_affine(nk_xat(cl->k, cl->x, nk_grid_x(&o->g, r) + lo), nk_yat(cl->k, cl->y, nk_grid_y(&o->g, r) + lo), e - r,
-                           hi - lo,
-                           xs, ys, o->rms ? NULL : pp->m + (r - r0), pp->s + (r - r0), g, bb,
-                           &cl->ep);
-        r = e;
+    /* 16-bit parameters too long for one fp32 copy: slices of NK_CBLK * 4
+     * columns, each converted once per block of rows */
+    const size_t step = o->w16 || o->b16 ? (size_t)NK_CBLK * 4 : hi - lo;
+    float gs[NK_CBLK * 4], bs[NK_CBLK * 4];
+    for (size_t j = lo; j < hi; j += step) {
+        const size_t nj = hi - j < step ? hi - j : step;
+        const float *g = o->weight ? o->weight + j : NULL, *bb = o->bias ? o->bias + j : NULL;
+        if (o->w16) {
+            nk_params_to_f32(cl->pdt, o->w16, j, nj, gs);
+            g = gs;
+        }
+        if (o->b16) {
+            nk_params_to_f32(cl->pdt, o->b16, j, nj, bs);
+            bb = bs;
+        }
+        for (size_t r = r0; r < r1;) {
+            size_t xs, ys, e = nk_grid_run(&o->g, r, r1, &xs, &ys);
+            cl->k->norm_affine(nk_xat(cl->k, cl->x, nk_grid_x(&o->g, r) + j),
+                               nk_yat(cl->k, cl->y, nk_grid_y(&o->g, r) + j), e - r, nj, xs, ys,
+                               o->rms ? NULL : pp->m + (r - r0), pp->s + (r - r0), g, bb, &cl->ep);
+            r = e;
+        }
     }
 }
 
@@ -125,15 +140,16 @@ static void ln_short_normalize(void *op, size_t b, size_t p, const void *par)
     }
 }
 
-static void ln_run(nk_call *cl, const float *weight, const float *bias, double eps, float *save_mean,
-                   float *save_inv, bool rms)
+/* w16 / b16: long 16-bit parameters in place of weight / bias (nk_params) */
+static void ln_run(nk_call *cl, const float *weight, const float *bias, const void *w16,
+                   const void *b16, double eps, float *save_mean, float *save_inv, bool rms)
 {
     const size_t rows = cl->n * cl->s, D = cl->c;
     if (rows) {
         /* the short-row kernel takes eps in fp32: not where a positive eps
          * would round to 0 */
         const bool shortr = D <= NK_SHORT_ROW && (eps == 0.0 || (float)eps > 0.0f);
-        ln_op o = {cl, weight, bias, eps, save_mean, save_inv, rms, rows,
+        ln_op o = {cl, weight, bias, w16, b16, eps, save_mean, save_inv, rms, rows,
                    shortr ? NK_SHORT_BLOCK : nk_row_block(D), 1,
                    {cl->s, cl->xs0, cl->xs1, cl->ys0, cl->ys1}};
         if (D > NK_FUSE_FLOATS) {
@@ -175,7 +191,7 @@ nk_status nk_layer_norm(const float *x, int64_t rows, int64_t cols, const float 
     nk_status st = nk_call_from_rows(&cl, "nk_layer_norm", x, rows, cols, y, eps, opts);
     if (st)
         return st;
-    ln_run(&cl, weight, bias, eps, save_mean, save_invstd, false);
+    ln_run(&cl, weight, bias, NULL, NULL, eps, save_mean, save_invstd, false);
     return NK_OK;
 }
 
@@ -188,9 +204,9 @@ nk_status nk_layer_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, co
     if (st || (st = ln_layout(&cl)))
         return st;
     nk_params pp;
-    if ((st = nk_call_params(&cl, weight, bias, &pp)))
+    if ((st = nk_call_params(&cl, weight, bias, true, &pp)))
         return st;
-    ln_run(&cl, pp.w, pp.b, eps, save_mean, save_invstd, false);
+    ln_run(&cl, pp.w, pp.b, pp.w16, pp.b16, eps, save_mean, save_invstd, false);
     nk_params_free(&pp);
     return NK_OK;
 }
@@ -202,7 +218,7 @@ nk_status nk_rms_norm(const float *x, int64_t rows, int64_t cols, const float *w
     nk_status st = nk_call_from_rows(&cl, "nk_rms_norm", x, rows, cols, y, eps, opts);
     if (st)
         return st;
-    ln_run(&cl, weight, NULL, eps, NULL, save_rstd, true);
+    ln_run(&cl, weight, NULL, NULL, NULL, eps, NULL, save_rstd, true);
     return NK_OK;
 }
 
@@ -214,9 +230,9 @@ nk_status nk_rms_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, cons
     if (st || (st = ln_layout(&cl)))
         return st;
     nk_params pp;
-    if ((st = nk_call_params(&cl, weight, NULL, &pp)))
+    if ((st = nk_call_params(&cl, weight, NULL, true, &pp)))
         return st;
-    ln_run(&cl, pp.w, NULL, eps, NULL, save_rstd, true);
+    ln_run(&cl, pp.w, NULL, pp.w16, NULL, eps, NULL, save_rstd, true);
     nk_params_free(&pp);
     return NK_OK;
 }
