@@ -7,8 +7,8 @@
  *   cc -std=c11 -Wall -Wextra -Iinclude -I<build>/include tests/golden_lowp_check.c
  *
  * (<build>/include holds the generated normkit_version.h); the meson suite
- * golden_lowp runs it in native builds. The comparison of normkit's own
- * 16-bit results with these goldens comes with the bf16 support.
+ * golden_lowp runs it in native builds. normkit's own 16-bit results are
+ * compared with these goldens by test_golden_lowp.c (suite golden_lowp_ops).
  */
 #include <stdio.h>
 #include <stdlib.h>
