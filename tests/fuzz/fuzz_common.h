@@ -332,6 +332,13 @@ static inline int nkf_fits(const int64_t *e, int k, size_t elem)
     return p <= (uint64_t)PTRDIFF_MAX / elem;
 }
 
+/* count elements of elem bytes fit the harness's byte budget (NKF_MAX_BYTES). */
+static inline int nkf_small_enough(uint64_t count, size_t elem)
+{
+    uint64_t bytes;
+    return nkf_mul(count, elem, &bytes) && bytes <= NKF_MAX_BYTES;
+}
+
 static inline int nkf_has_zero(const int64_t *e, int k)
 {
     for (int i = 0; i < k; i++)

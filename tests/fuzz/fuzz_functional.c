@@ -147,12 +147,6 @@ static void make_buf(nkf_in *in, nkf_buf *b, int present, uint64_t count, int co
     }
 }
 
-/* Fits the harness's byte budget (NKF_MAX_BYTES) when present. */
-static int small_enough(uint64_t count, size_t elem)
-{
-    uint64_t bytes;
-    return nkf_mul(count, elem, &bytes) && bytes <= NKF_MAX_BYTES;
-}
 
 static int eps_bad(double eps) { return !(eps >= 0.0) || isinf(eps); }
 
@@ -230,8 +224,8 @@ static int too_big(const shape_plan *p, uint64_t per_channel_bytes)
 {
     if (p->bad)
         return 0;
-    return !small_enough(p->total, sizeof(float)) ||
-           !small_enough((uint64_t)p->s.c, per_channel_bytes);
+    return !nkf_small_enough(p->total, sizeof(float)) ||
+           !nkf_small_enough((uint64_t)p->s.c, per_channel_bytes);
 }
 
 /* x and y (possibly the same buffer). Returns the y pointer. */
@@ -394,7 +388,7 @@ static void fuzz_instance_group(nkf_in *in, int op)
     uint64_t nsave = 0;
     int save_ok = p.s.n >= 0 && nkf_mul((uint64_t)p.s.n, (uint64_t)(op == OP_GROUP ? groups : p.s.c),
                                         &nsave) && (op == OP_INSTANCE || groups >= 0) && p.s.c >= 0;
-    if (too_big(&p, sizeof(float)) || (!p.bad && save_ok && !small_enough(nsave, sizeof(float))))
+    if (too_big(&p, sizeof(float)) || (!p.bad && save_ok && !nkf_small_enough(nsave, sizeof(float))))
         return;
     int c_ok = p.s.c >= 0;
     uint64_t C = (uint64_t)p.s.c;
@@ -456,8 +450,8 @@ static void fuzz_rows(nkf_in *in, int op)
         return;
     uint64_t total = 0;
     int total_ok = rows >= 0 && cols >= 0 && nkf_mul((uint64_t)rows, (uint64_t)cols, &total);
-    if (!bad && (!small_enough(total, sizeof(float)) || !small_enough((uint64_t)cols, sizeof(float)) ||
-                 !small_enough((uint64_t)rows, sizeof(float))))
+    if (!bad && (!nkf_small_enough(total, sizeof(float)) || !nkf_small_enough((uint64_t)cols, sizeof(float)) ||
+                 !nkf_small_enough((uint64_t)rows, sizeof(float))))
         return;
 
     enum { X, Y, W, B, SM, SI, NB };
@@ -497,7 +491,7 @@ static void fuzz_moments(nkf_in *in)
     static const char fn[] = "nk_moments_compute";
     int64_t n = nkf_extent(in);
     int bad = n < 0 || (uint64_t)n > (uint64_t)PTRDIFF_MAX / sizeof(float);
-    if (!bad && !small_enough((uint64_t)n, sizeof(float)))
+    if (!bad && !nkf_small_enough((uint64_t)n, sizeof(float)))
         return;
     nkf_buf x, out;
     call k = {0};

@@ -105,6 +105,40 @@ def module():
     return seeds
 
 
+def ex():
+    """fuzz_ex: op, struct_size choice, dtype, param_dtype, reserved2, extents,
+    layout, activation, strides of x, in place, strides of y, context."""
+    seeds = []
+    shapes = [(2, 3, 5), (4, 8, 1), (1, 13, 9), (3, 2, 7), (0, 4, 3)]
+    k = 0
+    for op in range(8):
+        for dt in range(3):
+            n, c, sp = shapes[(op + dt) % len(shapes)]
+            lay = 1 if op >= 6 else (op + dt) & 1
+            pb = 200 if (op + dt) % 2 else 0  # param_dtype = dtype, or fp32
+            head = bytes([op, 0, dt, pb, 0]) + extent(n) + extent(c)
+            if op >= 6:
+                head += bytes([0x90]) + extent(sp) + bytes([lay, 0])  # spatial extent, kept
+            else:
+                head += extent(sp) + bytes([lay])
+            act = (0, 2, 4)[k % 3]
+            xs = 0 if k % 2 else 0x80 | (k & 7)  # dense, or padded rows / samples
+            ys = 0x80 | ((k + 3) & 7) if k % 3 == 0 else 0
+            ctx = 130 if k % 4 == 1 else 0  # a 2-thread pool, or none
+            seeds.append(head + bytes([act, xs, 0, ys, ctx]) + filler(k, 200))
+            k += 1
+    # special data in bf16 and fp16, in place, an old struct_size, a bad dtype
+    seeds.append(bytes([0, 0, 2, 200, 0]) + extent(2) + extent(3) + extent(4) +
+                 bytes([0, 0, 0, 0xE0, 0, 0x90, 0x5F, 0]) + SPECIAL_DATA * 4 + filler(1, 60))
+    seeds.append(bytes([6, 0, 1, 0, 0]) + extent(3) + extent(9) + bytes([0x10]) +
+                 bytes([1, 0, 0, 0, 0xF0, 0, 0x5F]) + filler(2, 120))
+    seeds.append(bytes([4, 205, 2, 200, 0]) + extent(2) + extent(3) + extent(5) + bytes([0]) +
+                 filler(0, 120))
+    seeds.append(bytes([5, 0, 3]) + filler(1, 80))
+    return seeds
+
+
 if __name__ == "__main__":
     write("fuzz_functional", functional())
     write("fuzz_module", module())
+    write("fuzz_ex", ex())
