@@ -35,16 +35,20 @@ static inline float nk_bits_f32(uint32_t u)
     return f;
 }
 
+/* all three cases computed and one selected by masks, without branches,
+ * so that loops over arrays vectorise */
 static inline float nk_f16_to_f32(uint16_t h)
 {
     const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
     const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    if (e == 0x1f) /* Inf, or NaN made quiet */
-        return nk_bits_f32(sign | 0x7f800000u | (m << 13) | (m ? 0x00400000u : 0u));
-    if (e)
-        return nk_bits_f32(sign | ((e + 112u) << 23) | (m << 13));
-    /* ±0 and denormals, m * 2^-24: exact in fp32 */
-    return nk_bits_f32(sign | nk_f32_bits((float)m * 0x1p-24f));
+    /* Inf, or NaN made quiet */
+    const uint32_t special = sign | 0x7f800000u | (m << 13) | ((uint32_t)(m != 0) << 22);
+    const uint32_t normal = sign | ((e + 112u) << 23) | (m << 13);
+    /* ±0 and denormals, m * 2^-24: exact in fp32, and normal unless 0 */
+    const uint32_t small = sign | nk_f32_bits((float)(int32_t)m * 0x1p-24f);
+    const uint32_t is_special = 0u - (uint32_t)(e == 0x1fu), is_small = 0u - (uint32_t)(e == 0);
+    return nk_bits_f32((special & is_special) | (small & is_small) |
+                       (normal & ~(is_special | is_small)));
 }
 
 static inline uint16_t nk_f32_to_f16(float f)

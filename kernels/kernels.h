@@ -184,6 +184,10 @@ typedef struct nk_bn_fin {
 typedef void (*nk_bn_finalize_fn)(const nk_moments *mo, size_t n, const nk_bn_fin *f, float *m,
                                   float *a, float *b);
 
+/* n elements of the table's dtype to fp32 (exact): 16-bit weight and bias
+ * widened for the fp32 arithmetic. */
+typedef void (*nk_widen_fn)(const void *x, size_t n, float *out);
+
 typedef struct nk_kernels {
     nk_isa isa;
     unsigned dtype; /* NK_DTYPE_*: the element type of x and y of every entry */
@@ -197,6 +201,7 @@ typedef struct nk_kernels {
     nk_inv_scale_fn inv_scale;
     nk_inv_std_fn inv_std;
     nk_bn_finalize_fn bn_finalize;
+    nk_widen_fn widen;
 } nk_kernels;
 
 /* Per-ISA table fillers, one per element type (no suffix: fp32), called in

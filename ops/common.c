@@ -4,7 +4,6 @@
 
 #include <stdlib.h>
 
-#include "kernels/cvt.h"
 #include "ops/internal.h"
 
 nk_status nk_check_product(int64_t a, int64_t b, const char *fn, size_t *out)
@@ -219,15 +218,9 @@ double nk_effective_momentum(nk_running_stats *rs)
     return rs->momentum;
 }
 
-void nk_params_to_f32(unsigned dt, const void *p, size_t i0, size_t n, float *out)
+void nk_params_to_f32(const nk_kernels *k, const void *p, size_t i0, size_t n, float *out)
 {
-    const uint16_t *h = (const uint16_t *)p + i0;
-    if (dt == NK_DTYPE_BF16)
-        for (size_t i = 0; i < n; i++)
-            out[i] = nk_bf16_to_f32(h[i]);
-    else
-        for (size_t i = 0; i < n; i++)
-            out[i] = nk_f16_to_f32(h[i]);
+    k->widen(nk_xat(k, p, i0), n, out);
 }
 
 nk_status nk_call_params(const nk_call *cl, const void *weight, const void *bias, bool chunked,
@@ -258,11 +251,11 @@ nk_status nk_call_params(const nk_call *cl, const void *weight, const void *bias
         dst[1] = p->heap + n;
     }
     if (weight) {
-        nk_params_to_f32(cl->pdt, weight, 0, n, dst[0]);
+        nk_params_to_f32(cl->k, weight, 0, n, dst[0]);
         p->w = dst[0];
     }
     if (bias) {
-        nk_params_to_f32(cl->pdt, bias, 0, n, dst[1]);
+        nk_params_to_f32(cl->k, bias, 0, n, dst[1]);
         p->b = dst[1];
     }
     return NK_OK;

@@ -84,8 +84,9 @@ typedef struct nk_params {
 nk_status nk_call_params(const nk_call *cl, const void *weight, const void *bias, bool chunked,
                          nk_params *p);
 void nk_params_free(nk_params *p);
-/* n entries from i0 of a 16-bit parameter array of dtype dt into out, exact. */
-void nk_params_to_f32(unsigned dt, const void *p, size_t i0, size_t n, float *out);
+/* n entries from i0 of a parameter array of k's dtype into out, exact
+ * (the table's widen kernel). */
+void nk_params_to_f32(const nk_kernels *k, const void *p, size_t i0, size_t n, float *out);
 
 /* The functions without _ex: nk_check_tensor_args on a dense tensor, run in
  * the calling thread. */

@@ -99,11 +99,11 @@ static void ln_normalize(void *op, size_t b, size_t p, const void *par)
         const size_t nj = hi - j < step ? hi - j : step;
         const float *g = o->weight ? o->weight + j : NULL, *bb = o->bias ? o->bias + j : NULL;
         if (o->w16) {
-            nk_params_to_f32(cl->pdt, o->w16, j, nj, gs);
+            nk_params_to_f32(cl->k, o->w16, j, nj, gs);
             g = gs;
         }
         if (o->b16) {
-            nk_params_to_f32(cl->pdt, o->b16, j, nj, bs);
+            nk_params_to_f32(cl->k, o->b16, j, nj, bs);
             bb = bs;
         }
         for (size_t r = r0; r < r1;) {

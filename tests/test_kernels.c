@@ -807,6 +807,55 @@ static void test_inv_scale(void **state)
                 }
 }
 
+/* Every table's widen against the scalar conversions of kernels/cvt.h, bit
+ * for bit: every length to 40 and a long one, misaligned inputs allocated
+ * to their exact size, NaN / Inf / denormal patterns, a sentinel past the
+ * output. */
+static void test_widen(void **state)
+{
+    (void)state;
+    nkt_rng rng;
+    nkt_seed(&rng, 43);
+    static const size_t lens[] = {0, 1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 1003};
+    for (int ti = 0; ti < ntables; ti++)
+        for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
+            for (size_t sh = 0; sh < 3; sh++) {
+                const unsigned dt = tables[ti].dt;
+                const size_t n = lens[li], es = dt == NK_DTYPE_F32 ? 4 : 2;
+                unsigned char *raw = malloc(n * es + sh * es + 1);
+                float *out = malloc((n + 1) * sizeof(float));
+                assert_true(raw && out);
+                unsigned char *x = raw + sh * es;
+                for (size_t i = 0; i < n; i++) {
+                    const uint32_t r = (uint32_t)nkt_next(&rng);
+                    if (es == 4)
+                        memcpy(x + 4 * i, &r, 4);
+                    else
+                        memcpy(x + 2 * i, &r, 2); /* every 16-bit pattern */
+                }
+                out[n] = NKT_SENTINEL;
+                tables[ti].k.widen(x, n, out);
+                for (size_t i = 0; i < n; i++) {
+                    uint16_t h = 0;
+                    float want;
+                    if (es == 4) {
+                        memcpy(&want, x + 4 * i, 4);
+                    } else {
+                        memcpy(&h, x + 2 * i, 2);
+                        want = dt == NK_DTYPE_BF16 ? nk_bf16_to_f32(h) : nk_f16_to_f32(h);
+                    }
+                    if (memcmp(&out[i], &want, sizeof want)) {
+                        print_error("%s widen n=%zu [%zu] %#06x: %a, scalar %a\n", tables[ti].name,
+                                    n, i, h, (double)out[i], (double)want);
+                        fail();
+                    }
+                }
+                assert_true(memcmp(&out[n], &(float){NKT_SENTINEL}, sizeof(float)) == 0);
+                free(raw);
+                free(out);
+            }
+}
+
 static void test_inv_std(void **state)
 {
     (void)state;
@@ -1946,6 +1995,7 @@ int main(void)
         cmocka_unit_test(test_norm_cols),
         cmocka_unit_test(test_norm_affine),
         cmocka_unit_test(test_inv_scale),
+        cmocka_unit_test(test_widen),
         cmocka_unit_test(test_inv_std),
         cmocka_unit_test(test_bn_finalize),
         cmocka_unit_test(test_norm_inplace),

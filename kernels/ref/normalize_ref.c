@@ -88,6 +88,13 @@ static void norm_affine_ref(const void *xv, void *yv, size_t rows, size_t len, s
     }
 }
 
+static void widen_ref(const void *xv, size_t n, float *out)
+{
+    const xt *x = xv;
+    for (size_t i = 0; i < n; i++)
+        out[i] = nk_xload(&x[i]);
+}
+
 #if NK_DT == NK_DTYPE_F32
 static void inv_scale_ref(const float *var, const float *w, float eps, size_t n, float *a)
 {
@@ -127,5 +134,6 @@ void NK_DT_NAME(nk_kernels_init_ref)(nk_kernels *k)
 #endif
     k->norm_cols = norm_cols_ref;
     k->norm_affine = norm_affine_ref;
+    k->widen = widen_ref;
     NK_DT_NAME(nk_kernels_init_ref_short)(k);
 }

@@ -369,6 +369,16 @@ static void NK_FN(inv_scale)(const float *var, const float *w, float eps, size_t
 }
 #endif
 
+static void NK_FN(widen)(const void *xv, size_t n, float *out)
+{
+    const xt *x = xv;
+    size_t i = 0;
+    for (; i + NK_VL <= n; i += NK_VL)
+        vf_storeu(out + i, vx_loadu(x + i));
+    if (i < n)
+        vf_store_n(out + i, vx_load_n(x + i, n - i), n - i);
+}
+
 /* inv_std (fp64) is the architecture's own where NK_HAVE_INV_STD; inv_scale
  * and inv_std are filled by the fp32 unit only (the dispatcher gives the
  * other dtypes' tables the fp32 table's) */
@@ -379,6 +389,7 @@ void NK_INIT(nk_kernels *k)
     k->norm_rows = NK_FN(norm_rows);
     k->norm_cols = NK_FN(norm_cols);
     k->norm_affine = NK_FN(norm_affine);
+    k->widen = NK_FN(widen);
 #if NK_DT == NK_DTYPE_F32
 #  if NK_IEEE_VDIV
     k->inv_scale = NK_FN(inv_scale);
