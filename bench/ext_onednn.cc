@@ -61,6 +61,20 @@ const char *dtype_name(uint32_t dtype)
     return dtype == NK_DTYPE_BF16 ? "bf16" : dtype == NK_DTYPE_F16 ? "f16" : "f32";
 }
 
+// The primitive descriptor of d: false where oneDNN has no implementation
+// (an element type this CPU or version lacks), other errors thrown.
+template <typename PD, typename D> bool make_pd(PD &pd, const D &d, const dnnl::engine &eng)
+{
+    try {
+        pd = PD(d, eng);
+        return true;
+    } catch (const dnnl::error &err) {
+        if (err.status != dnnl_unimplemented)
+            throw;
+        return false;
+    }
+}
+
 } // namespace
 
 extern "C" {
@@ -129,8 +143,6 @@ nkb_ext *nkb_onednn_create(const nkb_case *cs, const void *x, char *why, size_t 
         e->args[DNNL_ARG_DST] = dst;
         e->args[DNNL_ARG_SCALE] = filled(vec_md, e->eng, 1.0f);
         e->args[DNNL_ARG_SHIFT] = filled(vec_md, e->eng, 0.0f);
-        // the primitive descriptor is where oneDNN says it has no
-        // implementation (an element type this CPU or version lacks)
         auto unimplemented = [&](const char *prim) {
             char buf[160];
             std::snprintf(buf, sizeof buf, "oneDNN %s: no %s %s on this CPU (unimplemented)",
@@ -141,11 +153,7 @@ nkb_ext *nkb_onednn_create(const nkb_case *cs, const void *x, char *why, size_t 
             dnnl::layer_normalization_forward::desc d(dnnl::prop_kind::forward_inference, data_md,
                                                       eps, flags);
             dnnl::layer_normalization_forward::primitive_desc pd;
-            try {
-                pd = dnnl::layer_normalization_forward::primitive_desc(d, e->eng);
-            } catch (const dnnl::error &err) {
-                if (err.status != dnnl_unimplemented)
-                    throw;
+            if (!make_pd(pd, d, e->eng)) {
                 unimplemented("layer normalization");
                 return nullptr;
             }
@@ -158,11 +166,7 @@ nkb_ext *nkb_onednn_create(const nkb_case *cs, const void *x, char *why, size_t 
                 train ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference,
                 data_md, eps, flags);
             dnnl::batch_normalization_forward::primitive_desc pd;
-            try {
-                pd = dnnl::batch_normalization_forward::primitive_desc(d, e->eng);
-            } catch (const dnnl::error &err) {
-                if (err.status != dnnl_unimplemented)
-                    throw;
+            if (!make_pd(pd, d, e->eng)) {
                 unimplemented("batch normalization");
                 return nullptr;
             }
