@@ -548,7 +548,9 @@ static void bm_ext(nkb_state *st)
         return;
     }
     if (g_threads > 1) {
-        nkb_skip(st, "run at --threads=1 only");
+        static const char why1[] = "oneDNN and ATen run at --threads=1 only: the one-thread table has their ratios";
+        ref_store(key, -1, why1);
+        nkb_skip(st, why1);
         return;
     }
     void *x, *y;
@@ -844,8 +846,8 @@ static void print_reasons(int notes)
 static void print_table(void)
 {
     if (g_threads > 1)
-        printf("\nnormkit %s, %d threads (memcpy: the faster of 1 and %d threads); ratio columns: their "
-               "time / ours, measured at 1 thread only\n",
+        printf("\nnormkit %s, %d threads (memcpy: the faster of 1 and %d threads); ratio columns: in the "
+               "one-thread table\n",
                nk_version(), g_threads, g_threads);
     else
         printf("\nnormkit %s, one thread; ratio columns: their time / ours (> 1: normkit faster)\n",
@@ -895,7 +897,7 @@ static void print_table(void)
                    impl_names[best_impl], best_bps / 1e9, ratio, dn, at);
         }
     if (any_na) {
-        printf("\nn/a: the library has no equivalent\n");
+        printf("\nn/a: no time of the library for the case, because\n");
         print_reasons(0);
     }
     if (any_note) {
