@@ -6,6 +6,7 @@
  * PyTorch ATen.
  *
  * Usage: normkit-bench [--models] [--sweep] [--quick] [--table] [--threads=T]
+ *                      [--dtype=f32,bf16,f16] [--param-dtype=f32|x]
  *                      [--min-time=SECONDS] [--train-batch=N] [--max-mb=MB]
  *                      [Google Benchmark flags: --benchmark_filter=...,
  *                       --benchmark_out=FILE --benchmark_out_format=json ...]
@@ -13,8 +14,17 @@
  * lines to stderr and prints the headline table of the model shapes on
  * stdout.
  *
+ * Element types: --dtype lists the types of x and y (default: f32, bf16 and
+ * f16 for the model shapes, f32 for the sweep); weight and bias are fp32
+ * (PyTorch's mixed default, desc.param_dtype = NK_DTYPE_F32) unless
+ * --param-dtype=x puts them in x's type. Row names carry the type:
+ * model/<shape>/<dtype>/<impl>, sweep/<op>/<layout>/<dtype>/<isa>/...,
+ * <dtype> being f32, bf16, f16 (bf16_w16, f16_w16 with 16-bit parameters).
+ * memcpy rows copy the tensor's bytes: elements x 2 for the 16-bit types.
+ *
  * Counters of every row
- *   bytes_per_second  input read once + output written once (memcpy traffic)
+ *   bytes_per_second  input read once + output written once (memcpy traffic),
+ *                     in the row's element type
  *   items_per_second  elements normalized
  *   memcpy_ratio      memcpy time of the same bytes / our time: the fraction
  *                     of the physical limit reached (memcpy measured in this
@@ -33,6 +43,7 @@
 #include <time.h>
 
 #include "ext.h"
+#include "kernels/cvt.h"
 #include "nkb.h"
 #include "normkit.h"
 
@@ -55,6 +66,24 @@ static int64_t g_max_mb = 1024; /* cap on x + y of a sweep cell */
 static int g_threads = 1;       /* --threads */
 static nk_threadpool *g_pool;   /* g_threads > 1 */
 static nk_context g_ctx = NK_CONTEXT_INIT;
+
+/* Element types: bit d set = NK_DTYPE d runs (--dtype) */
+#define DT_BIT(d) (1u << (d))
+static unsigned g_model_dtypes = DT_BIT(NK_DTYPE_F32) | DT_BIT(NK_DTYPE_BF16) | DT_BIT(NK_DTYPE_F16);
+static unsigned g_sweep_dtypes = DT_BIT(NK_DTYPE_F32);
+static int g_param_x;           /* --param-dtype=x: weight and bias in x's type */
+/* the order rows and tables follow */
+static const uint32_t dtype_order[3] = {NK_DTYPE_F32, NK_DTYPE_BF16, NK_DTYPE_F16};
+
+static const char *dtype_name(uint32_t dt)
+{
+    return dt == NK_DTYPE_BF16 ? "bf16" : dt == NK_DTYPE_F16 ? "f16" : "f32";
+}
+
+static size_t dtype_size(uint32_t dt) { return dt == NK_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t); }
+
+/* 16-bit bits of v, rounded to nearest even */
+static uint16_t to_16(uint32_t dt, float v) { return dt == NK_DTYPE_BF16 ? nk_f32_to_bf16(v) : nk_f32_to_f16(v); }
 
 static double cpu_seconds(void)
 {
@@ -92,24 +121,36 @@ static void *xalloc(size_t bytes)
     return p;
 }
 
-/* One slot: consecutive rows of one shape (every ISA, the references) share
- * the same random input. */
+/* One slot: consecutive rows of one shape and element type (every ISA, the
+ * references) share the same random input. Every element type draws the
+ * same values (the 16-bit ones rounded to nearest even). */
 static struct {
     size_t elems;
-    float *x, *y;
+    uint32_t dtype;
+    void *x, *y;
 } g_buf;
 
-static void buffers(size_t elems, float **x, float **y)
+static void buffers(size_t elems, uint32_t dtype, void **x, void **y)
 {
-    if (g_buf.elems != elems || !g_buf.x) {
+    if (g_buf.elems != elems || g_buf.dtype != dtype || !g_buf.x) {
+        size_t bytes = elems * dtype_size(dtype);
         free(g_buf.x);
         free(g_buf.y);
-        g_buf.x = xalloc(elems * sizeof(float));
-        g_buf.y = xalloc(elems * sizeof(float));
-        for (size_t i = 0; i < elems; i++)
-            g_buf.x[i] = rnd();
-        memset(g_buf.y, 0, elems * sizeof(float)); /* fault the pages in */
+        g_buf.x = xalloc(bytes);
+        g_buf.y = xalloc(bytes);
+        uint64_t saved = g_rng;
+        g_rng = 0x9e3779b97f4a7c15ull ^ (uint64_t)elems;
+        for (size_t i = 0; i < elems; i++) {
+            float v = rnd();
+            if (dtype == NK_DTYPE_F32)
+                ((float *)g_buf.x)[i] = v;
+            else
+                ((uint16_t *)g_buf.x)[i] = to_16(dtype, v);
+        }
+        g_rng = saved;
+        memset(g_buf.y, 0, bytes); /* fault the pages in */
         g_buf.elems = elems;
+        g_buf.dtype = dtype;
     }
     *x = g_buf.x;
     *y = g_buf.y;
@@ -123,7 +164,7 @@ static void buffers(size_t elems, float **x, float **y)
 static struct {
     char key[128];
     double sec; /* CPU seconds per iteration; < 0: not available */
-    char why[160];
+    char why[256]; /* sec < 0: why not; else a note of the library's (ext.h), or "" */
 } g_ref[REF_MAX];
 static int g_nref;
 
@@ -239,9 +280,24 @@ static const char *const op_names[] = {"bn_train", "bn_infer", "in", "gn", "ln",
 
 static int64_t case_elems(const nkb_case *cs) { return cs->n * cs->c * cs->spatial; }
 
-/* Parameters of one case: C-sized vectors and the statistics outputs. */
+/* bytes of x (and of y): what memcpy copies */
+static size_t case_bytes(const nkb_case *cs) { return (size_t)case_elems(cs) * dtype_size(cs->dtype); }
+
+/* "bf16", or "bf16_w16" when weight and bias are 16-bit too */
+static const char *dtype_tag(const nkb_case *cs)
+{
+    if (cs->dtype == NK_DTYPE_F32 || cs->param_dtype == NK_DTYPE_F32)
+        return dtype_name(cs->dtype);
+    return cs->dtype == NK_DTYPE_BF16 ? "bf16_w16" : "f16_w16";
+}
+
+/* Parameters of one case: C-sized vectors and the statistics outputs.
+ * wp / bp: weight and bias as the call takes them (w / b, or their 16-bit
+ * copies w16 / b16 when cs->param_dtype is 16-bit). */
 struct params {
     float *w, *b, *rmean, *rvar, *smean, *sinv;
+    uint16_t *w16, *b16;
+    const void *wp, *bp;
     nk_running_stats running;
 };
 
@@ -266,6 +322,19 @@ static void params_init(struct params *p, const nkb_case *cs)
     p->running.cumulative = 0;
     p->running.unbiased = 1;
     p->running.num_batches_tracked = 0;
+    p->w16 = p->b16 = NULL;
+    p->wp = p->w;
+    p->bp = p->b;
+    if (cs->param_dtype != NK_DTYPE_F32) {
+        p->w16 = xalloc(c * sizeof(uint16_t));
+        p->b16 = xalloc(c * sizeof(uint16_t));
+        for (size_t i = 0; i < c; i++) {
+            p->w16[i] = to_16(cs->param_dtype, p->w[i]);
+            p->b16[i] = to_16(cs->param_dtype, p->b[i]);
+        }
+        p->wp = p->w16;
+        p->bp = p->b16;
+    }
 }
 
 static void params_free(struct params *p)
@@ -276,11 +345,15 @@ static void params_free(struct params *p)
     free(p->rvar);
     free(p->smean);
     free(p->sinv);
+    free(p->w16);
+    free(p->b16);
 }
 
-static nk_status run_ours(const nkb_case *cs, struct params *p, const float *x, float *y)
+static nk_status run_ours(const nkb_case *cs, struct params *p, const void *x, void *y)
 {
     nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+    d.dtype = cs->dtype;
+    d.param_dtype = cs->param_dtype;
     d.n = cs->n;
     d.c = cs->c;
     d.spatial = cs->spatial;
@@ -290,14 +363,14 @@ static nk_status run_ours(const nkb_case *cs, struct params *p, const float *x, 
     switch (cs->op) {
     case NKB_OP_BN_TRAIN:
         /* as PyTorch training: running statistics and saved statistics */
-        return nk_batch_norm_train_ex(ctx, &d, x, y, p->w, p->b, cs->eps, &p->running, p->smean,
+        return nk_batch_norm_train_ex(ctx, &d, x, y, p->wp, p->bp, cs->eps, &p->running, p->smean,
                                       p->sinv);
     case NKB_OP_BN_INFER:
-        return nk_batch_norm_infer_ex(ctx, &d, x, y, p->w, p->b, p->rmean, p->rvar, cs->eps);
+        return nk_batch_norm_infer_ex(ctx, &d, x, y, p->wp, p->bp, p->rmean, p->rvar, cs->eps);
     case NKB_OP_IN:
-        return nk_instance_norm_ex(ctx, &d, x, y, p->w, p->b, cs->eps, 1, NULL, p->smean, p->sinv);
+        return nk_instance_norm_ex(ctx, &d, x, y, p->wp, p->bp, cs->eps, 1, NULL, p->smean, p->sinv);
     case NKB_OP_GN:
-        return nk_group_norm_ex(ctx, &d, x, y, cs->groups, p->w, p->b, cs->eps, p->smean, p->sinv);
+        return nk_group_norm_ex(ctx, &d, x, y, cs->groups, p->wp, p->bp, cs->eps, p->smean, p->sinv);
     case NKB_OP_LN:
     case NKB_OP_RMS:
         /* rows of c: n * spatial of them */
@@ -305,8 +378,8 @@ static nk_status run_ours(const nkb_case *cs, struct params *p, const float *x, 
         d.spatial = 1;
         d.layout = NK_CHANNELS_LAST;
         if (cs->op == NKB_OP_LN)
-            return nk_layer_norm_ex(ctx, &d, x, y, p->w, p->b, cs->eps, NULL, NULL);
-        return nk_rms_norm_ex(ctx, &d, x, y, p->w, cs->eps, NULL);
+            return nk_layer_norm_ex(ctx, &d, x, y, p->wp, p->bp, cs->eps, NULL, NULL);
+        return nk_rms_norm_ex(ctx, &d, x, y, p->wp, cs->eps, NULL);
     }
     return NK_ERR_BAD_PARAM;
 }
@@ -320,7 +393,7 @@ static const char *const impl_names[IMPL_COUNT] = {"scalar", "avx2", "avx512", "
 static const nk_isa impl_isa[4] = {NK_ISA_SCALAR, NK_ISA_AVX2, NK_ISA_AVX512, NK_ISA_NEON};
 
 typedef struct ext_api {
-    nkb_ext *(*create)(const nkb_case *, const float *, char *, size_t);
+    nkb_ext *(*create)(const nkb_case *, const void *, char *, size_t);
     void (*run)(nkb_ext *);
     void (*destroy)(nkb_ext *);
 } ext_api;
@@ -359,9 +432,9 @@ struct item {
 static void ext_key(char *key, size_t len, enum impl im, const struct item *it)
 {
     const nkb_case *cs = &it->cs;
-    snprintf(key, len, "%s:%d:%d:%lld:%lld:%lld:%lld:%d", impl_names[im], (int)cs->op, (int)cs->layout,
+    snprintf(key, len, "%s:%d:%d:%lld:%lld:%lld:%lld:%d:%s", impl_names[im], (int)cs->op, (int)cs->layout,
              (long long)cs->n, (long long)cs->c, (long long)cs->spatial, (long long)cs->groups,
-             (int)cs->act);
+             (int)cs->act, dtype_tag(cs));
 }
 
 static void run_ext_adapter(void *p)
@@ -372,7 +445,7 @@ static void run_ext_adapter(void *p)
 
 /* The other library's seconds per iteration on this case: from its own row
  * when that ran earlier in this process, else measured now. < 0: none. */
-static double ext_seconds(enum impl im, const struct item *it, const float *x)
+static double ext_seconds(enum impl im, const struct item *it, const void *x)
 {
     char key[128];
     ext_key(key, sizeof key, im, it);
@@ -382,7 +455,7 @@ static double ext_seconds(enum impl im, const struct item *it, const float *x)
     ext_api api;
     if (!ext_of(im, &api))
         return -1;
-    char why[160] = "";
+    char why[256] = "";
     nkb_ext *e = api.create(&it->cs, x, why, sizeof why);
     if (!e) {
         ref_store(key, -1, why);
@@ -391,7 +464,7 @@ static double ext_seconds(enum impl im, const struct item *it, const float *x)
     void *ctx[2] = {&api, e};
     double t = time_it(run_ext_adapter, ctx);
     api.destroy(e);
-    ref_store(key, t, NULL);
+    ref_store(key, t, why);
     return t;
 }
 
@@ -400,12 +473,11 @@ static double ext_seconds(enum impl im, const struct item *it, const float *x)
 static void common_counters(nkb_state *st, const nkb_case *cs, double sec)
 {
     int64_t elems = case_elems(cs);
-    int64_t bytes = 2 * elems * (int64_t)sizeof(float);
-    nkb_set_bytes(st, bytes);
+    nkb_set_bytes(st, 2 * (int64_t)case_bytes(cs));
     nkb_set_items(st, elems);
     /* memcpy of the input: reads and writes exactly these bytes */
     if (sec > 0)
-        nkb_counter(st, "memcpy_ratio", memcpy_seconds((size_t)elems * sizeof(float)) / sec, NKB_VALUE);
+        nkb_counter(st, "memcpy_ratio", memcpy_seconds(case_bytes(cs)) / sec, NKB_VALUE);
 }
 
 static double loop_seconds(nkb_state *st, double t0)
@@ -424,15 +496,15 @@ static void bm_ours(nkb_state *st)
         return;
     }
     int64_t elems = case_elems(&it->cs);
-    if (it->model[0] == 0 && 2 * elems * 4 > g_max_mb * 1024 * 1024) {
+    if (it->model[0] == 0 && 2 * (int64_t)case_bytes(&it->cs) > g_max_mb * 1024 * 1024) {
         char why[96];
         snprintf(why, sizeof why, "x + y over the %lld MiB cap (--max-mb)", (long long)g_max_mb);
         nkb_skip(st, why);
         return;
     }
     nk_set_isa(isa);
-    float *x, *y;
-    buffers((size_t)elems, &x, &y);
+    void *x, *y;
+    buffers((size_t)elems, it->cs.dtype, &x, &y);
     struct params p;
     params_init(&p, &it->cs);
     nk_status s = run_ours(&it->cs, &p, x, y);
@@ -449,7 +521,7 @@ static void bm_ours(nkb_state *st)
         ref[0] = ext_seconds(IMPL_ONEDNN, it, x);
         ref[1] = ext_seconds(IMPL_ATEN, it, x);
     }
-    (void)memcpy_seconds((size_t)elems * sizeof(float));
+    (void)memcpy_seconds(case_bytes(&it->cs));
     nk_set_isa(isa);
     double t0 = cpu_seconds();
     while (nkb_keep_running(st))
@@ -476,19 +548,21 @@ static void bm_ext(nkb_state *st)
         return;
     }
     if (g_threads > 1) {
-        nkb_skip(st, "run at --threads=1 only");
+        static const char why1[] = "oneDNN and ATen run at --threads=1 only: the one-thread table has their ratios";
+        ref_store(key, -1, why1);
+        nkb_skip(st, why1);
         return;
     }
-    float *x, *y;
-    buffers((size_t)case_elems(&it->cs), &x, &y);
-    char why[160] = "";
+    void *x, *y;
+    buffers((size_t)case_elems(&it->cs), it->cs.dtype, &x, &y);
+    char why[256] = "";
     nkb_ext *e = api.create(&it->cs, x, why, sizeof why);
     if (!e) {
         ref_store(key, -1, why);
         nkb_skip(st, why);
         return;
     }
-    (void)memcpy_seconds((size_t)case_elems(&it->cs) * sizeof(float));
+    (void)memcpy_seconds(case_bytes(&it->cs));
     api.run(e); /* warm */
     double t0 = cpu_seconds();
     while (nkb_keep_running(st))
@@ -497,17 +571,24 @@ static void bm_ext(nkb_state *st)
     api.destroy(e);
     /* the last call of this function is the measured one: it wins */
     if (sec > 0)
-        ref_store(key, sec, NULL);
+        ref_store(key, sec, why);
     common_counters(st, &it->cs, sec);
-    nkb_set_label(st, it->label);
+    if (why[0]) {
+        /* how the library ran it differently (ext.h): in the row's label */
+        char label[384];
+        snprintf(label, sizeof label, "%s; %s", it->label, why);
+        nkb_set_label(st, label);
+    } else {
+        nkb_set_label(st, it->label);
+    }
 }
 
 static void bm_memcpy(nkb_state *st)
 {
     struct item *it = nkb_ctx(st);
-    size_t bytes = (size_t)case_elems(&it->cs) * sizeof(float);
-    float *x, *y;
-    buffers((size_t)case_elems(&it->cs), &x, &y);
+    size_t bytes = case_bytes(&it->cs);
+    void *x, *y;
+    buffers((size_t)case_elems(&it->cs), it->cs.dtype, &x, &y);
     struct copy_ctx c = {y, x, bytes};
     double t0 = cpu_seconds();
     while (nkb_keep_running(st)) {
@@ -615,59 +696,86 @@ static void register_sweep(int quick)
             int rows = op == NKB_OP_LN || op == NKB_OP_RMS;
             if (rows && lay == CF)
                 continue;
-            for (int im = IMPL_SCALAR; im <= IMPL_NEON; im++) {
-                char name[96];
-                snprintf(name, sizeof name, "sweep/%s/%s/%s", op_names[op], rows ? "rows" : lay == CF ? "cf" : "cl",
-                         impl_names[im]);
-                for (size_t i = 0; i < ncs; i++)
-                    for (size_t j = 0; j < nss; j++) {
-                        struct item *it = new_item();
-                        it->impl = (enum impl)im;
-                        it->cs.op = (nkb_op)op;
-                        it->cs.layout = (nk_layout)lay;
-                        it->cs.n = op == NKB_OP_BN_TRAIN ? g_train_batch : 1;
-                        it->cs.c = cs[i];
-                        it->cs.spatial = ss[j];
-                        it->cs.groups = sweep_groups(cs[i]);
-                        it->cs.act = NK_ACT_NONE;
-                        it->cs.eps = op == NKB_OP_RMS ? 1e-6 : 1e-5;
-                        int64_t args[3] = {cs[i], ss[j], it->cs.n};
-                        nkb_register(name, bm_ours, it, 3, args, names, g_min_time);
-                    }
+            for (int k = 0; k < 3; k++) {
+                uint32_t dt = dtype_order[k];
+                if (!(g_sweep_dtypes & DT_BIT(dt)))
+                    continue;
+                for (int im = IMPL_SCALAR; im <= IMPL_NEON; im++) {
+                    for (size_t i = 0; i < ncs; i++)
+                        for (size_t j = 0; j < nss; j++) {
+                            struct item *it = new_item();
+                            it->impl = (enum impl)im;
+                            it->cs.op = (nkb_op)op;
+                            it->cs.layout = (nk_layout)lay;
+                            it->cs.n = op == NKB_OP_BN_TRAIN ? g_train_batch : 1;
+                            it->cs.c = cs[i];
+                            it->cs.spatial = ss[j];
+                            it->cs.groups = sweep_groups(cs[i]);
+                            it->cs.act = NK_ACT_NONE;
+                            it->cs.eps = op == NKB_OP_RMS ? 1e-6 : 1e-5;
+                            it->cs.dtype = dt;
+                            it->cs.param_dtype = g_param_x ? dt : NK_DTYPE_F32;
+                            char name[96];
+                            snprintf(name, sizeof name, "sweep/%s/%s/%s/%s", op_names[op],
+                                     rows ? "rows" : lay == CF ? "cf" : "cl", dtype_tag(&it->cs), impl_names[im]);
+                            int64_t args[3] = {cs[i], ss[j], it->cs.n};
+                            nkb_register(name, bm_ours, it, 3, args, names, g_min_time);
+                        }
+                }
             }
         }
 }
 
+/* "model/<shape>/<dtype>/<impl>" */
+static void model_row_name(char *name, size_t len, const struct model *md, const nkb_case *cs, enum impl im)
+{
+    snprintf(name, len, "model/%s/%s/%s", md->name, dtype_tag(cs), impl_names[im]);
+}
+
+static void model_case(nkb_case *cs, const struct model *md, uint32_t dt)
+{
+    memset(cs, 0, sizeof *cs);
+    cs->op = md->op;
+    cs->layout = md->layout;
+    cs->n = md->n;
+    cs->c = md->c;
+    cs->spatial = md->spatial;
+    cs->groups = md->groups;
+    cs->act = md->act;
+    cs->eps = md->op == NKB_OP_RMS ? 1e-6 : 1e-5;
+    cs->dtype = dt;
+    cs->param_dtype = g_param_x ? dt : NK_DTYPE_F32;
+}
+
+/* Per shape, each element type in turn (f32, bf16, f16): the rows of one
+ * shape run close together in time, so the machine's state is alike. */
 static void register_models(void)
 {
-    for (size_t m = 0; m < N_MODELS; m++) {
-        const struct model *md = &models[m];
-        /* memcpy and the other libraries first: our rows reuse their times */
-        static const int order[IMPL_COUNT] = {IMPL_MEMCPY, IMPL_ONEDNN, IMPL_ATEN, IMPL_SCALAR,
-                                              IMPL_AVX2,   IMPL_AVX512, IMPL_NEON};
-        for (int k = 0; k < IMPL_COUNT; k++) {
-            enum impl im = (enum impl)order[k];
-            ext_api api;
-            if ((im == IMPL_ONEDNN || im == IMPL_ATEN) && !ext_of(im, &api))
+    /* memcpy and the other libraries first: our rows reuse their times */
+    static const int order[IMPL_COUNT] = {IMPL_MEMCPY, IMPL_ONEDNN, IMPL_ATEN, IMPL_SCALAR,
+                                          IMPL_AVX2,   IMPL_AVX512, IMPL_NEON};
+    for (size_t m = 0; m < N_MODELS; m++)
+        for (int d = 0; d < 3; d++) {
+            const struct model *md = &models[m];
+            uint32_t dt = dtype_order[d];
+            if (!(g_model_dtypes & DT_BIT(dt)))
                 continue;
-            struct item *it = new_item();
-            it->impl = im;
-            it->cs.op = md->op;
-            it->cs.layout = md->layout;
-            it->cs.n = md->n;
-            it->cs.c = md->c;
-            it->cs.spatial = md->spatial;
-            it->cs.groups = md->groups;
-            it->cs.act = md->act;
-            it->cs.eps = md->op == NKB_OP_RMS ? 1e-6 : 1e-5;
-            snprintf(it->model, sizeof it->model, "%s", md->name);
-            snprintf(it->label, sizeof it->label, "%s", md->what);
-            char name[96];
-            snprintf(name, sizeof name, "model/%s/%s", md->name, impl_names[im]);
-            nkb_fn fn = im == IMPL_MEMCPY ? bm_memcpy : im >= IMPL_ONEDNN ? bm_ext : bm_ours;
-            nkb_register(name, fn, it, 0, NULL, NULL, g_min_time);
+            for (int k = 0; k < IMPL_COUNT; k++) {
+                enum impl im = (enum impl)order[k];
+                ext_api api;
+                if ((im == IMPL_ONEDNN || im == IMPL_ATEN) && !ext_of(im, &api))
+                    continue;
+                struct item *it = new_item();
+                it->impl = im;
+                model_case(&it->cs, md, dt);
+                snprintf(it->model, sizeof it->model, "%s", md->name);
+                snprintf(it->label, sizeof it->label, "%s %s", md->what, dtype_tag(&it->cs));
+                char name[96];
+                model_row_name(name, sizeof name, md, &it->cs, im);
+                nkb_fn fn = im == IMPL_MEMCPY ? bm_memcpy : im >= IMPL_ONEDNN ? bm_ext : bm_ours;
+                nkb_register(name, fn, it, 0, NULL, NULL, g_min_time);
+            }
         }
-    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -686,7 +794,21 @@ static long find_result(const char *name)
     return -1;
 }
 
-static void ratio_cell(char *buf, size_t len, long row, const char *counter, enum impl im, const struct model *md)
+/* The reference row of (shape, element type): its ext_key entry, or -1 */
+static int ext_ref(enum impl im, const nkb_case *cs)
+{
+    struct item tmp;
+    memset(&tmp, 0, sizeof tmp);
+    tmp.cs = *cs;
+    char key[128];
+    ext_key(key, sizeof key, im, &tmp);
+    return ref_find(key);
+}
+
+/* "1.23x"; "1.23x*" when the library ran the case its own way (a note
+ * under the table); "n/a" when it has no equivalent; "-" when not run */
+static void ratio_cell(char *buf, size_t len, long row, const char *counter, enum impl im,
+                       const struct model *md, const nkb_case *cs)
 {
     double v;
     ext_api api;
@@ -695,69 +817,92 @@ static void ratio_cell(char *buf, size_t len, long row, const char *counter, enu
         return;
     }
     if (row >= 0 && nkb_result_counter((size_t)row, counter, &v) && v > 0) {
-        snprintf(buf, len, "%.2fx", v);
+        int r = ext_ref(im, cs);
+        snprintf(buf, len, "%.2fx%s", v, r >= 0 && g_ref[r].sec > 0 && g_ref[r].why[0] ? "*" : "");
         return;
     }
     char name[96];
-    snprintf(name, sizeof name, "model/%s/%s", md->name, impl_names[im]);
+    model_row_name(name, sizeof name, md, cs, im);
     long r = find_result(name);
     snprintf(buf, len, "%s", r >= 0 && nkb_result_skipped((size_t)r) ? "n/a" : "-");
 }
 
+/* Each distinct reason (unavailable: sec < 0) or note (sec > 0) once */
+static void print_reasons(int notes)
+{
+    for (int i = 0; i < g_nref; i++) {
+        if (!g_ref[i].why[0] || (notes ? g_ref[i].sec <= 0 : g_ref[i].sec >= 0))
+            continue;
+        int seen = 0;
+        for (int j = 0; j < i; j++)
+            seen |= (notes ? g_ref[j].sec > 0 : g_ref[j].sec < 0) && !strcmp(g_ref[j].why, g_ref[i].why);
+        if (!seen)
+            printf("  %s\n", g_ref[i].why);
+    }
+}
+
+/* One row per model shape and element type, the element types of a shape
+ * together. */
 static void print_table(void)
 {
     if (g_threads > 1)
-        printf("\nnormkit %s, %d threads (memcpy: the faster of 1 and %d threads); ratio columns: their "
-               "time / ours, measured at 1 thread only\n",
+        printf("\nnormkit %s, %d threads (memcpy: the faster of 1 and %d threads); ratio columns: in the "
+               "one-thread table\n",
                nk_version(), g_threads, g_threads);
     else
         printf("\nnormkit %s, one thread; ratio columns: their time / ours (> 1: normkit faster)\n",
                nk_version());
-    printf("%-20s %-36s %-7s %8s %7s %10s %9s\n", "model", "shape", "best", "GB/s", "memcpy", "vs oneDNN",
-           "vs ATen");
-    int any_na = 0;
-    for (size_t m = 0; m < N_MODELS; m++) {
-        const struct model *md = &models[m];
-        long best = -1;
-        double best_bps = 0;
-        int best_impl = -1;
-        for (int im = IMPL_SCALAR; im <= IMPL_NEON; im++) {
-            char name[96];
-            snprintf(name, sizeof name, "model/%s/%s", md->name, impl_names[im]);
-            long r = find_result(name);
-            double bps;
-            if (r < 0 || nkb_result_skipped((size_t)r) || !nkb_result_counter((size_t)r, "bytes_per_second", &bps))
+    printf("memcpy: of the row's own bytes (16-bit rows: half those of f32)%s\n",
+           g_param_x ? "; weight and bias in the row's type" : "; weight and bias fp32");
+    printf("%-22s %-8s %-36s %-7s %8s %7s %10s %9s\n", "model", "dtype", "shape", "best", "GB/s", "memcpy",
+           "vs oneDNN", "vs ATen");
+    int any_na = 0, any_note = 0;
+    for (size_t m = 0; m < N_MODELS; m++)
+        for (int d = 0; d < 3; d++) {
+            const struct model *md = &models[m];
+            uint32_t dt = dtype_order[d];
+            if (!(g_model_dtypes & DT_BIT(dt)))
                 continue;
-            if (bps > best_bps) {
-                best_bps = bps;
-                best = r;
-                best_impl = im;
+            nkb_case cs;
+            model_case(&cs, md, dt);
+            long best = -1;
+            double best_bps = 0;
+            int best_impl = -1;
+            for (int im = IMPL_SCALAR; im <= IMPL_NEON; im++) {
+                char name[96];
+                model_row_name(name, sizeof name, md, &cs, (enum impl)im);
+                long r = find_result(name);
+                double bps;
+                if (r < 0 || nkb_result_skipped((size_t)r) ||
+                    !nkb_result_counter((size_t)r, "bytes_per_second", &bps))
+                    continue;
+                if (bps > best_bps) {
+                    best_bps = bps;
+                    best = r;
+                    best_impl = im;
+                }
             }
+            if (best < 0) {
+                printf("%-22s %-8s %-36s %-7s\n", md->name, dtype_tag(&cs), md->what, "(not run)");
+                continue;
+            }
+            double ratio = 0;
+            nkb_result_counter((size_t)best, "memcpy_ratio", &ratio);
+            char dn[32], at[32];
+            ratio_cell(dn, sizeof dn, best, "vs_onednn", IMPL_ONEDNN, md, &cs);
+            ratio_cell(at, sizeof at, best, "vs_aten", IMPL_ATEN, md, &cs);
+            any_na |= !strcmp(dn, "n/a") || !strcmp(at, "n/a");
+            any_note |= strchr(dn, '*') || strchr(at, '*');
+            printf("%-22s %-8s %-36s %-7s %8.2f %7.2f %10s %9s\n", md->name, dtype_tag(&cs), md->what,
+                   impl_names[best_impl], best_bps / 1e9, ratio, dn, at);
         }
-        if (best < 0) {
-            printf("%-20s %-36s %-7s\n", md->name, md->what, "(not run)");
-            continue;
-        }
-        double ratio = 0;
-        nkb_result_counter((size_t)best, "memcpy_ratio", &ratio);
-        char dn[32], at[32];
-        ratio_cell(dn, sizeof dn, best, "vs_onednn", IMPL_ONEDNN, md);
-        ratio_cell(at, sizeof at, best, "vs_aten", IMPL_ATEN, md);
-        any_na |= !strcmp(dn, "n/a") || !strcmp(at, "n/a");
-        printf("%-20s %-36s %-7s %8.2f %7.2f %10s %9s\n", md->name, md->what, impl_names[best_impl], best_bps / 1e9,
-               ratio, dn, at);
-    }
     if (any_na) {
-        printf("\nn/a: the library has no equivalent\n");
-        for (int i = 0; i < g_nref; i++)
-            if (g_ref[i].sec < 0 && g_ref[i].why[0]) {
-                /* one line per distinct reason */
-                int seen = 0;
-                for (int j = 0; j < i; j++)
-                    seen |= g_ref[j].sec < 0 && !strcmp(g_ref[j].why, g_ref[i].why);
-                if (!seen)
-                    printf("  %s\n", g_ref[i].why);
-            }
+        printf("\nn/a: no time of the library for the case, because\n");
+        print_reasons(0);
+    }
+    if (any_note) {
+        printf("\n*: the library ran the case its own way\n");
+        print_reasons(1);
     }
 }
 
@@ -772,16 +917,42 @@ static int opt_value(const char *arg, const char *name, const char **val)
     return 1;
 }
 
+/* "f32,bf16,f16" (any subset, any order) -> DT_BIT mask; 0 on an unknown name */
+static unsigned parse_dtypes(const char *v)
+{
+    unsigned mask = 0;
+    while (*v) {
+        size_t n = strcspn(v, ",");
+        int found = 0;
+        for (int k = 0; k < 3; k++) {
+            const char *name = dtype_name(dtype_order[k]);
+            if (strlen(name) == n && !strncmp(v, name, n)) {
+                mask |= DT_BIT(dtype_order[k]);
+                found = 1;
+            }
+        }
+        if (!found)
+            return 0;
+        v += n + (v[n] == ',');
+    }
+    return mask;
+}
+
 static void usage(void)
 {
     fprintf(stderr,
             "usage: normkit-bench [--models] [--sweep] [--quick] [--table] [--min-time=S]\n"
+            "                     [--dtype=f32,bf16,f16] [--param-dtype=f32|x]\n"
             "                     [--train-batch=N] [--max-mb=MB] [--benchmark_* flags]\n"
             "  --models       model shapes with memcpy, oneDNN and ATen rows\n"
             "  --sweep        channels x spatial sweep of every operator and layout\n"
             "                 (neither: both)\n"
             "  --quick        2x2 sweep, min time 0.02 s (about a minute in all)\n"
             "  --table        per-benchmark lines to stderr, headline table to stdout\n"
+            "  --dtype=LIST   element types of x and y, comma-separated (default: f32,bf16,f16\n"
+            "                 for the model shapes, f32 for the sweep; given: both)\n"
+            "  --param-dtype  weight and bias: f32 (default, PyTorch's mixed precision) or\n"
+            "                 x (the type of x, as a model converted with .to(dtype))\n"
             "  --min-time=S   minimum time per benchmark (default: Google Benchmark's)\n"
             "  --train-batch  BatchNorm training batch of the sweep (default 8)\n"
             "  --max-mb       skip sweep cells whose x + y exceed this (default 1024)\n"
@@ -811,6 +982,19 @@ int main(int argc, char **argv)
             g_max_mb = strtoll(v, NULL, 10);
         else if (opt_value(a, "--threads", &v))
             g_threads = atoi(v);
+        else if (opt_value(a, "--dtype", &v)) {
+            g_model_dtypes = g_sweep_dtypes = parse_dtypes(v);
+            if (!g_model_dtypes) {
+                fprintf(stderr, "normkit-bench: --dtype=%s: a comma-separated list of f32, bf16, f16\n", v);
+                return 2;
+            }
+        } else if (opt_value(a, "--param-dtype", &v)) {
+            if (strcmp(v, "f32") && strcmp(v, "x")) {
+                fprintf(stderr, "normkit-bench: --param-dtype=%s: f32 or x\n", v);
+                return 2;
+            }
+            g_param_x = !strcmp(v, "x");
+        }
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             usage();
             return 0;

@@ -3,10 +3,14 @@
  * normkit (ext_onednn.cc, ext_aten.cc). Each adapter is optional at build
  * time: NKB_HAVE_ONEDNN / NKB_HAVE_ATEN are 1 when it is compiled in.
  *
- * create() copies the input into memory the library owns, prepares
+ * create() copies the input (n * c * spatial elements of cs->dtype; 16-bit
+ * types as uint16_t bit patterns) into memory the library owns, prepares
  * everything that can be prepared once (primitives, parameters) and returns
  * NULL with a reason in why when the library has no equivalent of the case.
- * run() is one forward pass, the work that is timed.
+ * When it succeeds but runs the case differently from normkit (a parameter
+ * type the library refuses, ...), it says so in why as well: a note printed
+ * under the headline table. run() is one forward pass, the work that is
+ * timed; create() has run it once, so run() does not throw.
  */
 #ifndef NKB_EXT_H
 #define NKB_EXT_H
@@ -36,16 +40,18 @@ typedef struct nkb_case {
     int64_t groups; /* GroupNorm only */
     nk_activation act;
     double eps;
+    uint32_t dtype;       /* x and y: NK_DTYPE_F32, NK_DTYPE_F16 or NK_DTYPE_BF16 */
+    uint32_t param_dtype; /* weight and bias: NK_DTYPE_F32 or dtype */
 } nkb_case;
 
 typedef struct nkb_ext nkb_ext;
 
-nkb_ext *nkb_onednn_create(const nkb_case *cs, const float *x, char *why, size_t why_len);
+nkb_ext *nkb_onednn_create(const nkb_case *cs, const void *x, char *why, size_t why_len);
 void nkb_onednn_run(nkb_ext *e);
 void nkb_onednn_destroy(nkb_ext *e);
 const char *nkb_onednn_version(void);
 
-nkb_ext *nkb_aten_create(const nkb_case *cs, const float *x, char *why, size_t why_len);
+nkb_ext *nkb_aten_create(const nkb_case *cs, const void *x, char *why, size_t why_len);
 void nkb_aten_run(nkb_ext *e);
 void nkb_aten_destroy(nkb_ext *e);
 const char *nkb_aten_version(void);

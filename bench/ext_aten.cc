@@ -3,7 +3,15 @@
 // at::layer_norm), one thread, inference mode, output allocated by ATen as
 // in eager PyTorch. An activation runs as the in-place op a model applies
 // after the norm. ATen 1.13 has no RMSNorm: the Llama reference
-// formulation x * rsqrt(mean(x^2) + eps) * w is what users run there.
+// formulation w * (x * rsqrt(mean(x^2) + eps)), computed in fp32 and cast
+// back to x's type (Hugging Face LlamaRMSNorm), is what users run there.
+// Element types: x (and so y) in the case's dtype (at::kFloat,
+// at::kBFloat16, at::kHalf); weight, bias and running statistics in its
+// param_dtype where ATen takes that combination. create() runs the case
+// once: where ATen refuses fp32 parameters with 16-bit input it retries with
+// parameters of x's type (what a model converted with .to(dtype) holds) and
+// says so in why; where it refuses the input type itself the case is n/a
+// with ATen's own message.
 // Kept in one small translation unit: the ATen headers are slow to compile.
 #include "ext.h"
 
@@ -24,7 +32,7 @@
 
 struct nkb_ext {
     nkb_case cs;
-    at::Tensor x, w, b, rm, rv, y;
+    at::Tensor x, w, b, rm, rv, w_x, y; /* w_x: RMSNorm's weight in x's type */
 };
 
 namespace {
@@ -47,45 +55,50 @@ void activation(at::Tensor &y, nk_activation act)
     }
 }
 
-} // namespace
-
-extern "C" {
-
-const char *nkb_aten_version(void) { return TORCH_VERSION; }
-
-nkb_ext *nkb_aten_create(const nkb_case *cs, const float *x, char *why, size_t why_len)
+at::ScalarType scalar_type_of(uint32_t dtype)
 {
-    try {
-        at::set_num_threads(1);
-        std::unique_ptr<nkb_ext> e(new nkb_ext);
-        e->cs = *cs;
-        c10::InferenceMode guard;
-        int64_t n = cs->n, c = cs->c, s = cs->spatial;
-        float *xp = const_cast<float *>(x);
-        at::TensorOptions f32 = at::TensorOptions().dtype(at::kFloat);
-        if (cs->op == NKB_OP_LN || cs->op == NKB_OP_RMS) {
-            e->x = at::from_blob(xp, {n * s, c}, f32).clone();
-        } else if (cs->layout == NK_CHANNELS_LAST) {
-            // NHWC bytes seen as an N x C x S x 1 tensor in channels_last format
-            e->x = at::from_blob(xp, {n, s, 1, c}, f32).permute({0, 3, 1, 2}).clone(
-                at::MemoryFormat::ChannelsLast);
-        } else {
-            e->x = at::from_blob(xp, {n, c, s, 1}, f32).clone();
-        }
-        e->w = at::ones({c}, f32);
-        e->b = at::zeros({c}, f32);
-        e->rm = at::zeros({c}, f32);
-        e->rv = at::ones({c}, f32);
-        return e.release();
-    } catch (const std::exception &ex) {
-        say(why, why_len, std::string("ATen: ") + ex.what());
-        return nullptr;
-    }
+    return dtype == NK_DTYPE_BF16 ? at::kBFloat16 : dtype == NK_DTYPE_F16 ? at::kHalf : at::kFloat;
 }
 
-void nkb_aten_run(nkb_ext *e)
+const char *dtype_name(uint32_t dtype)
 {
-    c10::InferenceMode guard;
+    return dtype == NK_DTYPE_BF16 ? "bf16" : dtype == NK_DTYPE_F16 ? "f16" : "f32";
+}
+
+const char *op_name(nkb_op op)
+{
+    switch (op) {
+    case NKB_OP_BN_TRAIN: return "batch_norm (training)";
+    case NKB_OP_BN_INFER: return "batch_norm (eval)";
+    case NKB_OP_IN: return "instance_norm";
+    case NKB_OP_GN: return "group_norm";
+    case NKB_OP_LN: return "layer_norm";
+    case NKB_OP_RMS: return "RMSNorm reference";
+    }
+    return "?";
+}
+
+// The first line of an ATen error, without the C++ stack trace that follows
+std::string first_line(const char *what)
+{
+    std::string s(what);
+    size_t nl = s.find('\n');
+    return nl == std::string::npos ? s : s.substr(0, nl);
+}
+
+void params(nkb_ext *e, at::ScalarType pt, at::ScalarType xt)
+{
+    at::TensorOptions o = at::TensorOptions().dtype(pt);
+    int64_t c = e->cs.c;
+    e->w = at::ones({c}, o);
+    e->b = at::zeros({c}, o);
+    e->rm = at::zeros({c}, o);
+    e->rv = at::ones({c}, o);
+    e->w_x = e->w.to(xt);
+}
+
+void forward(nkb_ext *e)
+{
     const nkb_case &cs = e->cs;
     switch (cs.op) {
     case NKB_OP_BN_TRAIN:
@@ -102,11 +115,78 @@ void nkb_aten_run(nkb_ext *e)
     case NKB_OP_LN:
         e->y = at::layer_norm(e->x, {cs.c}, e->w, e->b, cs.eps, false);
         break;
-    case NKB_OP_RMS:
-        e->y = e->x * at::rsqrt(e->x.pow(2).mean(-1, true) + cs.eps) * e->w;
+    case NKB_OP_RMS: {
+        // LlamaRMSNorm: fp32 inside, the weight applied in x's type
+        at::Tensor h = e->x.to(at::kFloat);
+        h = h * at::rsqrt(h.pow(2).mean(-1, true) + cs.eps);
+        e->y = e->w_x * h.to(e->x.scalar_type());
         break;
     }
+    }
     activation(e->y, cs.act);
+}
+
+} // namespace
+
+extern "C" {
+
+const char *nkb_aten_version(void) { return TORCH_VERSION; }
+
+nkb_ext *nkb_aten_create(const nkb_case *cs, const void *x, char *why, size_t why_len)
+{
+    try {
+        at::set_num_threads(1);
+        std::unique_ptr<nkb_ext> e(new nkb_ext);
+        e->cs = *cs;
+        c10::InferenceMode guard;
+        int64_t n = cs->n, c = cs->c, s = cs->spatial;
+        void *xp = const_cast<void *>(x);
+        const at::ScalarType xt = scalar_type_of(cs->dtype);
+        at::TensorOptions xo = at::TensorOptions().dtype(xt);
+        if (cs->op == NKB_OP_LN || cs->op == NKB_OP_RMS) {
+            e->x = at::from_blob(xp, {n * s, c}, xo).clone();
+        } else if (cs->layout == NK_CHANNELS_LAST) {
+            // NHWC bytes seen as an N x C x S x 1 tensor in channels_last format
+            e->x = at::from_blob(xp, {n, s, 1, c}, xo).permute({0, 3, 1, 2}).clone(
+                at::MemoryFormat::ChannelsLast);
+        } else {
+            e->x = at::from_blob(xp, {n, c, s, 1}, xo).clone();
+        }
+        const at::ScalarType pt = scalar_type_of(cs->param_dtype);
+        params(e.get(), pt, xt);
+        // one run: ATen checks the types when it runs, not before
+        try {
+            forward(e.get());
+        } catch (const std::exception &ex) {
+            if (pt == xt) {
+                say(why, why_len, std::string("ATen ") + TORCH_VERSION + ": no " + dtype_name(cs->dtype) + " " +
+                                      op_name(cs->op) + " on the CPU: " + first_line(ex.what()));
+                return nullptr;
+            }
+            // fp32 parameters refused with 16-bit input: those of a model
+            // converted to x's type
+            params(e.get(), xt, xt);
+            try {
+                forward(e.get());
+            } catch (const std::exception &ex2) {
+                say(why, why_len, std::string("ATen ") + TORCH_VERSION + ": no " + dtype_name(cs->dtype) + " " +
+                                      op_name(cs->op) + " on the CPU: " + first_line(ex2.what()));
+                return nullptr;
+            }
+            say(why, why_len, std::string("ATen ") + TORCH_VERSION + " " + op_name(cs->op) + ": weight/bias in " +
+                                  dtype_name(cs->dtype) + " (with fp32: " + first_line(ex.what()) + ")");
+        }
+        return e.release();
+    } catch (const std::exception &ex) {
+        say(why, why_len, std::string("ATen: ") + first_line(ex.what()));
+        return nullptr;
+    }
+}
+
+void nkb_aten_run(nkb_ext *e)
+{
+    c10::InferenceMode guard;
+    forward(e);
 }
 
 void nkb_aten_destroy(nkb_ext *e) { delete e; }

@@ -3,6 +3,10 @@
 // and NHWC) and layer normalization. InstanceNorm channels-first is run as
 // batch normalization of a 1 x (N*C) x S tensor, the way frameworks map it
 // onto oneDNN. No GroupNorm / RMSNorm primitive exists in oneDNN 2.x.
+// Element types: src / dst in the case's dtype (f32, bf16, f16 where this
+// oneDNN has the primitive on this CPU: the primitive descriptor says so);
+// scale, shift, mean and variance are f32, the only type oneDNN 2.x takes
+// for them, whatever the case's param_dtype.
 #include "ext.h"
 
 #include <oneapi/dnnl/dnnl.hpp>
@@ -47,6 +51,30 @@ dnnl::memory filled(const dnnl::memory::desc &md, const dnnl::engine &eng, float
     return m;
 }
 
+dt data_type_of(uint32_t dtype)
+{
+    return dtype == NK_DTYPE_BF16 ? dt::bf16 : dtype == NK_DTYPE_F16 ? dt::f16 : dt::f32;
+}
+
+const char *dtype_name(uint32_t dtype)
+{
+    return dtype == NK_DTYPE_BF16 ? "bf16" : dtype == NK_DTYPE_F16 ? "f16" : "f32";
+}
+
+// The primitive descriptor of d: false where oneDNN has no implementation
+// (an element type this CPU or version lacks), other errors thrown.
+template <typename PD, typename D> bool make_pd(PD &pd, const D &d, const dnnl::engine &eng)
+{
+    try {
+        pd = PD(d, eng);
+        return true;
+    } catch (const dnnl::error &err) {
+        if (err.status != dnnl_unimplemented)
+            throw;
+        return false;
+    }
+}
+
 } // namespace
 
 extern "C" {
@@ -59,7 +87,7 @@ const char *nkb_onednn_version(void)
     return buf;
 }
 
-nkb_ext *nkb_onednn_create(const nkb_case *cs, const float *x, char *why, size_t why_len)
+nkb_ext *nkb_onednn_create(const nkb_case *cs, const void *x, char *why, size_t why_len)
 {
 #if DNNL_CPU_RUNTIME == DNNL_RUNTIME_OMP
     omp_set_num_threads(1); // single thread, as every row of the suite
@@ -83,11 +111,12 @@ nkb_ext *nkb_onednn_create(const nkb_case *cs, const float *x, char *why, size_t
         e->eng = dnnl::engine(dnnl::engine::kind::cpu, 0);
         e->strm = dnnl::stream(e->eng);
         dnnl::memory::desc data_md;
+        const dt ddt = data_type_of(cs->dtype);
         int64_t channels = c;
         switch (cs->op) {
         case NKB_OP_BN_TRAIN:
         case NKB_OP_BN_INFER:
-            data_md = dnnl::memory::desc({n, c, s, 1}, dt::f32,
+            data_md = dnnl::memory::desc({n, c, s, 1}, ddt,
                                          cs->layout == NK_CHANNELS_LAST ? tag::nhwc : tag::nchw);
             break;
         case NKB_OP_IN:
@@ -96,11 +125,11 @@ nkb_ext *nkb_onednn_create(const nkb_case *cs, const float *x, char *why, size_t
                 return nullptr;
             }
             channels = n * c;
-            data_md = dnnl::memory::desc({1, n * c, s, 1}, dt::f32, tag::nchw);
+            data_md = dnnl::memory::desc({1, n * c, s, 1}, ddt, tag::nchw);
             break;
         case NKB_OP_LN:
             channels = c;
-            data_md = dnnl::memory::desc({n * s, c}, dt::f32, tag::ab);
+            data_md = dnnl::memory::desc({n * s, c}, ddt, tag::ab);
             break;
         default:
             return nullptr; /* GN / RMS: answered above */
@@ -114,10 +143,20 @@ nkb_ext *nkb_onednn_create(const nkb_case *cs, const float *x, char *why, size_t
         e->args[DNNL_ARG_DST] = dst;
         e->args[DNNL_ARG_SCALE] = filled(vec_md, e->eng, 1.0f);
         e->args[DNNL_ARG_SHIFT] = filled(vec_md, e->eng, 0.0f);
+        auto unimplemented = [&](const char *prim) {
+            char buf[160];
+            std::snprintf(buf, sizeof buf, "oneDNN %s: no %s %s on this CPU (unimplemented)",
+                          nkb_onednn_version(), dtype_name(cs->dtype), prim);
+            say(why, why_len, buf);
+        };
         if (cs->op == NKB_OP_LN) {
             dnnl::layer_normalization_forward::desc d(dnnl::prop_kind::forward_inference, data_md,
                                                       eps, flags);
-            dnnl::layer_normalization_forward::primitive_desc pd(d, e->eng);
+            dnnl::layer_normalization_forward::primitive_desc pd;
+            if (!make_pd(pd, d, e->eng)) {
+                unimplemented("layer normalization");
+                return nullptr;
+            }
             e->prim = dnnl::layer_normalization_forward(pd);
         } else {
             bool train = cs->op != NKB_OP_BN_INFER;
@@ -126,13 +165,19 @@ nkb_ext *nkb_onednn_create(const nkb_case *cs, const float *x, char *why, size_t
             dnnl::batch_normalization_forward::desc d(
                 train ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference,
                 data_md, eps, flags);
-            dnnl::batch_normalization_forward::primitive_desc pd(d, e->eng);
+            dnnl::batch_normalization_forward::primitive_desc pd;
+            if (!make_pd(pd, d, e->eng)) {
+                unimplemented("batch normalization");
+                return nullptr;
+            }
             e->prim = dnnl::batch_normalization_forward(pd);
             e->args[DNNL_ARG_MEAN] = filled(vec_md, e->eng, 0.0f);
             e->args[DNNL_ARG_VARIANCE] = filled(vec_md, e->eng, 1.0f);
             if (pd.workspace_desc().get_size() > 0)
                 e->args[DNNL_ARG_WORKSPACE] = dnnl::memory(pd.workspace_desc(), e->eng);
         }
+        if (cs->param_dtype != NK_DTYPE_F32)
+            say(why, why_len, "oneDNN 2.x: scale and shift in f32, the only type it takes for them");
         return e.release();
     } catch (const std::exception &ex) {
         say(why, why_len, std::string("oneDNN: ") + ex.what());

@@ -2,11 +2,15 @@
 """Turns normkit-bench JSON (--benchmark_out=FILE --benchmark_out_format=json)
 into PNG charts:
 
-  heatmap_<op>_<layout>_<isa>.png  fraction of memcpy over channels x spatial
-  heatmaps_<isa>.png               the same, every operator and layout on one page
-  models.png                       GB/s of each model shape: memcpy, oneDNN,
+  heatmap_<op>_<layout>_<dtype>_<isa>.png  fraction of memcpy over channels x spatial
+  heatmaps_<dtype>_<isa>.png       the same, every operator and layout on one page
+  models_<dtype>.png               GB/s of each model shape: memcpy, oneDNN,
                                    ATen and normkit on every ISA that ran
-  models_speedup.png               normkit (best ISA) / oneDNN and / ATen
+  models_speedup_<dtype>.png       normkit (best ISA) / oneDNN and / ATen
+
+<dtype> is the rows' element type as their names carry it: f32, bf16, f16
+(bf16_w16, f16_w16 with 16-bit weights). Rows named without one (older
+normkit-bench JSON) count as f32.
 
 Usage: plot.py bench.json [OUTDIR]      (OUTDIR defaults to the JSON's folder)
 Needs matplotlib (Debian: python3-matplotlib).
@@ -35,7 +39,7 @@ LAYOUT_TITLES = {"cf": "channels-first", "cl": "channels-last", "rows": "rows = 
 
 
 def parse(name):
-    """'sweep/gn/cf/avx2/c:64/s:49/n:1/min_time:0.020' -> (['sweep','gn','cf','avx2'], {'c': 64, ...})"""
+    """'sweep/gn/cf/bf16/avx2/c:64/s:49/n:1/min_time:0.020' -> (['sweep','gn','cf','bf16','avx2'], {'c': 64, ...})"""
     parts, args = [], {}
     for p in name.split("/"):
         if ":" in p:
@@ -56,14 +60,23 @@ def load(path):
     return data.get("context", {}), runs
 
 
+def with_dtype(parts, n):
+    """parts of a row named with its element type (n parts), or without one
+    (n - 1, older JSON: f32), as n parts; None for other rows"""
+    if len(parts) == n - 1:
+        return parts[:-1] + ["f32", parts[-1]]
+    return parts if len(parts) == n else None
+
+
 def heatmap_data(runs):
-    """{(op, layout, isa): {(c, s): ratio or None (skipped)}}"""
+    """{(op, layout, dtype, isa): {(c, s): ratio or None (skipped)}}"""
     cells = {}
     for b in runs:
         parts, args = parse(b["name"])
-        if len(parts) != 4 or parts[0] != "sweep" or "c" not in args or "s" not in args:
+        parts = with_dtype(parts, 5)
+        if not parts or parts[0] != "sweep" or "c" not in args or "s" not in args:
             continue
-        key = tuple(parts[1:4])
+        key = tuple(parts[1:5])
         val = None if b.get("error_occurred") or b.get("skipped") else b.get("memcpy_ratio")
         cells.setdefault(key, {})[(args["c"], args["s"])] = (val, args.get("n", 1))
     return cells
@@ -99,23 +112,23 @@ def draw_heatmap(ax, grid, title):
 def plot_heatmaps(runs, outdir, machine):
     cells = heatmap_data(runs)
     written = []
-    for (op, layout, isa), grid in sorted(cells.items()):
+    for (op, layout, dtype, isa), grid in sorted(cells.items()):
         if all(v[0] is None for v in grid.values()):
             continue  # ISA not available on this machine: nothing to show
         n = max(v[1] for v in grid.values())
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        title = f"{OP_TITLES.get(op, op)}, {LAYOUT_TITLES.get(layout, layout)}, {isa}" + (f", batch {n}" if n > 1 else "")
+        title = f"{OP_TITLES.get(op, op)}, {LAYOUT_TITLES.get(layout, layout)}, {dtype}, {isa}" + (f", batch {n}" if n > 1 else "")
         im = draw_heatmap(ax, grid, title + "\nfraction of memcpy bandwidth (1 = physical limit)")
         fig.colorbar(im, ax=ax, label="memcpy ratio")
         fig.text(0.01, 0.01, machine, fontsize=7, color="grey")
         fig.tight_layout(rect=(0, 0.03, 1, 1))
-        path = os.path.join(outdir, f"heatmap_{op}_{layout}_{isa}.png")
+        path = os.path.join(outdir, f"heatmap_{op}_{layout}_{dtype}_{isa}.png")
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
-    # one page per ISA
-    for isa in ISAS:
-        keys = [k for k in sorted(cells) if k[2] == isa and any(v[0] is not None for v in cells[k].values())]
+    # one page per element type and ISA
+    for dtype, isa in sorted({(k[2], k[3]) for k in cells}):
+        keys = [k for k in sorted(cells) if k[2:] == (dtype, isa) and any(v[0] is not None for v in cells[k].values())]
         if not keys:
             continue
         cols = 2
@@ -126,11 +139,11 @@ def plot_heatmaps(runs, outdir, machine):
             im = draw_heatmap(ax, cells[k], f"{OP_TITLES.get(k[0], k[0])}, {LAYOUT_TITLES.get(k[1], k[1])}")
         for ax in [a for r in axes for a in r][len(keys):]:
             ax.axis("off")
-        fig.suptitle(f"normkit {isa}: fraction of memcpy bandwidth over channels x spatial  ({machine})", fontsize=11)
+        fig.suptitle(f"normkit {isa}, {dtype}: fraction of memcpy bandwidth over channels x spatial  ({machine})", fontsize=11)
         fig.tight_layout(rect=(0, 0, 0.94, 0.98))
         if im is not None:
             fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01, label="memcpy ratio")
-        path = os.path.join(outdir, f"heatmaps_{isa}.png")
+        path = os.path.join(outdir, f"heatmaps_{dtype}_{isa}.png")
         fig.savefig(path, dpi=90)
         plt.close(fig)
         written.append(path)
@@ -138,13 +151,26 @@ def plot_heatmaps(runs, outdir, machine):
 
 
 def plot_models(runs, outdir, machine):
+    """models_<dtype>.png and models_speedup_<dtype>.png for each element type"""
+    dtypes = {}
+    for b in runs:
+        parts, _ = parse(b["name"])
+        parts = with_dtype(parts, 4)
+        if parts and parts[0] == "model":
+            dtypes.setdefault(parts[2], []).append(b)
+    written = []
+    for dtype, rows in dtypes.items():
+        written += plot_models_of(rows, dtype, outdir, machine)
+    return written
+
+
+def plot_models_of(runs, dtype, outdir, machine):
     models = {}
     order = []
     for b in runs:
         parts, _ = parse(b["name"])
-        if len(parts) != 3 or parts[0] != "model":
-            continue
-        name, impl = parts[1], parts[2]
+        parts = with_dtype(parts, 4)
+        name, impl = parts[1], parts[3]
         if name not in models:
             models[name] = {"label": b.get("label", name), "impl": {}}
             order.append(name)
@@ -171,11 +197,11 @@ def plot_models(runs, outdir, machine):
     ax.invert_yaxis()
     ax.set_xscale("log")
     ax.set_xlabel("GB/s (input read + output written), log scale; one thread")
-    ax.set_title(f"Model shapes: normkit vs oneDNN vs PyTorch ATen vs memcpy  ({machine})", fontsize=10)
+    ax.set_title(f"Model shapes in {dtype}: normkit vs oneDNN vs PyTorch ATen vs memcpy  ({machine})", fontsize=10)
     ax.grid(axis="x", which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    path = os.path.join(outdir, "models.png")
+    path = os.path.join(outdir, f"models_{dtype}.png")
     fig.savefig(path, dpi=100)
     plt.close(fig)
     written = [path]
@@ -203,11 +229,11 @@ def plot_models(runs, outdir, machine):
         ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=8)
         ax.invert_yaxis()
         ax.set_xlabel("their time / normkit's (best ISA); > 1: normkit faster; missing bar: no equivalent")
-        ax.set_title(f"normkit speed-up on model shapes  ({machine})", fontsize=10)
+        ax.set_title(f"normkit speed-up on model shapes in {dtype}  ({machine})", fontsize=10)
         ax.legend(fontsize=8, loc="lower right")
         ax.grid(axis="x", which="both", alpha=0.3)
         fig.tight_layout()
-        path = os.path.join(outdir, "models_speedup.png")
+        path = os.path.join(outdir, f"models_speedup_{dtype}.png")
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)

@@ -2,15 +2,17 @@
 # The benchmark job: installs what it needs, builds the release build with the
 # bench suite and prints the headline table of the model shapes.
 #
-#   tools/bench.sh            model shapes on every ISA + memcpy, oneDNN, ATen; headline tables
-#                             at one thread and at every core (THREADS, default: all online CPUs)
-#   tools/bench.sh --quick    the same with short timings plus a 2x2 sweep (about a minute)
-#   tools/bench.sh --full     sweeps + model shapes, JSON and PNG plots into bench-out/
+#   tools/bench.sh            model shapes in f32, bf16 and f16 on every ISA + memcpy, oneDNN,
+#                             ATen; headline tables at one thread and at every core (THREADS,
+#                             default: all online CPUs)
+#   tools/bench.sh --quick    the same with short timings plus a 2x2 f32 sweep
+#   tools/bench.sh --full     sweeps (f32) + model shapes, JSON and PNG plots into bench-out/
 #
 # Environment: BUILD_DIR (default build-bench), OUT_DIR (default bench-out),
 # MIN_TIME (seconds per benchmark; --full default 0.2), NORMKIT_BENCH_ARGS
-# (extra arguments for normkit-bench, e.g. --benchmark_filter=model/bert), THREADS (the
-# second headline's thread count; 1 skips it).
+# (extra arguments for normkit-bench, e.g. --benchmark_filter=model/bert, or
+# --dtype=f32 for the fp32 rows alone), THREADS (the second headline's thread
+# count; 1 skips it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=headline
@@ -19,7 +21,7 @@ for a in "$@"; do
     --quick) mode=quick ;;
     --full) mode=full ;;
     --headline) mode=headline ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $a" >&2; exit 2 ;;
   esac
 done
