@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Cross-builds normkit for 64-bit ARM (aarch64) and 32-bit ARMv7 hard-float
-# (armhf) with -Werror and runs the whole test suite under qemu-user: once
-# on the default ISA (NEON), once with NORMKIT_ISA=scalar, and for armhf once
-# more on an emulated ARMv7 without NEON (only kernels/arm may use NEON, so
-# the rest of the library must run there). aarch64-nosleef builds aarch64
+# (armhf) with -Werror and runs the whole test suite under qemu-user on the
+# default ISA (NEON); then again with NORMKIT_ISA=scalar but for the suites
+# that select every ISA themselves (every-isa: the kernel sweep, coverage),
+# and for armhf once more on an emulated ARMv7 without NEON (only
+# kernels/arm may use NEON, so the rest of the library must run there), the
+# kernel sweep there without its long sweeps. aarch64-nosleef builds aarch64
 # with -Dsleef=disabled (NEON SiLU/GELU through the scalar activation) and
 # runs the kernels suite only. Called by .ci/run; idempotent: packages
 # already installed are not fetched again, existing build directories are
@@ -21,11 +23,16 @@ section "cross toolchains, qemu-user and arm64/armhf libraries"
 bash tools/install-deps.sh cross
 
 # ---------------------------------------------------------------- per target
-run_suite() { # build-dir label [env...]
+run_suite() { # build-dir label [VAR=value...] [meson test arguments...]
   local bd=$1 label=$2
   shift 2
+  local envs=()
+  while [ $# -gt 0 ] && [[ $1 == *=* && $1 != -* ]]; do
+    envs+=("$1")
+    shift
+  done
   section "$label"
-  env "$@" meson test -C "$bd" --print-errorlogs --timeout-multiplier 4
+  env "${envs[@]}" meson test -C "$bd" --print-errorlogs --timeout-multiplier 4 "$@"
 }
 
 for t in "${targets[@]}"; do
@@ -70,13 +77,20 @@ for t in "${targets[@]}"; do
     continue
   fi
   run_suite "$bd" "$t: whole test suite, default ISA (NEON)" NORMKIT_ISA=
-  run_suite "$bd" "$t: whole test suite, NORMKIT_ISA=scalar" NORMKIT_ISA=scalar
+  # the every-isa suites (the kernel sweep among them) select every ISA
+  # themselves: the run above covered them (tests/meson.build)
+  run_suite "$bd" "$t: test suite but every-isa, NORMKIT_ISA=scalar" NORMKIT_ISA=scalar \
+    --no-suite every-isa
   if [ "$t" = armhf ]; then
     # qemu traps every NEON instruction on this CPU model, and AT_HWCAP
     # says no NEON: the dispatcher must pick scalar and nothing outside
-    # kernels/arm may have been compiled with NEON.
-    run_suite "$bd" "$t: whole test suite on an ARMv7 without NEON (QEMU_CPU=cortex-a15,neon=off)" \
-      NORMKIT_ISA= QEMU_CPU=cortex-a15,neon=off
+    # kernels/arm may have been compiled with NEON. The kernel sweep would
+    # compare the scalar tables with themselves: the rest of the suite, and
+    # test_kernels without its long sweeps (every table's kernels called).
+    run_suite "$bd" "$t: test suite but the kernel sweep on an ARMv7 without NEON (QEMU_CPU=cortex-a15,neon=off)" \
+      NORMKIT_ISA= QEMU_CPU=cortex-a15,neon=off --no-suite kernel-sweep
+    run_suite "$bd" "$t: kernels smoke (NKT_KERNELS_SMOKE=1) on an ARMv7 without NEON" \
+      NORMKIT_ISA= QEMU_CPU=cortex-a15,neon=off NKT_KERNELS_SMOKE=1 kernels
   fi
 done
 

@@ -57,6 +57,8 @@
 #endif
 #define NK_HAVE_INV_STD 0
 
+/* no non-temporal stores: ep->stream is never read (the kernel sweep under
+ * qemu relies on it, NKT_STREAMS in tests/test_kernels.c) */
 #define NK_STREAM(ep) 0
 NK_INLINE void nk_stream_fence(void) {}
 NK_INLINE void nk_prefetch(const void *p) { __builtin_prefetch(p); }
