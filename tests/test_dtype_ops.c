@@ -1074,10 +1074,19 @@ static void test_near_max(void **state)
                 near_max nm = dt == NK_DTYPE_F16
                                   ? (near_max){60000.0, 60000.0, 5000.0, 1.0625f, 1.0f}
                                   : (near_max){1.2e38, 2.9e38, 0.4e38, 1.0625f, 1.0f};
+                /* bf16 near 3e38 has 1 / sigma near 1e-38: gamma * invstd can be an
+                 * fp32 subnormal, which ARMv7 NEON flushes to zero as it does for
+                 * fp32 data (README, docs/cross.md); there the bitwise check
+                 * against the fp32 path still runs, the oracle check does not */
+#if defined(__arm__)
+                const int oracle = !(isas[ii] == NK_ISA_NEON && dt == NK_DTYPE_BF16);
+#else
+                const int oracle = 1;
+#endif
                 for (int pp = 0; pp < 2; pp++) {
                     run r;
                     check_custom(&sp, dt, pp ? dt : NK_DTYPE_F32, isas[ii], 0x3A7000u + oi * 5 + dt,
-                                 gen_near_max, &nm, 1, t, &r);
+                                 gen_near_max, &nm, oracle, t, &r);
                     for (size_t i = 0; i < r.total; i++)
                         inf_outputs += (r.y16d[i] & 0x7fffu) == inf_bits(r.f);
                     run_free(&r);
