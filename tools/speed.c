@@ -10,6 +10,8 @@
  * steadier on a machine shared with other work. NORMKIT_SPEED_THREADS=T runs
  * the operators through the _ex entry points on an nk_threadpool_create(T)
  * pool and the memcpy in T slices on the same pool (the T-thread ceiling).
+ * NORMKIT_SPEED_DTYPE=bf16|f16 runs x and y in that dtype (fp32 weight and
+ * bias) through the _ex entry points, against a memcpy of the 16-bit bytes.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -88,6 +90,7 @@ typedef struct bufs {
 
 static nk_threadpool *g_pool;
 static nk_context g_ctx = NK_CONTEXT_INIT;
+static uint32_t g_dtype = NK_DTYPE_F32;
 
 /* The same call through the _ex entry points and the pool. */
 static nk_status run_ex(const shape_case *sc, const bufs *B)
@@ -97,6 +100,7 @@ static nk_status run_ex(const shape_case *sc, const bufs *B)
     d.c = sc->c;
     d.spatial = sc->s;
     d.layout = (uint32_t)sc->layout;
+    d.dtype = g_dtype;
     switch (sc->op) {
     case IN:
         return nk_instance_norm_ex(&g_ctx, &d, B->x, B->y, B->w, B->b, 1e-5, 1, NULL, NULL, NULL);
@@ -145,7 +149,7 @@ static void run_op(const shape_case *sc, const bufs *B)
 {
     nk_shape sh = {sc->n, sc->c, sc->s, (nk_layout)sc->layout};
     nk_status st = NK_OK;
-    if (g_pool) {
+    if (g_pool || g_dtype != NK_DTYPE_F32) {
         st = run_ex(sc, B);
         if (st != NK_OK) {
             fprintf(stderr, "%s: %s\n", sc->name, nk_last_error());
@@ -188,6 +192,16 @@ int main(int argc, char **argv)
         reps = 1;
     const int use_min = getenv("NORMKIT_SPEED_MIN") != NULL;
     const char *threads = getenv("NORMKIT_SPEED_THREADS");
+    const char *dtype = getenv("NORMKIT_SPEED_DTYPE");
+    if (dtype && !strcmp(dtype, "bf16"))
+        g_dtype = NK_DTYPE_BF16;
+    else if (dtype && !strcmp(dtype, "f16"))
+        g_dtype = NK_DTYPE_F16;
+    else if (dtype && strcmp(dtype, "f32")) {
+        fprintf(stderr, "NORMKIT_SPEED_DTYPE: f32, bf16 or f16, not %s\n", dtype);
+        return 1;
+    }
+    const size_t esz = g_dtype == NK_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t);
     if (threads && atoi(threads) > 1) {
         if (nk_threadpool_create(atoi(threads), &g_pool) != NK_OK) {
             fprintf(stderr, "nk_threadpool_create: %s\n", nk_last_error());
@@ -205,11 +219,11 @@ int main(int argc, char **argv)
         if (filter && !strstr(sc->name, filter))
             continue;
         size_t total = (size_t)(sc->n * sc->c * sc->s);
-        size_t bytes = total * sizeof(float);
+        size_t bytes = total * esz;
         size_t C = (size_t)sc->c;
         bufs B;
-        B.x = aligned_alloc(64, bytes);
-        B.y = aligned_alloc(64, bytes);
+        B.x = aligned_alloc(64, total * sizeof(float));
+        B.y = aligned_alloc(64, total * sizeof(float));
         B.w = malloc(C * sizeof(float));
         B.b = malloc(C * sizeof(float));
         B.rm = malloc(C * sizeof(float));
@@ -221,6 +235,20 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < total; i++) {
             s ^= s << 13, s ^= s >> 7, s ^= s << 17;
             B.x[i] = (float)(s >> 40) * (1.0f / 16777216.0f) * 4.0f - 1.0f;
+        }
+        if (g_dtype != NK_DTYPE_F32) {
+            /* 16-bit values in place: bf16 keeps the high half of the fp32
+             * bits; fp16 gets random normal values in [0.25, 4) of either sign */
+            uint16_t *h = (uint16_t *)B.x;
+            for (size_t i = 0; i < total; i++) {
+                uint32_t u;
+                memcpy(&u, &B.x[i], sizeof u);
+                s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+                h[i] = g_dtype == NK_DTYPE_BF16
+                           ? (uint16_t)(u >> 16)
+                           : (uint16_t)(((s >> 20) & 0x8000u) | ((13u + (s >> 40) % 4u) << 10) |
+                                        ((s >> 8) & 0x3ffu));
+            }
         }
         memset(B.y, 0, bytes);
         memset(y2, 0, bytes);

@@ -55,6 +55,9 @@
  *   vx_store_n(p, v, n)    the first n (0..NK_VL) lanes, nothing written
  *                          past them
  *   vx_stream(p, v)        vx_storeu, non-temporal: p aligned to NK_XBYTES
+ *   vx_loadu2 / vx_storeu2 / vx_stream2
+ *                          two consecutive vectors at once (below)
+ *   vx_loadu_vecs(p, v, V) V consecutive vectors, in pairs
  *   NK_XBYTES              bytes of NK_VL elements (streaming alignment)
  *   NK_XLINE               elements per 64-byte cache line (prefetch step)
  *   nk_xload(p)            one element as float (kernels/dtype.h)
@@ -162,6 +165,41 @@ NK_INLINE void vx_storeu(xt *p, vf v) { vh_storeu(p, vf_to_vh(v)); }
 NK_INLINE void vx_store_n(xt *p, vf v, size_t n) { vh_store_n(p, vf_to_vh(v), n); }
 NK_INLINE void vx_stream(xt *p, vf v) { vh_stream(p, vf_to_vh(v)); }
 #endif
+/* Two consecutive vectors (2 * NK_VL elements) in one operation: the same
+ * values as two vx_loadu / vx_storeu / vx_stream, where the vocabulary has
+ * cheaper pair conversions (NK_HAVE_VH2: vh2_loadu, vh2_storeu, vh2_stream;
+ * AVX-512 bf16 widens 32 elements with one permute and two unpacks and
+ * narrows them with one vcvtne2ps2bf16 and one denormal test). */
+#if NK_DT != NK_DTYPE_F32 && defined(NK_HAVE_VH2)
+#  define vx_loadu2 vh2_loadu
+#  define vx_storeu2 vh2_storeu
+#  define vx_stream2 vh2_stream
+#else
+NK_INLINE void vx_loadu2(const xt *p, vf *v0, vf *v1)
+{
+    *v0 = vx_loadu(p);
+    *v1 = vx_loadu(p + NK_VL);
+}
+NK_INLINE void vx_storeu2(xt *p, vf v0, vf v1)
+{
+    vx_storeu(p, v0);
+    vx_storeu(p + NK_VL, v1);
+}
+NK_INLINE void vx_stream2(xt *p, vf v0, vf v1)
+{
+    vx_stream(p, v0);
+    vx_stream(p + NK_VL, v1);
+}
+#endif
+/* V consecutive vectors (V a constant after inlining), in pairs */
+NK_INLINE void vx_loadu_vecs(const xt *p, vf *v, const int V)
+{
+    int i = 0;
+    for (; i + 2 <= V; i += 2)
+        vx_loadu2(p + (size_t)i * NK_VL, &v[i], &v[i + 1]);
+    if (i < V)
+        v[i] = vx_loadu(p + (size_t)i * NK_VL);
+}
 #define NK_XBYTES (NK_VL * sizeof(xt))
 #define NK_XLINE (64 / sizeof(xt))
 

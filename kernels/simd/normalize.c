@@ -29,14 +29,18 @@ NK_INLINE void span_scalar(const xt *x, xt *y, size_t n, vf m, vf a, vf b, const
         h = h < n ? h : n;
         if (h)
             vx_store_n(y, norm1(vx_load_n(x, h), m, a, b, act, alpha), h);
-        for (i = h; i + NK_VL <= n; i += NK_VL)
+        for (i = h; i + 2 * NK_VL <= n; i += 2 * NK_VL) {
+            vf v0, v1;
+            vx_loadu2(x + i, &v0, &v1);
+            vx_stream2(y + i, norm1(v0, m, a, b, act, alpha), norm1(v1, m, a, b, act, alpha));
+        }
+        for (; i + NK_VL <= n; i += NK_VL)
             vx_stream(y + i, norm1(vx_loadu(x + i), m, a, b, act, alpha));
     } else {
         for (; i + 2 * NK_VL <= n; i += 2 * NK_VL) {
-            vf v0 = norm1(vx_loadu(x + i), m, a, b, act, alpha);
-            vf v1 = norm1(vx_loadu(x + i + NK_VL), m, a, b, act, alpha);
-            vx_storeu(y + i, v0);
-            vx_storeu(y + i + NK_VL, v1);
+            vf v0, v1;
+            vx_loadu2(x + i, &v0, &v1);
+            vx_storeu2(y + i, norm1(v0, m, a, b, act, alpha), norm1(v1, m, a, b, act, alpha));
         }
         for (; i + NK_VL <= n; i += NK_VL)
             vx_storeu(y + i, norm1(vx_loadu(x + i), m, a, b, act, alpha));
@@ -52,45 +56,74 @@ NK_INLINE void span_scalar(const xt *x, xt *y, size_t n, vf m, vf a, vf b, const
  * instead of 4 stores). */
 #define ROWS_FLAT_MAX 256
 
+/* The parameters of the next full vector of a flat run: row r's m, a, b in
+ * vm, va, vb, `left` lanes of row r from the vector's start. */
+typedef struct flat_pos {
+    size_t r, left;
+    vf vm, va, vb;
+} flat_pos;
+
+NK_INLINE void flat_next(flat_pos *f, size_t rows, size_t len, const float *m, const float *a,
+                         const float *b, vf *pm, vf *pa, vf *pb)
+{
+    *pm = f->vm, *pa = f->va, *pb = f->vb;
+    if (f->left <= NK_VL) {
+        /* row r ends in this vector: the lanes past it belong to r + 1 */
+        const size_t in = f->left;
+        if (f->r + 1 < rows) {
+            f->r++;
+            f->vm = vf_set1(m[f->r]), f->va = vf_set1(a[f->r]), f->vb = vf_set1(b[f->r]);
+        }
+        if (in < NK_VL)
+            *pm = vf_first(in, *pm, f->vm), *pa = vf_first(in, *pa, f->va),
+            *pb = vf_first(in, *pb, f->vb);
+        f->left = len - (NK_VL - in);
+    } else {
+        f->left -= NK_VL;
+    }
+}
+
 NK_INLINE void rows_flat(const xt *x, xt *y, size_t rows, size_t len, const float *m,
                          const float *a, const float *b, const int act, vf alpha, const int stream)
 {
     const size_t n = rows * len;
-    size_t i = 0, r = 0, left = len; /* lanes of row r from position i */
-    vf vm = vf_set1(m[0]), va = vf_set1(a[0]), vb = vf_set1(b[0]);
+    size_t i = 0;
+    flat_pos f = {0, len, vf_set1(m[0]), vf_set1(a[0]), vf_set1(b[0])};
     if (stream) {
         /* up to the first aligned output vector: inside row 0 (len >= NK_VL) */
         size_t h = nk_head(y);
         if (h) {
-            vx_store_n(y, norm1(vx_load_n(x, h), vm, va, vb, act, alpha), h);
+            vx_store_n(y, norm1(vx_load_n(x, h), f.vm, f.va, f.vb, act, alpha), h);
             i = h;
-            left -= h;
+            f.left -= h;
         }
     }
-    for (; i + NK_VL <= n; i += NK_VL) {
-        vf pm = vm, pa = va, pb = vb;
-        if (left <= NK_VL) {
-            /* row r ends in this vector: the lanes past it belong to r + 1 */
-            const size_t in = left;
-            if (r + 1 < rows) {
-                r++;
-                vm = vf_set1(m[r]), va = vf_set1(a[r]), vb = vf_set1(b[r]);
-            }
-            if (in < NK_VL)
-                pm = vf_first(in, pm, vm), pa = vf_first(in, pa, va), pb = vf_first(in, pb, vb);
-            left = len - (NK_VL - in);
-        } else {
-            left -= NK_VL;
-        }
+    /* pairs of vectors (the pair conversions of nk_simd.h), then one */
+    for (; i + 2 * NK_VL <= n; i += 2 * NK_VL) {
+        vf pm0, pa0, pb0, pm1, pa1, pb1, v0, v1;
+        flat_next(&f, rows, len, m, a, b, &pm0, &pa0, &pb0);
+        flat_next(&f, rows, len, m, a, b, &pm1, &pa1, &pb1);
+        vx_loadu2(x + i, &v0, &v1);
+        v0 = norm1(v0, pm0, pa0, pb0, act, alpha);
+        v1 = norm1(v1, pm1, pa1, pb1, act, alpha);
+        if (stream)
+            vx_stream2(y + i, v0, v1);
+        else
+            vx_storeu2(y + i, v0, v1);
+    }
+    if (i + NK_VL <= n) {
+        vf pm, pa, pb;
+        flat_next(&f, rows, len, m, a, b, &pm, &pa, &pb);
         vf o = norm1(vx_loadu(x + i), pm, pa, pb, act, alpha);
         if (stream)
             vx_stream(y + i, o);
         else
             vx_storeu(y + i, o);
+        i += NK_VL;
     }
     /* the tail (< NK_VL <= len) lies in the last row */
     if (i < n)
-        vx_store_n(y + i, norm1(vx_load_n(x + i, n - i), vm, va, vb, act, alpha), n - i);
+        vx_store_n(y + i, norm1(vx_load_n(x + i, n - i), f.vm, f.va, f.vb, act, alpha), n - i);
 }
 
 NK_INLINE void rows_body(const xt *x, xt *y, size_t rows, size_t len, size_t xstride,
@@ -147,13 +180,26 @@ NK_INLINE void cols_block(const xt *x, xt *y, size_t nr, size_t xstride, size_t 
     for (size_t r = 0; r < nr; r++) {
         const xt *xr = x + r * xstride;
         xt *yr = y + r * ystride;
-        for (int v = 0; v < V; v++) {
+        if (tail) {
+            vx_store_n(yr, norm1(vx_load_n(xr, tail), vm[0], va[0], vb[0], act, alpha), tail);
+            continue;
+        }
+        int v = 0;
+        for (; v + 2 <= V; v += 2) {
             const size_t o = (size_t)v * NK_VL;
-            vf o1 = norm1(tail ? vx_load_n(xr, tail) : vx_loadu(xr + o), vm[v], va[v], vb[v], act,
-                          alpha);
-            if (tail)
-                vx_store_n(yr, o1, tail);
-            else if (stream)
+            vf v0, v1;
+            vx_loadu2(xr + o, &v0, &v1);
+            v0 = norm1(v0, vm[v], va[v], vb[v], act, alpha);
+            v1 = norm1(v1, vm[v + 1], va[v + 1], vb[v + 1], act, alpha);
+            if (stream)
+                vx_stream2(yr + o, v0, v1);
+            else
+                vx_storeu2(yr + o, v0, v1);
+        }
+        if (v < V) {
+            const size_t o = (size_t)v * NK_VL;
+            vf o1 = norm1(vx_loadu(xr + o), vm[v], va[v], vb[v], act, alpha);
+            if (stream)
                 vx_stream(yr + o, o1);
             else
                 vx_storeu(yr + o, o1);
@@ -237,6 +283,21 @@ NK_INLINE void cols_body(const xt *x, xt *y, size_t rows, size_t cols, size_t xs
         const xt *xr = x + r * xstride;
         xt *yr = y + r * ystride;
         size_t j = 0;
+        for (; j + 2 * NK_VL <= cols; j += 2 * NK_VL) {
+            const vf vm0 = vf_loadu(m + j), va0 = vf_loadu(a + j), vb0 = vf_loadu(b + j);
+            const vf vm1 = vf_loadu(m + j + NK_VL), va1 = vf_loadu(a + j + NK_VL),
+                     vb1 = vf_loadu(b + j + NK_VL);
+            for (int q = 0; q < COLS_ROWS; q++) {
+                vf v0, v1;
+                vx_loadu2(xr + q * xstride + j, &v0, &v1);
+                v0 = norm1(v0, vm0, va0, vb0, act, alpha);
+                v1 = norm1(v1, vm1, va1, vb1, act, alpha);
+                if (stream)
+                    vx_stream2(yr + q * ystride + j, v0, v1);
+                else
+                    vx_storeu2(yr + q * ystride + j, v0, v1);
+            }
+        }
         for (; j + NK_VL <= cols; j += NK_VL) {
             const vf vm = vf_loadu(m + j), va = vf_loadu(a + j), vb = vf_loadu(b + j);
             for (int q = 0; q < COLS_ROWS; q++) {
@@ -286,8 +347,9 @@ static void NK_FN(norm_cols)(const void *x, void *y, size_t rows, size_t cols, s
 #define AFF_G(i, n) (HG ? ((n) ? vf_load_n(g + (i), (n)) : vf_loadu(g + (i))) : one)
 #define AFF_B(i, n) (HB ? ((n) ? vf_load_n(b + (i), (n)) : vf_loadu(b + (i))) : vf_zero())
 #define AFF_X(i, n) ((n) ? vx_load_n(xr + (i), (n)) : vx_loadu(xr + (i)))
-#define AFF(i, n) \
-    act_apply(vf_fma(vf_mul(vf_sub(AFF_X(i, n), vm), vs), AFF_G(i, n), AFF_B(i, n)), act, alpha)
+#define AFF_V(v, i, n) \
+    act_apply(vf_fma(vf_mul(vf_sub((v), vm), vs), AFF_G(i, n), AFF_B(i, n)), act, alpha)
+#define AFF(i, n) AFF_V(AFF_X(i, n), i, n)
 
 NK_INLINE void affine_body(const xt *x, xt *y, size_t rows, size_t len, size_t xstride,
                            size_t ystride, const float *m, const float *s, const float *g,
@@ -305,13 +367,18 @@ NK_INLINE void affine_body(const xt *x, xt *y, size_t rows, size_t len, size_t x
             h = h < len ? h : len;
             if (h)
                 vx_store_n(yr, AFF(0, h), h);
-            for (i = h; i + NK_VL <= len; i += NK_VL)
+            for (i = h; i + 2 * NK_VL <= len; i += 2 * NK_VL) {
+                vf v0, v1;
+                vx_loadu2(xr + i, &v0, &v1);
+                vx_stream2(yr + i, AFF_V(v0, i, 0), AFF_V(v1, i + NK_VL, 0));
+            }
+            for (; i + NK_VL <= len; i += NK_VL)
                 vx_stream(yr + i, AFF(i, 0));
         } else {
             for (; i + 2 * NK_VL <= len; i += 2 * NK_VL) {
-                vf v0 = AFF(i, 0), v1 = AFF(i + NK_VL, 0);
-                vx_storeu(yr + i, v0);
-                vx_storeu(yr + i + NK_VL, v1);
+                vf v0, v1;
+                vx_loadu2(xr + i, &v0, &v1);
+                vx_storeu2(yr + i, AFF_V(v0, i, 0), AFF_V(v1, i + NK_VL, 0));
             }
             for (; i + NK_VL <= len; i += NK_VL)
                 vx_storeu(yr + i, AFF(i, 0));
@@ -321,6 +388,7 @@ NK_INLINE void affine_body(const xt *x, xt *y, size_t rows, size_t len, size_t x
     }
 }
 #undef AFF
+#undef AFF_V
 #undef AFF_X
 #undef AFF_B
 #undef AFF_G
