@@ -15,3 +15,18 @@ else
 fi
 ninja -C build-torch
 PYTHON="$python" bash python/run_tests.sh build-torch
+# What `meson install` puts in place: the package and its library side by
+# side in the interpreter's site directory, importable from there
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+DESTDIR="$tmp" meson install -C build-torch --quiet --no-rebuild
+init=$(find "$tmp" -path '*/normkit/__init__.py' | head -n 1)
+[ -n "$init" ] || { echo "error: normkit/__init__.py not installed" >&2; exit 1; }
+pkg=$(dirname "$init")
+test -f "$pkg/torch.py" && test -f "$pkg/_normkit_aten.so"
+(cd "$tmp" && PYTHONPATH=$(dirname "$pkg") "$python" -c '
+import torch, normkit.torch
+normkit.torch.enable()
+y = torch.nn.functional.layer_norm(torch.randn(4, 8), (8,))
+assert normkit.torch.stats()["layer_norm"] == (1, 0), normkit.torch.stats()
+print("installed normkit.torch: ok, ISA", normkit.torch.isa())')
