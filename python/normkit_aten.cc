@@ -11,8 +11,8 @@
 // these kernels (save_mean / save_invstd, mean / rstd) and ATen's backward
 // kernels consume them.
 //
-// A call normkit does not cover (other dtypes, strides other than dense
-// channels-first / channels-last, empty tensors, mismatched parameter types,
+// A call normkit does not cover (other dtypes, BatchNorm and GroupNorm input
+// strides other than dense channels-first / channels-last, empty tensors, mismatched parameter types,
 // a shape or value normkit refuses) goes to ATen's CPU implementation,
 // at::native::batch_norm_cpu / layer_norm_cpu / native_group_norm, called
 // directly and not through the dispatcher, so it never comes back here.
@@ -243,13 +243,15 @@ Tensors3 native_batch_norm(const at::Tensor &input, const c10::optional<at::Tens
 
 // ---- aten::native_layer_norm ------------------------------------------------
 
-bool layer_norm_nk(const at::Tensor &x, at::IntArrayRef normalized_shape, const at::Tensor &w,
-                   const at::Tensor &b, double eps, Tensors3 *out)
+bool layer_norm_nk(const at::Tensor &input, at::IntArrayRef normalized_shape,
+                   const at::Tensor &w, const at::Tensor &b, double eps, Tensors3 *out)
 {
     const int64_t nd = static_cast<int64_t>(normalized_shape.size());
-    if (!plain_cpu(x) || !dense_dtype(x) || x.numel() == 0 || nd < 1 || x.dim() < nd ||
-        !x.is_contiguous())
+    if (!plain_cpu(input) || !dense_dtype(input) || input.numel() == 0 || nd < 1 ||
+        input.dim() < nd)
         return false;
+    // a strided input is normalized from a contiguous copy, as ATen does
+    const at::Tensor x = input.contiguous();
     const int64_t axis = x.dim() - nd;
     if (x.sizes().slice(axis) != normalized_shape)
         return false;
