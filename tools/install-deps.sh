@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Debian packages a job needs. Usage: install-deps.sh test|bench|cross|golden|fuzz
+# Installs the Debian packages a job needs. Usage: install-deps.sh test|bench|cross|golden|fuzz|torch
 #   test    native build and cmocka tests (SLEEF, SIMDe for the emulated AVX-512 table)
 #   bench   test + Google Benchmark, oneDNN, libtorch, matplotlib
 #   cross   aarch64 and armhf cross toolchains, qemu-user and the arm64/armhf
 #           -dev packages (adds those foreign architectures): tools/cross-test.sh
 #   golden  test + PyTorch to regenerate tests/golden
+#   torch   test + libtorch, PyTorch and torchvision for the ATen CPU backend
+#           (python/, meson -Dtorch=enabled): tools/test-torch.sh
 #   fuzz    test + clang 14, its libFuzzer/ASan/UBSan runtimes (libclang-rt-14-dev) and
 #           llvm-symbolizer (llvm-14): tools/fuzz.sh; tools/tsan.sh uses gcc's libtsan2
 # Idempotent: nothing is fetched when every package is already installed.
@@ -21,6 +23,7 @@ case "$what" in
   test) pkgs="$native" ;;
   bench) pkgs="$native libbenchmark-dev libdnnl-dev libtorch-dev python3-matplotlib python3-numpy" ;;
   golden) pkgs="$native python3-torch python3-numpy" ;;
+  torch) pkgs="$native libtorch-dev python3-torch python3-torchvision python3-numpy" ;;
   cross)
     foreign_archs="arm64 armhf"
     pkgs="$base qemu-user
@@ -28,7 +31,7 @@ case "$what" in
       gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf libc6-dev-armhf-cross binutils-arm-linux-gnueabihf
       libcmocka-dev:arm64 libcmocka-dev:armhf libsleef-dev:arm64 libsleef-dev:armhf" ;;
   fuzz) pkgs="$native clang libclang-rt-14-dev llvm-14" ;;
-  *) echo "unknown job $what (test, bench, cross, golden or fuzz)" >&2; exit 2 ;;
+  *) echo "unknown job $what (test, bench, cross, golden, fuzz or torch)" >&2; exit 2 ;;
 esac
 
 for arch in $foreign_archs; do

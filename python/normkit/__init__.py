@@ -1,0 +1,1 @@
+"""normkit: SIMD normalization kernels. normkit.torch is the PyTorch ATen CPU backend."""

@@ -1,0 +1,427 @@
+// normkit as the CPU kernel of ATen's normalization operators (PyTorch 1.13).
+//
+// enable() registers kernels for aten::native_batch_norm,
+// aten::native_layer_norm and aten::native_group_norm at the CPU dispatch
+// key through a torch::Library handle; disable() destroys the handle, which
+// deregisters them and puts ATen's own kernels back in the dispatch table.
+// Every path above the CPU key stays ATen's: F.batch_norm reaches
+// native_batch_norm through _batch_norm_impl_index, F.instance_norm through
+// batch_norm on a (1, N*C, ...) view, F.layer_norm and F.group_norm through
+// their CompositeImplicit decompositions; autograd records the outputs of
+// these kernels (save_mean / save_invstd, mean / rstd) and ATen's backward
+// kernels consume them.
+//
+// A call normkit does not cover (other dtypes, BatchNorm and GroupNorm input
+// strides other than dense channels-first / channels-last, empty tensors, mismatched parameter types,
+// a shape or value normkit refuses) goes to ATen's CPU implementation,
+// at::native::batch_norm_cpu / layer_norm_cpu / native_group_norm, called
+// directly and not through the dispatcher, so it never comes back here.
+//
+// Threads: normkit's nk_threadpool runs on ATen's intra-op pool
+// (at::parallel_for), at at::get_num_threads() threads.
+//
+// The extension is a plain shared library loaded by torch.ops.load_library;
+// it registers the operators normkit::enable(), normkit::disable(),
+// normkit::is_enabled() and normkit::stats() for python/normkit/torch.py.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/native_batch_norm_native.h>
+#include <ATen/ops/native_group_norm_native.h>
+#include <ATen/ops/native_layer_norm_native.h>
+#include <c10/core/SymIntArrayRef.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <normkit.h>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using Tensors3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// Calls served by normkit and calls passed to ATen, per operator:
+// [0] native_batch_norm, [1] native_layer_norm, [2] native_group_norm
+std::atomic<int64_t> g_served[3];
+std::atomic<int64_t> g_fallback[3];
+
+// ---- nk_threadpool on ATen's intra-op pool ---------------------------------
+
+size_t pool_num_threads(void *)
+{
+    return at::in_parallel_region() ? 1 : static_cast<size_t>(at::get_num_threads());
+}
+
+void pool_parallel_for(void *, void (*task)(void *arg, size_t i), void *arg, size_t n)
+{
+    at::parallel_for(0, static_cast<int64_t>(n), 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; i++)
+            task(arg, static_cast<size_t>(i));
+    });
+}
+
+const nk_threadpool g_pool = {nullptr, pool_num_threads, pool_parallel_for};
+
+nk_context make_context()
+{
+    nk_context ctx = NK_CONTEXT_INIT;
+    ctx.pool = &g_pool;
+    return ctx;
+}
+
+// ---- what normkit takes -----------------------------------------------------
+
+bool dense_dtype(const at::Tensor &t)
+{
+    return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16;
+}
+
+uint32_t nk_dtype(at::ScalarType t) { return t == at::kBFloat16 ? NK_DTYPE_BF16 : NK_DTYPE_F32; }
+
+bool plain_cpu(const at::Tensor &t)
+{
+    return t.device().is_cpu() && t.layout() == at::kStrided && !t.is_quantized() &&
+           !t.is_neg() && !t.is_conj() && !t.is_nested();
+}
+
+// A per-channel vector: undefined, or 1-D dense with c values
+bool channel_vector(const at::Tensor &t, int64_t c)
+{
+    return !t.defined() ||
+           (plain_cpu(t) && t.dim() == 1 && t.size(0) == c && t.is_contiguous() && dense_dtype(t));
+}
+
+// The memory format of a dense (N, C, *) tensor as normkit sees it: its
+// layout, or false when the tensor is neither dense channels-first nor dense
+// channels-last. y is allocated in the same format (ATen's
+// empty_like(input, input.suggest_memory_format())).
+bool nc_layout(const at::Tensor &x, at::MemoryFormat *fmt, uint32_t *layout)
+{
+    at::MemoryFormat f = x.suggest_memory_format();
+    if (!x.is_contiguous(f))
+        return false;
+    *fmt = f;
+    *layout = (f == at::MemoryFormat::ChannelsLast || f == at::MemoryFormat::ChannelsLast3d)
+                  ? NK_CHANNELS_LAST
+                  : NK_CHANNELS_FIRST;
+    return true;
+}
+
+const at::Tensor &value(const c10::optional<at::Tensor> &t)
+{
+    static const at::Tensor undefined;
+    return t.has_value() ? *t : undefined;
+}
+
+// The single element type of the defined tensors among ts; false when they
+// disagree. *none is set when none is defined.
+bool common_type(std::initializer_list<const at::Tensor *> ts, at::ScalarType *type, bool *none)
+{
+    *none = true;
+    for (const at::Tensor *t : ts) {
+        if (!t->defined())
+            continue;
+        if (*none) {
+            *type = t->scalar_type();
+            *none = false;
+        } else if (t->scalar_type() != *type) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// ---- aten::native_batch_norm ------------------------------------------------
+
+// The normkit path; returns false (having written nothing) to leave the call
+// to ATen.
+bool batch_norm_nk(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b,
+                   const at::Tensor &rm, const at::Tensor &rv, bool training, double momentum,
+                   double eps, Tensors3 *out)
+{
+    if (!plain_cpu(x) || !dense_dtype(x) || x.dim() < 2 || x.numel() == 0)
+        return false;
+    const int64_t c = x.size(1);
+    if (!channel_vector(w, c) || !channel_vector(b, c) || !channel_vector(rm, c) ||
+        !channel_vector(rv, c))
+        return false;
+    if (rm.defined() != rv.defined() || (!training && !rm.defined()))
+        return false;
+    // ATen's rules: fp32 input with fp32 parameters; bf16 input with
+    // parameters and running statistics all fp32 (mixed) or all bf16
+    at::ScalarType pt = x.scalar_type();
+    bool none;
+    if (!common_type({&w, &b, &rm, &rv}, &pt, &none))
+        return false;
+    if (none)
+        pt = x.scalar_type();
+    if (x.scalar_type() == at::kFloat && pt != at::kFloat)
+        return false;
+    const bool mixed = x.scalar_type() != pt;
+    at::MemoryFormat fmt;
+    nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+    if (!nc_layout(x, &fmt, &d.layout))
+        return false;
+    d.dtype = nk_dtype(x.scalar_type());
+    d.param_dtype = nk_dtype(pt);
+    d.n = x.size(0);
+    d.c = c;
+    d.spatial = x.numel() / (d.n * c);
+
+    at::Tensor y = at::empty_like(x, fmt);
+    // saved statistics: fp32, or x's type when parameters are of x's type
+    const at::TensorOptions fo = x.options().dtype(at::kFloat);
+    const at::ScalarType save_type = mixed ? at::kFloat : x.scalar_type();
+    // running statistics in place when fp32, through fp32 copies when bf16
+    at::Tensor rm32, rv32;
+    if (rm.defined()) {
+        rm32 = rm.scalar_type() == at::kFloat ? rm : rm.to(at::kFloat);
+        rv32 = rv.scalar_type() == at::kFloat ? rv : rv.to(at::kFloat);
+    }
+    nk_context ctx = make_context();
+    const void *wp = w.defined() ? w.data_ptr() : nullptr;
+    const void *bp = b.defined() ? b.data_ptr() : nullptr;
+    nk_status st;
+    at::Tensor save_mean, save_invstd;
+    if (training) {
+        save_mean = at::empty({c}, fo);
+        save_invstd = at::empty({c}, fo);
+        nk_running_stats rs = {};
+        rs.momentum = momentum;
+        rs.unbiased = 1;
+        if (rm.defined()) {
+            rs.mean = rm32.data_ptr<float>();
+            rs.var = rv32.data_ptr<float>();
+        }
+        st = nk_batch_norm_train_ex(&ctx, &d, x.data_ptr(), y.data_ptr(), wp, bp, eps,
+                                    rm.defined() ? &rs : nullptr, save_mean.data_ptr<float>(),
+                                    save_invstd.data_ptr<float>());
+        if (st != NK_OK)
+            return false;
+        if (rm.defined() && rm.scalar_type() != at::kFloat) {
+            rm.copy_(rm32);
+            rv.copy_(rv32);
+        }
+        if (save_type != at::kFloat) {
+            save_mean = save_mean.to(save_type);
+            save_invstd = save_invstd.to(save_type);
+        }
+    } else {
+        st = nk_batch_norm_infer_ex(&ctx, &d, x.data_ptr(), y.data_ptr(), wp, bp,
+                                    rm32.data_ptr<float>(), rv32.data_ptr<float>(), eps);
+        if (st != NK_OK)
+            return false;
+        // ATen returns empty statistics in inference
+        save_mean = at::empty({0}, x.options().dtype(save_type));
+        save_invstd = at::empty({0}, x.options().dtype(save_type));
+    }
+    *out = Tensors3(y, save_mean, save_invstd);
+    return true;
+}
+
+Tensors3 native_batch_norm(const at::Tensor &input, const c10::optional<at::Tensor> &weight,
+                           const c10::optional<at::Tensor> &bias,
+                           const c10::optional<at::Tensor> &running_mean,
+                           const c10::optional<at::Tensor> &running_var, bool training,
+                           double momentum, double eps)
+{
+    Tensors3 out;
+    if (batch_norm_nk(input, value(weight), value(bias), value(running_mean), value(running_var),
+                      training, momentum, eps, &out)) {
+        g_served[0]++;
+        return out;
+    }
+    g_fallback[0]++;
+    return at::native::batch_norm_cpu(input, weight, bias, running_mean, running_var, training,
+                                      momentum, eps);
+}
+
+// ---- aten::native_layer_norm ------------------------------------------------
+
+bool layer_norm_nk(const at::Tensor &input, at::IntArrayRef normalized_shape,
+                   const at::Tensor &w, const at::Tensor &b, double eps, Tensors3 *out)
+{
+    const int64_t nd = static_cast<int64_t>(normalized_shape.size());
+    if (!plain_cpu(input) || !dense_dtype(input) || input.numel() == 0 || nd < 1 ||
+        input.dim() < nd)
+        return false;
+    // a strided input is normalized from a contiguous copy, as ATen does
+    const at::Tensor x = input.contiguous();
+    const int64_t axis = x.dim() - nd;
+    if (x.sizes().slice(axis) != normalized_shape)
+        return false;
+    for (const at::Tensor *p : {&w, &b}) {
+        // LayerNorm on the CPU in 1.13: parameters of x's type, shaped as normalized_shape
+        if (p->defined() && (!plain_cpu(*p) || p->scalar_type() != x.scalar_type() ||
+                             p->sizes() != normalized_shape || !p->is_contiguous()))
+            return false;
+    }
+    const int64_t cols = c10::multiply_integers(normalized_shape);
+    const int64_t rows = x.numel() / cols;
+    nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+    d.dtype = d.param_dtype = nk_dtype(x.scalar_type());
+    d.layout = NK_CHANNELS_LAST;
+    d.n = rows;
+    d.c = cols;
+    d.spatial = 1;
+    at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
+    at::Tensor mean = at::empty({rows}, x.options().dtype(at::kFloat));
+    at::Tensor rstd = at::empty({rows}, x.options().dtype(at::kFloat));
+    nk_context ctx = make_context();
+    nk_status st = nk_layer_norm_ex(&ctx, &d, x.data_ptr(), y.data_ptr(),
+                                    w.defined() ? w.data_ptr() : nullptr,
+                                    b.defined() ? b.data_ptr() : nullptr, eps,
+                                    mean.data_ptr<float>(), rstd.data_ptr<float>());
+    if (st != NK_OK)
+        return false;
+    // mean / rstd: x's type, shaped x.sizes()[:axis] + [1] * len(normalized_shape)
+    std::vector<int64_t> stat_shape(x.sizes().begin(), x.sizes().begin() + axis);
+    stat_shape.resize(x.dim(), 1);
+    mean = mean.to(x.scalar_type()).view(stat_shape);
+    rstd = rstd.to(x.scalar_type()).view(stat_shape);
+    *out = Tensors3(y, mean, rstd);
+    return true;
+}
+
+Tensors3 native_layer_norm(const at::Tensor &input, c10::SymIntArrayRef normalized_shape,
+                           const c10::optional<at::Tensor> &weight,
+                           const c10::optional<at::Tensor> &bias, double eps)
+{
+    at::IntArrayRef shape = c10::asIntArrayRefSlow(normalized_shape);
+    Tensors3 out;
+    if (layer_norm_nk(input, shape, value(weight), value(bias), eps, &out)) {
+        g_served[1]++;
+        return out;
+    }
+    g_fallback[1]++;
+    return at::native::layer_norm_cpu(input, shape, weight, bias, eps);
+}
+
+// ---- aten::native_group_norm ------------------------------------------------
+
+bool group_norm_nk(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, int64_t n,
+                   int64_t c, int64_t hxw, int64_t groups, double eps, Tensors3 *out)
+{
+    if (!plain_cpu(x) || !dense_dtype(x) || x.numel() == 0 || x.dim() < 2 || groups < 1 ||
+        c % groups != 0 || x.size(0) != n || x.size(1) != c || n * c * hxw != x.numel())
+        return false;
+    for (const at::Tensor *p : {&w, &b}) {
+        // GroupNorm on the CPU in 1.13: parameters of x's type
+        if (p->defined() && (!channel_vector(*p, c) || p->scalar_type() != x.scalar_type()))
+            return false;
+    }
+    at::MemoryFormat fmt;
+    nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+    if (!nc_layout(x, &fmt, &d.layout))
+        return false;
+    d.dtype = d.param_dtype = nk_dtype(x.scalar_type());
+    d.n = n;
+    d.c = c;
+    d.spatial = hxw;
+    at::Tensor y = at::empty_like(x, fmt);
+    at::Tensor mean = at::empty({n, groups}, x.options().dtype(at::kFloat));
+    at::Tensor rstd = at::empty({n, groups}, x.options().dtype(at::kFloat));
+    nk_context ctx = make_context();
+    nk_status st = nk_group_norm_ex(&ctx, &d, x.data_ptr(), y.data_ptr(), groups,
+                                    w.defined() ? w.data_ptr() : nullptr,
+                                    b.defined() ? b.data_ptr() : nullptr, eps,
+                                    mean.data_ptr<float>(), rstd.data_ptr<float>());
+    if (st != NK_OK)
+        return false;
+    *out = Tensors3(y, mean.to(x.scalar_type()), rstd.to(x.scalar_type()));
+    return true;
+}
+
+Tensors3 native_group_norm(const at::Tensor &input, const c10::optional<at::Tensor> &weight,
+                           const c10::optional<at::Tensor> &bias, c10::SymInt n, c10::SymInt c,
+                           c10::SymInt hxw, int64_t groups, double eps)
+{
+    const int64_t n_ = n.expect_int(), c_ = c.expect_int(), hxw_ = hxw.expect_int();
+    Tensors3 out;
+    if (group_norm_nk(input, value(weight), value(bias), n_, c_, hxw_, groups, eps, &out)) {
+        g_served[2]++;
+        return out;
+    }
+    g_fallback[2]++;
+    return at::native::native_group_norm(input, weight, bias, n_, c_, hxw_, groups, eps);
+}
+
+// ---- enable / disable -------------------------------------------------------
+
+std::mutex g_mutex;
+std::unique_ptr<torch::Library> g_impl; // alive while normkit serves the operators
+
+// Registering over ATen's CPU kernels makes the dispatcher warn once per
+// operator ("Overriding a previously registered kernel"); that is the
+// intended effect here, so those warnings are dropped and any other goes on
+// to the handler that was installed.
+class QuietOverride : public c10::WarningHandler {
+  public:
+    explicit QuietOverride(c10::WarningHandler *next) : next_(next) {}
+    void process(const c10::SourceLocation &loc, const std::string &msg,
+                 const bool verbatim) override
+    {
+        if (msg.find("Overriding a previously registered kernel") != std::string::npos)
+            return;
+        next_->process(loc, msg, verbatim);
+    }
+
+  private:
+    c10::WarningHandler *next_;
+};
+
+void enable()
+{
+    std::lock_guard<std::mutex> lock(g_mutex);
+    if (g_impl)
+        return;
+    QuietOverride quiet(c10::Warning::get_warning_handler());
+    c10::Warning::WarningHandlerGuard guard(&quiet);
+    auto lib = std::make_unique<torch::Library>(torch::Library::IMPL, "aten",
+                                                c10::DispatchKey::CPU, __FILE__, __LINE__);
+    lib->impl("native_batch_norm", TORCH_FN(native_batch_norm));
+    lib->impl("native_layer_norm", TORCH_FN(native_layer_norm));
+    lib->impl("native_group_norm", TORCH_FN(native_group_norm));
+    g_impl = std::move(lib);
+}
+
+void disable()
+{
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_impl.reset();
+}
+
+bool is_enabled()
+{
+    std::lock_guard<std::mutex> lock(g_mutex);
+    return g_impl != nullptr;
+}
+
+// [served, fallback] for batch_norm, layer_norm, group_norm; reset clears them
+std::vector<int64_t> stats(bool reset)
+{
+    std::vector<int64_t> v;
+    for (int i = 0; i < 3; i++) {
+        v.push_back(reset ? g_served[i].exchange(0) : g_served[i].load());
+        v.push_back(reset ? g_fallback[i].exchange(0) : g_fallback[i].load());
+    }
+    return v;
+}
+
+std::string isa() { return nk_isa_name(nk_get_isa()); }
+
+} // namespace
+
+TORCH_LIBRARY(normkit, m)
+{
+    m.def("enable() -> ()", &enable);
+    m.def("disable() -> ()", &disable);
+    m.def("is_enabled() -> bool", &is_enabled);
+    m.def("stats(bool reset=False) -> int[]", &stats);
+    m.def("isa() -> str", &isa);
+}
