@@ -350,6 +350,38 @@ static void NK_FN(norm_cols)(const void *x, void *y, size_t rows, size_t cols, s
 #define AFF_V(v, i, n) \
     act_apply(vf_fma(vf_mul(vf_sub((v), vm), vs), AFF_G(i, n), AFF_B(i, n)), act, alpha)
 #define AFF(i, n) AFF_V(AFF_X(i, n), i, n)
+/* the same with the row's m, s and loaded gamma, beta */
+#define AFF_GB(v, vm, vs, vg, vb) act_apply(vf_fma(vf_mul(vf_sub((v), (vm)), (vs)), (vg), (vb)), act, alpha)
+
+/* Row xr from column i on: the element pairs, then a vector, then a tail. */
+NK_INLINE void affine_row(const xt *xr, xt *yr, size_t i, size_t len, vf vm, vf vs,
+                          const float *g, const float *b, const int act, const int HG,
+                          const int HB, vf alpha, vf one, const nk_epilogue *ep)
+{
+    if (NK_STREAM(ep)) {
+        size_t h = nk_head(yr + i);
+        h = h < len - i ? h : len - i;
+        if (h)
+            vx_store_n(yr + i, AFF(i, h), h);
+        for (i += h; i + 2 * NK_VL <= len; i += 2 * NK_VL) {
+            vf v0, v1;
+            vx_loadu2(xr + i, &v0, &v1);
+            vx_stream2(yr + i, AFF_V(v0, i, 0), AFF_V(v1, i + NK_VL, 0));
+        }
+        for (; i + NK_VL <= len; i += NK_VL)
+            vx_stream(yr + i, AFF(i, 0));
+    } else {
+        for (; i + 2 * NK_VL <= len; i += 2 * NK_VL) {
+            vf v0, v1;
+            vx_loadu2(xr + i, &v0, &v1);
+            vx_storeu2(yr + i, AFF_V(v0, i, 0), AFF_V(v1, i + NK_VL, 0));
+        }
+        for (; i + NK_VL <= len; i += NK_VL)
+            vx_storeu(yr + i, AFF(i, 0));
+    }
+    if (i < len)
+        vx_store_n(yr + i, AFF(i, len - i), len - i);
+}
 
 NK_INLINE void affine_body(const xt *x, xt *y, size_t rows, size_t len, size_t xstride,
                            size_t ystride, const float *m, const float *s, const float *g,
@@ -357,37 +389,39 @@ NK_INLINE void affine_body(const xt *x, xt *y, size_t rows, size_t len, size_t x
                            const nk_epilogue *ep)
 {
     const vf alpha = vf_set1(ep->alpha), one = vf_set1(1.0f);
-    for (size_t r = 0; r < rows; r++) {
-        const xt *xr = x + r * xstride;
-        xt *yr = y + r * ystride;
-        const vf vm = vf_set1(m ? m[r] : 0.0f), vs = vf_set1(s[r]);
-        size_t i = 0;
-        if (NK_STREAM(ep)) {
-            size_t h = nk_head(yr);
-            h = h < len ? h : len;
-            if (h)
-                vx_store_n(yr, AFF(0, h), h);
-            for (i = h; i + 2 * NK_VL <= len; i += 2 * NK_VL) {
-                vf v0, v1;
-                vx_loadu2(xr + i, &v0, &v1);
-                vx_stream2(yr + i, AFF_V(v0, i, 0), AFF_V(v1, i + NK_VL, 0));
-            }
-            for (; i + NK_VL <= len; i += NK_VL)
-                vx_stream(yr + i, AFF(i, 0));
-        } else {
+    size_t r = 0;
+    /* Rows up to AFF_PAIR_MAX: two at a time share each load of gamma and
+     * beta, 4 loads of parameters and x per 2 output vectors instead of 6
+     * (the loads bound this loop from cache; AVX-512, 128x768 from L2: fp32
+     * 3.24 -> 3.09, bf16 3.65 -> 3.15 ns per 16 elements). Longer rows
+     * lose more to two rows and gamma, beta no longer sharing L1 (64x4096
+     * fp32: 3.85 -> 4.1). */
+#define AFF_PAIR_MAX 1024
+    if (!NK_STREAM(ep) && len <= AFF_PAIR_MAX)
+        for (; r + 2 <= rows; r += 2) {
+            const xt *xr = x + r * xstride, *xq = xr + xstride;
+            xt *yr = y + r * ystride, *yq = yr + ystride;
+            const vf m0 = vf_set1(m ? m[r] : 0.0f), s0 = vf_set1(s[r]);
+            const vf m1 = vf_set1(m ? m[r + 1] : 0.0f), s1 = vf_set1(s[r + 1]);
+            size_t i = 0;
             for (; i + 2 * NK_VL <= len; i += 2 * NK_VL) {
-                vf v0, v1;
-                vx_loadu2(xr + i, &v0, &v1);
-                vx_storeu2(yr + i, AFF_V(v0, i, 0), AFF_V(v1, i + NK_VL, 0));
+                const vf g0 = AFF_G(i, 0), g1 = AFF_G(i + NK_VL, 0);
+                const vf b0 = AFF_B(i, 0), b1 = AFF_B(i + NK_VL, 0);
+                vf a0, a1, c0, c1;
+                vx_loadu2(xr + i, &a0, &a1);
+                vx_loadu2(xq + i, &c0, &c1);
+                vx_storeu2(yr + i, AFF_GB(a0, m0, s0, g0, b0), AFF_GB(a1, m0, s0, g1, b1));
+                vx_storeu2(yq + i, AFF_GB(c0, m1, s1, g0, b0), AFF_GB(c1, m1, s1, g1, b1));
             }
-            for (; i + NK_VL <= len; i += NK_VL)
-                vx_storeu(yr + i, AFF(i, 0));
+            affine_row(xr, yr, i, len, m0, s0, g, b, act, HG, HB, alpha, one, ep);
+            affine_row(xq, yq, i, len, m1, s1, g, b, act, HG, HB, alpha, one, ep);
         }
-        if (i < len)
-            vx_store_n(yr + i, AFF(i, len - i), len - i);
-    }
+    for (; r < rows; r++)
+        affine_row(x + r * xstride, y + r * ystride, 0, len, vf_set1(m ? m[r] : 0.0f),
+                   vf_set1(s[r]), g, b, act, HG, HB, alpha, one, ep);
 }
 #undef AFF
+#undef AFF_GB
 #undef AFF_V
 #undef AFF_X
 #undef AFF_B
