@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cvt.h"
 #include "nk_test.h"
 
 enum { OP_BN, OP_BN_INFER, OP_IN, OP_GN, OP_LN, OP_RMS };
@@ -142,6 +143,8 @@ typedef struct fwd {
     double eps;
 } fwd;
 
+static void fwd_forward(const tcase *t, fwd *f);
+
 static void fwd_make(const tcase *t, uint64_t seed, fwd *f)
 {
     const size_t T = total(t), ns = nsets(t), C = (size_t)t->c;
@@ -164,6 +167,19 @@ static void fwd_make(const tcase *t, uint64_t seed, fwd *f)
             for (int64_t c = 0; c < t->c; c++)
                 for (int64_t s = 0; s < t->s; s++)
                     f->x[elem(t, n, c, s)] = (float)(t->shift + 0.25 * (double)(set_of(t, n, c, s) % 7));
+    if (t->op == OP_BN_INFER) {
+        /* running statistics: the mean and inv arrays hold mean and var */
+        nkt_fill(&r, f->mean, C, 0.1, 0.5);
+        for (size_t c = 0; c < C; c++)
+            f->inv[c] = (float)(0.5 + nkt_uniform(&r));
+    }
+    fwd_forward(t, f);
+}
+
+/* y and the saved statistics of f's inputs (BatchNorm inference: y from the
+ * running statistics in mean / inv) */
+static void fwd_forward(const tcase *t, fwd *f)
+{
     const nk_tensor_desc d = make_desc(t);
     const void *w = t->affine ? f->w : NULL, *b = t->affine ? f->b : NULL;
     nk_status st = NK_OK;
@@ -172,10 +188,6 @@ static void fwd_make(const tcase *t, uint64_t seed, fwd *f)
         st = nk_batch_norm_train_ex(NULL, &d, f->x, f->y, w, b, f->eps, NULL, f->mean, f->inv);
         break;
     case OP_BN_INFER:
-        /* running statistics: the mean and inv arrays hold mean and var */
-        nkt_fill(&r, f->mean, C, 0.1, 0.5);
-        for (size_t c = 0; c < C; c++)
-            f->inv[c] = (float)(0.5 + nkt_uniform(&r));
         st = nk_batch_norm_infer_ex(NULL, &d, f->x, f->y, w, b, f->mean, f->inv, f->eps);
         break;
     case OP_IN:
@@ -622,6 +634,83 @@ static void thread_determinism(void **state)
     }
 }
 
+/* fp16 / bf16: x, y, dy, dx of the dtype, weight and parameter gradients of
+ * param_dtype. The arithmetic is the fp32 path's on the widened values, so
+ * dx is the fp32 backward's dx on those values rounded once, bit for bit,
+ * and so are 16-bit dweight / dbias. */
+static uint16_t to16(unsigned dt, float v) { return dt == NK_DTYPE_F16 ? nk_f32_to_f16(v) : nk_f32_to_bf16(v); }
+static float from16(unsigned dt, uint16_t h) { return dt == NK_DTYPE_F16 ? nk_f16_to_f32(h) : nk_bf16_to_f32(h); }
+
+static void low_precision(void **state)
+{
+    (void)state;
+    for (unsigned dt = NK_DTYPE_F16; dt <= NK_DTYPE_BF16; dt++)
+        for (int op = OP_BN; op <= OP_RMS; op++)
+            for (int layout = 0; layout < 2; layout++)
+                for (unsigned pdt = 0; pdt < 2; pdt++) {
+                    if ((op == OP_LN || op == OP_RMS) && layout == NK_CHANNELS_FIRST)
+                        continue;
+                    tcase t = {op, 3, 12, 37, layout, 3, layout ? NK_ACT_RELU : NK_ACT_NONE, 0.01f,
+                               1, 0.0, 0};
+                    fwd f;
+                    fwd_make(&t, nkt_run_seed() + 6000 + dt * 100 + (uint64_t)(op * 4 + layout * 2) + pdt, &f);
+                    const size_t T = total(&t), C = (size_t)t.c;
+                    const unsigned wdt = pdt ? dt : NK_DTYPE_F32;
+                    uint16_t *x16 = malloc(T * 2), *y16 = malloc(T * 2), *dy16 = malloc(T * 2),
+                             *dx16 = malloc(T * 2), w16[12], dw16[12], db16[12];
+                    float *dx = malloc(T * sizeof(float)), dw[12], db[12], dwf[12], dbf[12];
+                    for (size_t i = 0; i < T; i++) {
+                        x16[i] = to16(dt, f.x[i]);
+                        y16[i] = to16(dt, f.y[i]);
+                        dy16[i] = to16(dt, f.dy[i]);
+                        f.x[i] = from16(dt, x16[i]);
+                        f.y[i] = from16(dt, y16[i]);
+                        f.dy[i] = from16(dt, dy16[i]);
+                    }
+                    if (pdt)
+                        for (size_t c = 0; c < C; c++) {
+                            w16[c] = to16(dt, f.w[c]);
+                            f.w[c] = from16(dt, w16[c]);
+                        }
+                    nk_tensor_desc d = make_desc(&t);
+                    float *dbp = op == OP_RMS ? NULL : db;
+                    assert_int_equal(run_bwd(NULL, &t, &d, &f, f.dy, dx, dw, dbp), NK_OK);
+                    fwd h = f;
+                    h.x = (float *)(void *)x16;
+                    h.y = (float *)(void *)y16;
+                    if (pdt)
+                        h.w = (float *)(void *)w16;
+                    d.dtype = dt;
+                    d.param_dtype = wdt;
+                    void *ow = pdt ? (void *)dw16 : (void *)dwf, *ob = pdt ? (void *)db16 : (void *)dbf;
+                    assert_int_equal(run_bwd(NULL, &t, &d, &h, (const float *)(void *)dy16,
+                                             (float *)(void *)dx16, ow, op == OP_RMS ? NULL : ob),
+                                     NK_OK);
+                    for (size_t i = 0; i < T; i++)
+                        if (dx16[i] != to16(dt, dx[i]))
+                            fail_msg("%s dtype %u layout %d: dx[%zu] = %.6g, fp32 path %.6g",
+                                     op_names[op], dt, layout, i, (double)from16(dt, dx16[i]),
+                                     (double)dx[i]);
+                    for (size_t c = 0; c < C; c++) {
+                        if (pdt) {
+                            assert_int_equal(dw16[c], to16(dt, dw[c]));
+                            if (dbp)
+                                assert_int_equal(db16[c], to16(dt, db[c]));
+                        } else {
+                            assert_true(dwf[c] == dw[c]);
+                            if (dbp)
+                                assert_true(dbf[c] == db[c]);
+                        }
+                    }
+                    free(x16);
+                    free(y16);
+                    free(dy16);
+                    free(dx16);
+                    free(dx);
+                    fwd_free(&f);
+                }
+}
+
 /* Every bad argument: a status, a message naming it, outputs untouched. */
 static void validation(void **state)
 {
@@ -731,6 +820,7 @@ int main(void)
         cmocka_unit_test(activation_masks),
         cmocka_unit_test(sync_pieces),
         cmocka_unit_test(thread_determinism),
+        cmocka_unit_test(low_precision),
         cmocka_unit_test(validation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
