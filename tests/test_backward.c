@@ -711,6 +711,98 @@ static void low_precision(void **state)
                 }
 }
 
+/* PyTorch 1.13 autograd (tests/gen_golden_backward.py): the forward here
+ * gives y and the statistics, the backward the gradients torch computed. */
+typedef struct bwd_golden {
+    const char *name;
+    int op, layout;
+    int64_t n, c, s, groups;
+    int act;
+    float alpha;
+    int affine;
+    double eps;
+    const float *x, *dy, *w, *b, *rm, *rv, *dx, *dw, *db;
+} bwd_golden;
+#include "golden/torch_golden_backward.h"
+
+static void torch_goldens(void **state)
+{
+    (void)state;
+    for (size_t gi = 0; gi < sizeof bwd_goldens / sizeof bwd_goldens[0]; gi++) {
+        const bwd_golden *gd = &bwd_goldens[gi];
+        tcase t = {gd->op, gd->n, gd->c, gd->s, gd->layout, gd->groups, gd->act, gd->alpha,
+                   gd->affine, 0.0, 0};
+        const size_t T = total(&t), C = (size_t)t.c, ns = nsets(&t);
+        fwd f;
+        f.x = malloc(T * sizeof(float));
+        f.y = malloc(T * sizeof(float));
+        f.dy = malloc(T * sizeof(float));
+        f.w = malloc(C * sizeof(float));
+        f.b = malloc(C * sizeof(float));
+        f.mean = malloc((ns > C ? ns : C) * sizeof(float));
+        f.inv = malloc((ns > C ? ns : C) * sizeof(float));
+        f.eps = gd->eps;
+        memcpy(f.x, gd->x, T * sizeof(float));
+        memcpy(f.dy, gd->dy, T * sizeof(float));
+        memcpy(f.w, gd->w, C * sizeof(float));
+        memcpy(f.b, gd->b, C * sizeof(float));
+        if (t.op == OP_BN_INFER) {
+            memcpy(f.mean, gd->rm, C * sizeof(float));
+            memcpy(f.inv, gd->rv, C * sizeof(float));
+        }
+        fwd_forward(&t, &f);
+        float *dx = malloc(T * sizeof(float)), *dw = malloc(C * sizeof(float)),
+              *db = malloc(C * sizeof(float));
+        const nk_tensor_desc d = make_desc(&t);
+        const bool has_db = t.op != OP_RMS;
+        assert_int_equal(run_bwd(NULL, &t, &d, &f, f.dy, dx, dw, has_db ? db : NULL), NK_OK);
+        /* the magnitudes of the terms each gradient cancels from (the
+         * float64 reference's), the scale of the fp32 rounding on both sides */
+        double *r = malloc((T > C ? T : C) * sizeof(double));
+        double *rx = malloc(T * sizeof(double)), *rw = malloc(C * sizeof(double)),
+               *rb = malloc(C * sizeof(double));
+        ref_scale sc = {malloc(T * sizeof(double)), malloc(C * sizeof(double)),
+                        malloc(C * sizeof(double))};
+        ref_backward_s(&t, f.x, f.y, f.dy, t.affine ? f.w : NULL, f.mean, f.inv, f.eps, rx, rw, rb,
+                       &sc);
+        const struct {
+            const char *what;
+            const float *got, *want;
+            const double *scale;
+            size_t n;
+            bool on;
+        } outs[] = {{"dx", dx, gd->dx, sc.x, T, true},
+                    {"dweight", dw, gd->dw, sc.w, C, t.affine != 0},
+                    {"dbias", db, gd->db, sc.b, C, t.affine && has_db}};
+        for (size_t k = 0; k < 3; k++) {
+            if (!outs[k].on)
+                continue;
+            for (size_t i = 0; i < outs[k].n; i++)
+                r[i] = outs[k].want[i];
+            /* fp32 on both sides, statistics rounded apart; torch's own
+             * cancellation (gradients that are 0 here, such as the
+             * dweight of one-element groups) within an absolute 1e-5 of
+             * these O(1) data */
+            const double tol = 1e-5 * max_abs(r, outs[k].n) + 1e-5;
+            for (size_t i = 0; i < outs[k].n; i++)
+                if (!(fabs((double)outs[k].got[i] - r[i]) <= tol + 4e-6 * outs[k].scale[i]))
+                    fail_msg("golden %s %s[%zu] = %.9g, torch %.9g", gd->name, outs[k].what, i,
+                             (double)outs[k].got[i], r[i]);
+        }
+        free(r);
+        free(rx);
+        free(rw);
+        free(rb);
+        free(sc.x);
+        free(sc.w);
+        free(sc.b);
+        free(dx);
+        free(dw);
+        free(db);
+        fwd_free(&f);
+    }
+}
+
 /* Every bad argument: a status, a message naming it, outputs untouched. */
 static void validation(void **state)
 {
@@ -821,6 +913,7 @@ int main(void)
         cmocka_unit_test(sync_pieces),
         cmocka_unit_test(thread_determinism),
         cmocka_unit_test(low_precision),
+        cmocka_unit_test(torch_goldens),
         cmocka_unit_test(validation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
