@@ -26,7 +26,7 @@
  *
  * dweight / dbias of InstanceNorm, GroupNorm, LayerNorm and RMSNorm sum over
  * samples (rows) with each sample's own statistics. They are owned by blocks
- * of 64 channels (columns): one task per block walks every sample in order,
+ * of 64 channels (256 columns): one task per block walks every sample in order,
  * so the result does not depend on the pool, and no partial array outlives
  * a task. The cost is one more read of x and dy (and y with an activation)
  * than dx alone: 2 reads + 1 write for dx, 2 more reads for the parameter
@@ -420,6 +420,16 @@ static void bw_run(nk_call *cl, bw_op *o, bool sums, bool cols)
 
 /* ---- parameter gradients of the per-sample operators ---- */
 
+/* Columns per task of LayerNorm's and RMSNorm's parameter gradients: rows
+ * are read in runs of 1 KiB (fp32) per array. A column's sum does not depend
+ * on the block it is in (the kernels' lanes are independent). */
+#define BW_PARAM_COLS 256
+
+static size_t bw_params_block(const bw_op *o)
+{
+    return o->kind == BW_LN || o->kind == BW_RMS ? BW_PARAM_COLS : BW_SETS;
+}
+
 /* Channels [c0, c0 + nc) (columns of LayerNorm / RMSNorm), every sample in
  * order: task t owns block t. */
 static void bw_params_task(void *arg, size_t t)
@@ -427,8 +437,9 @@ static void bw_params_task(void *arg, size_t t)
     const bw_op *o = arg;
     const nk_call *cl = o->cl;
     const nk_kernels *k = cl->k;
-    const size_t c0 = t * BW_SETS, nc = cl->c - c0 < BW_SETS ? cl->c - c0 : BW_SETS;
-    double aw[BW_SETS] = {0}, ab[BW_SETS] = {0}, sg[BW_SETS], sgx[BW_SETS];
+    const size_t blk = bw_params_block(o);
+    const size_t c0 = t * blk, nc = cl->c - c0 < blk ? cl->c - c0 : blk;
+    double aw[BW_PARAM_COLS] = {0}, ab[BW_PARAM_COLS] = {0}, sg[BW_SETS], sgx[BW_SETS];
     float mrow[BW_SETS];
     if (o->kind == BW_LN || o->kind == BW_RMS) {
         const size_t rows = cl->n * cl->s;
@@ -476,7 +487,8 @@ static void bw_params_task(void *arg, size_t t)
 
 static void bw_params(nk_call *cl, bw_op *o)
 {
-    nk_par_run(&cl->ex, (cl->c + BW_SETS - 1) / BW_SETS, 2 * cl->total, bw_params_task, o);
+    const size_t blk = bw_params_block(o);
+    nk_par_run(&cl->ex, (cl->c + blk - 1) / blk, 2 * cl->total, bw_params_task, o);
 }
 
 /* ---- operators ---- */
