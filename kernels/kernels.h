@@ -221,7 +221,8 @@ typedef void (*nk_bwd_sums_cols_fn)(const void *x, const void *y, const void *dy
                                     double *sg, double *sgx);
 /*
  * Row input gradient, per-row coefficients (index r * ps, ps 0 or 1) and an
- * optional per-column weight w (NULL = 1):
+ * optional per-column weight w (NULL = 1); ep->stream allows non-temporal
+ * stores of dx:
  *   dx[r][i] = fma(k1[r] * w[i], g, fma(k2[r], x[r][i] - m[r], k3[r]))
  */
 typedef void (*nk_bwd_dx_rows_fn)(const void *x, const void *y, const void *dy, void *dx,

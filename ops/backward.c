@@ -584,7 +584,9 @@ static nk_status bw_begin(nk_call *cl, bw_op *o, const char *fn, const nk_contex
     nk_status st = nk_call_from_desc(cl, fn, ctx, desc, &stand_in[0], &stand_in[1], 0.0, true);
     if (st)
         return st;
-    cl->ep.stream = 0;
+    /* dx is written once and never re-read: it streams where the forward's
+     * output would (nk_call_from_desc's size rule); the column kernels do
+     * not stream */
     if (cl->ep.act != NK_ACT_NONE && cl->ep.act != NK_ACT_RELU && cl->ep.act != NK_ACT_LEAKY_RELU)
         return nk_fail(NK_ERR_UNSUPPORTED,
                        "%s: the backward of desc->activation %s needs the pre-activation; only "

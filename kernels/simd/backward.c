@@ -10,7 +10,9 @@
  * the scalar result bit for bit given the same coefficients.
  *
  * The activation and the presence of a column weight are compile-time
- * constants of always-inlined bodies, selected outside the loops.
+ * constants of always-inlined bodies, selected outside the loops. dx rows
+ * stream (non-temporal stores) where NK_STREAM(ep), as the forward's
+ * outputs; the column kernel's stores are ordinary.
  */
 #include "kernels/simd/nk_simd.h"
 
@@ -205,22 +207,42 @@ NK_INLINE vf dx1(vf g, vf x, vf m, vf k1w, vf k2, vf k3)
     return vf_fma(k1w, g, vf_fma(k2, vf_sub(x, m), k3));
 }
 
+/* dx of elements [i, i + n) of a row, n <= NK_VL */
+NK_INLINE vf dx_part(const xt *x, const xt *y, const xt *dy, size_t i, size_t n, vf vm, vf v1,
+                     vf v2, vf v3, const float *w, const int hw, const int act, vf alpha)
+{
+    const vf g = bwd_gn(y ? y + i : NULL, dy + i, n, act, alpha);
+    const vf k1w = hw ? vf_mul(v1, vf_load_n(w + i, n)) : v1;
+    return dx1(g, vx_load_n(x + i, n), vm, k1w, v2, v3);
+}
+
+/* With `stream` the full vectors go out with non-temporal stores once dx is
+ * vector aligned (outputs larger than the cache: no read for ownership);
+ * head and tail use masked stores. */
 NK_INLINE void dx_row(const xt *x, const xt *y, const xt *dy, xt *dx, size_t len, float m, float k1,
-                      float k2, float k3, const float *w, const int hw, const int act, vf alpha)
+                      float k2, float k3, const float *w, const int hw, const int act, vf alpha,
+                      const int stream)
 {
     const vf vm = vf_set1(m), v1 = vf_set1(k1), v2 = vf_set1(k2), v3 = vf_set1(k3);
     size_t i = 0;
+    if (stream) {
+        size_t h = nk_head(dx);
+        h = h < len ? h : len;
+        if (h)
+            vx_store_n(dx, dx_part(x, y, dy, 0, h, vm, v1, v2, v3, w, hw, act, alpha), h);
+        i = h;
+    }
     for (; i + NK_VL <= len; i += NK_VL) {
         const vf g = bwd_gv(y ? y + i : NULL, dy + i, act, alpha);
         const vf k1w = hw ? vf_mul(v1, vf_loadu(w + i)) : v1;
-        vx_storeu(dx + i, dx1(g, vx_loadu(x + i), vm, k1w, v2, v3));
+        const vf o = dx1(g, vx_loadu(x + i), vm, k1w, v2, v3);
+        if (stream)
+            vx_stream(dx + i, o);
+        else
+            vx_storeu(dx + i, o);
     }
-    if (i < len) {
-        const size_t n = len - i;
-        const vf g = bwd_gn(y ? y + i : NULL, dy + i, n, act, alpha);
-        const vf k1w = hw ? vf_mul(v1, vf_load_n(w + i, n)) : v1;
-        vx_store_n(dx + i, dx1(g, vx_load_n(x + i, n), vm, k1w, v2, v3), n);
-    }
+    if (i < len)
+        vx_store_n(dx + i, dx_part(x, y, dy, i, len - i, vm, v1, v2, v3, w, hw, act, alpha), len - i);
 }
 
 NK_INLINE void dx_rows_body(const xt *x, const xt *y, const xt *dy, xt *dx, size_t rows, size_t len,
@@ -232,12 +254,21 @@ NK_INLINE void dx_rows_body(const xt *x, const xt *y, const xt *dy, xt *dx, size
     for (size_t r = 0; r < rows; r++) {
         const size_t p = r * ps;
         const xt *yr = y ? y + r * ystride : NULL;
-        if (w)
-            dx_row(x + r * xstride, yr, dy + r * ystride, dx + r * xstride, len, m[p], k1[p], k2[p],
-                   k3[p], w, 1, act, alpha);
-        else
-            dx_row(x + r * xstride, yr, dy + r * ystride, dx + r * xstride, len, m[p], k1[p], k2[p],
-                   k3[p], NULL, 0, act, alpha);
+#define ROW(W, HW, S)                                                                             \
+    dx_row(x + r * xstride, yr, dy + r * ystride, dx + r * xstride, len, m[p], k1[p], k2[p], k3[p], \
+           W, HW, act, alpha, S)
+        if (NK_STREAM(ep)) {
+            if (w)
+                ROW(w, 1, 1);
+            else
+                ROW(NULL, 0, 1);
+        } else {
+            if (w)
+                ROW(w, 1, 0);
+            else
+                ROW(NULL, 0, 0);
+        }
+#undef ROW
     }
 }
 
@@ -251,6 +282,8 @@ static void NK_FN(bwd_dx_rows)(const void *x, const void *y, const void *dy, voi
                  ystride, m, k1, k2, k3, ps, w, ACT, ep)
     NK_BWD_ACT_SWITCH(BODY)
 #undef BODY
+    if (NK_STREAM(ep))
+        nk_stream_fence();
 }
 
 /* Columns [0, V * NK_VL) or one vector of `tail` lanes, every row, with the
