@@ -176,16 +176,24 @@ NK_INLINE void sums_cols_body(const xt *x, const xt *y, const xt *dy, size_t row
                               double *sgx)
 {
     const vf alpha = vf_set1(ep->alpha);
-    size_t c = 0;
-    for (; c + 4 * NK_VL <= cols; c += 4 * NK_VL)
-        sums_cols_block(x + c, y ? y + c : NULL, dy + c, rows, xstride, ystride, mc ? mc + c : NULL,
-                        mr, sr, 4, 0, act, alpha, sg + c, sgx + c);
-    for (; c + NK_VL <= cols; c += NK_VL)
-        sums_cols_block(x + c, y ? y + c : NULL, dy + c, rows, xstride, ystride, mc ? mc + c : NULL,
-                        mr, sr, 1, 0, act, alpha, sg + c, sgx + c);
-    if (c < cols)
-        sums_cols_block(x + c, y ? y + c : NULL, dy + c, rows, xstride, ystride, mc ? mc + c : NULL,
-                        mr, sr, 1, cols - c, act, alpha, sg + c, sgx + c);
+    /* chunks of rows outside, column blocks inside: each row is read in one
+     * short window (wide rows far apart would defeat the prefetchers if
+     * every block walked all rows); a column's sums are the same either way */
+    for (size_t r0 = 0; r0 < rows; r0 += NK_BWD_CHUNK_ROWS) {
+        const size_t nr = rows - r0 < NK_BWD_CHUNK_ROWS ? rows - r0 : NK_BWD_CHUNK_ROWS;
+        const xt *xr = x + r0 * xstride, *dr = dy + r0 * ystride, *yr = y ? y + r0 * ystride : NULL;
+        const float *mrr = mr ? mr + r0 : NULL, *srr = sr ? sr + r0 : NULL;
+        size_t c = 0;
+        for (; c + 4 * NK_VL <= cols; c += 4 * NK_VL)
+            sums_cols_block(xr + c, yr ? yr + c : NULL, dr + c, nr, xstride, ystride,
+                            mc ? mc + c : NULL, mrr, srr, 4, 0, act, alpha, sg + c, sgx + c);
+        for (; c + NK_VL <= cols; c += NK_VL)
+            sums_cols_block(xr + c, yr ? yr + c : NULL, dr + c, nr, xstride, ystride,
+                            mc ? mc + c : NULL, mrr, srr, 1, 0, act, alpha, sg + c, sgx + c);
+        if (c < cols)
+            sums_cols_block(xr + c, yr ? yr + c : NULL, dr + c, nr, xstride, ystride,
+                            mc ? mc + c : NULL, mrr, srr, 1, cols - c, act, alpha, sg + c, sgx + c);
+    }
 }
 
 static void NK_FN(bwd_sums_cols)(const void *x, const void *y, const void *dy, size_t rows,
