@@ -414,7 +414,11 @@ NK_API nk_status nk_rms_norm_ex(const nk_context *ctx, const nk_tensor_desc *des
  *                (the sign of y is then not the sign of its input).
  *   weight       desc->param_dtype; NULL means 1 (affine off)
  *   dweight, dbias  desc->param_dtype, C values (LayerNorm / RMSNorm: c),
- *                each rounded once from its fp64 sum. With weight == NULL
+ *                each its fp64 sum rounded to fp32 (and that to 16 bits for
+ *                a 16-bit param_dtype). A 16-bit weight of more than 2048
+ *                entries is widened into one heap buffer per call, as the
+ *                forward's (NK_ERR_OUT_OF_MEMORY without one); nothing
+ *                else allocates. With weight == NULL
  *                they are still the gradients with respect to an implicit
  *                weight of 1 and bias of 0 (PyTorch returns none; a caller
  *                that wants none passes NULL).
