@@ -21,6 +21,12 @@
  * model/<shape>/<dtype>/<impl>, sweep/<op>/<layout>/<dtype>/<isa>/...,
  * <dtype> being f32, bf16, f16 (bf16_w16, f16_w16 with 16-bit parameters).
  * memcpy rows copy the tensor's bytes: elements x 2 for the 16-bit types.
+ * Every model shape also has backward rows, model/<shape>.bwd/...: normkit's
+ * *_backward_ex with dx, dweight and dbias wanted, from the forward's saved
+ * statistics; ATen's native_*_backward (after threshold_backward /
+ * leaky_relu_backward for a fused activation); memcpy of half the bytes the
+ * backward moves (x and dy read, dx written), so memcpy_ratio is again the
+ * fraction of the copy bandwidth. oneDNN's backward is not wired in (n/a).
  *
  * Counters of every row
  *   bytes_per_second  input read once + output written once (memcpy traffic),
@@ -280,8 +286,14 @@ static const char *const op_names[] = {"bn_train", "bn_infer", "in", "gn", "ln",
 
 static int64_t case_elems(const nkb_case *cs) { return cs->n * cs->c * cs->spatial; }
 
-/* bytes of x (and of y): what memcpy copies */
-static size_t case_bytes(const nkb_case *cs) { return (size_t)case_elems(cs) * dtype_size(cs->dtype); }
+/* bytes of x (and of y) */
+static size_t tensor_bytes(const nkb_case *cs) { return (size_t)case_elems(cs) * dtype_size(cs->dtype); }
+/* what memcpy copies: the bytes of x (read once, y written once), and for
+ * a backward half the bytes moved (x and dy read, dx written) */
+static size_t case_bytes(const nkb_case *cs)
+{
+    return cs->backward ? 3 * tensor_bytes(cs) / 2 : tensor_bytes(cs);
+}
 
 /* "bf16", or "bf16_w16" when weight and bias are 16-bit too */
 static const char *dtype_tag(const nkb_case *cs)
@@ -299,11 +311,15 @@ struct params {
     uint16_t *w16, *b16;
     const void *wp, *bp;
     nk_running_stats running;
+    /* backward: the forward output, dy, dx, dweight, dbias */
+    void *y0, *dy, *dx, *dw, *db;
 };
 
 static void params_init(struct params *p, const nkb_case *cs)
 {
     size_t c = (size_t)cs->c, nc = (size_t)(cs->n * cs->c);
+    if (cs->op == NKB_OP_LN || cs->op == NKB_OP_RMS)
+        nc = (size_t)(cs->n * cs->spatial); /* one statistic per row */
     p->w = xalloc(c * sizeof(float));
     p->b = xalloc(c * sizeof(float));
     p->rmean = xalloc(c * sizeof(float));
@@ -335,6 +351,23 @@ static void params_init(struct params *p, const nkb_case *cs)
         p->wp = p->w16;
         p->bp = p->b16;
     }
+    p->y0 = p->dy = p->dx = p->dw = p->db = NULL;
+    if (cs->backward) {
+        const size_t bytes = tensor_bytes(cs), elems = (size_t)case_elems(cs);
+        p->y0 = xalloc(bytes);
+        p->dy = xalloc(bytes);
+        p->dx = xalloc(bytes);
+        p->dw = xalloc(c * sizeof(float));
+        p->db = xalloc(c * sizeof(float));
+        for (size_t i = 0; i < elems; i++) {
+            float v = rnd();
+            if (cs->dtype == NK_DTYPE_F32)
+                ((float *)p->dy)[i] = v;
+            else
+                ((uint16_t *)p->dy)[i] = to_16(cs->dtype, v);
+        }
+        memset(p->dx, 0, bytes);
+    }
 }
 
 static void params_free(struct params *p)
@@ -347,6 +380,68 @@ static void params_free(struct params *p)
     free(p->sinv);
     free(p->w16);
     free(p->b16);
+    free(p->y0);
+    free(p->dy);
+    free(p->dx);
+    free(p->dw);
+    free(p->db);
+}
+
+/* The backward of cs on x with the forward's output and statistics in p
+ * (bwd_prepare), every gradient wanted. */
+static nk_status run_backward(const nkb_case *cs, struct params *p, nk_tensor_desc *d, const void *x)
+{
+    const nk_context *ctx = &g_ctx;
+    switch (cs->op) {
+    case NKB_OP_BN_TRAIN:
+        return nk_batch_norm_backward_ex(ctx, d, x, p->y0, p->dy, p->dx, p->wp, p->smean, p->sinv,
+                                         p->dw, p->db);
+    case NKB_OP_BN_INFER:
+        return nk_batch_norm_infer_backward_ex(ctx, d, x, p->y0, p->dy, p->dx, p->wp, p->rmean,
+                                               p->rvar, cs->eps, p->dw, p->db);
+    case NKB_OP_IN:
+        return nk_instance_norm_backward_ex(ctx, d, x, p->y0, p->dy, p->dx, p->wp, p->smean,
+                                            p->sinv, p->dw, p->db);
+    case NKB_OP_GN:
+        return nk_group_norm_backward_ex(ctx, d, x, p->y0, p->dy, p->dx, cs->groups, p->wp,
+                                         p->smean, p->sinv, p->dw, p->db);
+    case NKB_OP_LN:
+    case NKB_OP_RMS:
+        d->n = cs->n * cs->spatial;
+        d->spatial = 1;
+        d->layout = NK_CHANNELS_LAST;
+        if (cs->op == NKB_OP_LN)
+            return nk_layer_norm_backward_ex(ctx, d, x, p->y0, p->dy, p->dx, p->wp, p->smean,
+                                             p->sinv, p->dw, p->db);
+        return nk_rms_norm_backward_ex(ctx, d, x, p->y0, p->dy, p->dx, p->wp, p->sinv, p->dw);
+    }
+    return NK_ERR_BAD_PARAM;
+}
+
+static nk_status run_ours(const nkb_case *cs, struct params *p, const void *x, void *y);
+
+/* The forward of a backward case: its output and saved statistics. */
+static nk_status bwd_prepare(const nkb_case *cs, struct params *p, const void *x)
+{
+    nkb_case f = *cs;
+    f.backward = 0;
+    nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+    d.dtype = cs->dtype;
+    d.param_dtype = cs->param_dtype;
+    d.n = cs->n * (cs->op == NKB_OP_LN || cs->op == NKB_OP_RMS ? cs->spatial : 1);
+    d.c = cs->c;
+    d.spatial = cs->op == NKB_OP_LN || cs->op == NKB_OP_RMS ? 1 : cs->spatial;
+    d.layout = cs->op == NKB_OP_LN || cs->op == NKB_OP_RMS ? NK_CHANNELS_LAST : (uint32_t)cs->layout;
+    d.activation = (int32_t)cs->act;
+    switch (cs->op) {
+    case NKB_OP_LN:
+        return nk_layer_norm_ex(&g_ctx, &d, x, p->y0, p->wp, p->bp, cs->eps, p->smean, p->sinv);
+    case NKB_OP_RMS:
+        return nk_rms_norm_ex(&g_ctx, &d, x, p->y0, p->wp, cs->eps, p->sinv);
+    default:
+        /* BatchNorm training saves its statistics; the others as run_ours */
+        return run_ours(&f, p, x, p->y0);
+    }
 }
 
 static nk_status run_ours(const nkb_case *cs, struct params *p, const void *x, void *y)
@@ -360,6 +455,8 @@ static nk_status run_ours(const nkb_case *cs, struct params *p, const void *x, v
     d.layout = (uint32_t)cs->layout;
     d.activation = (int32_t)cs->act;
     const nk_context *ctx = &g_ctx;
+    if (cs->backward)
+        return run_backward(cs, p, &d, x);
     switch (cs->op) {
     case NKB_OP_BN_TRAIN:
         /* as PyTorch training: running statistics and saved statistics */
@@ -432,9 +529,9 @@ struct item {
 static void ext_key(char *key, size_t len, enum impl im, const struct item *it)
 {
     const nkb_case *cs = &it->cs;
-    snprintf(key, len, "%s:%d:%d:%lld:%lld:%lld:%lld:%d:%s", impl_names[im], (int)cs->op, (int)cs->layout,
-             (long long)cs->n, (long long)cs->c, (long long)cs->spatial, (long long)cs->groups,
-             (int)cs->act, dtype_tag(cs));
+    snprintf(key, len, "%s:%d:%d:%lld:%lld:%lld:%lld:%d:%s:%d", impl_names[im], (int)cs->op,
+             (int)cs->layout, (long long)cs->n, (long long)cs->c, (long long)cs->spatial,
+             (long long)cs->groups, (int)cs->act, dtype_tag(cs), cs->backward);
 }
 
 static void run_ext_adapter(void *p)
@@ -473,7 +570,7 @@ static double ext_seconds(enum impl im, const struct item *it, const void *x)
 static void common_counters(nkb_state *st, const nkb_case *cs, double sec)
 {
     int64_t elems = case_elems(cs);
-    nkb_set_bytes(st, 2 * (int64_t)case_bytes(cs));
+    nkb_set_bytes(st, 2 * (int64_t)case_bytes(cs)); /* backward: x + dy + dx */
     nkb_set_items(st, elems);
     /* memcpy of the input: reads and writes exactly these bytes */
     if (sec > 0)
@@ -507,7 +604,9 @@ static void bm_ours(nkb_state *st)
     buffers((size_t)elems, it->cs.dtype, &x, &y);
     struct params p;
     params_init(&p, &it->cs);
-    nk_status s = run_ours(&it->cs, &p, x, y);
+    nk_status s = it->cs.backward ? bwd_prepare(&it->cs, &p, x) : NK_OK;
+    if (s == NK_OK)
+        s = run_ours(&it->cs, &p, x, y);
     if (s != NK_OK) {
         char why[256];
         snprintf(why, sizeof why, "%s: %s", nk_status_string(s), nk_last_error());
@@ -586,9 +685,9 @@ static void bm_ext(nkb_state *st)
 static void bm_memcpy(nkb_state *st)
 {
     struct item *it = nkb_ctx(st);
-    size_t bytes = case_bytes(&it->cs);
+    size_t bytes = case_bytes(&it->cs), es = dtype_size(it->cs.dtype);
     void *x, *y;
-    buffers((size_t)case_elems(&it->cs), it->cs.dtype, &x, &y);
+    buffers((bytes + es - 1) / es, it->cs.dtype, &x, &y);
     struct copy_ctx c = {y, x, bytes};
     double t0 = cpu_seconds();
     while (nkb_keep_running(st)) {
@@ -729,7 +828,8 @@ static void register_sweep(int quick)
 /* "model/<shape>/<dtype>/<impl>" */
 static void model_row_name(char *name, size_t len, const struct model *md, const nkb_case *cs, enum impl im)
 {
-    snprintf(name, len, "model/%s/%s/%s", md->name, dtype_tag(cs), impl_names[im]);
+    snprintf(name, len, "model/%s%s/%s/%s", md->name, cs->backward ? ".bwd" : "", dtype_tag(cs),
+             impl_names[im]);
 }
 
 static void model_case(nkb_case *cs, const struct model *md, uint32_t dt)
@@ -754,6 +854,7 @@ static void register_models(void)
     /* memcpy and the other libraries first: our rows reuse their times */
     static const int order[IMPL_COUNT] = {IMPL_MEMCPY, IMPL_ONEDNN, IMPL_ATEN, IMPL_SCALAR,
                                           IMPL_AVX2,   IMPL_AVX512, IMPL_NEON};
+    for (int bwd = 0; bwd < 2; bwd++)
     for (size_t m = 0; m < N_MODELS; m++)
         for (int d = 0; d < 3; d++) {
             const struct model *md = &models[m];
@@ -768,8 +869,10 @@ static void register_models(void)
                 struct item *it = new_item();
                 it->impl = im;
                 model_case(&it->cs, md, dt);
-                snprintf(it->model, sizeof it->model, "%s", md->name);
-                snprintf(it->label, sizeof it->label, "%s %s", md->what, dtype_tag(&it->cs));
+                it->cs.backward = bwd;
+                snprintf(it->model, sizeof it->model, "%s%s", md->name, bwd ? ".bwd" : "");
+                snprintf(it->label, sizeof it->label, "%s %s%s", md->what, dtype_tag(&it->cs),
+                         bwd ? " backward" : "");
                 char name[96];
                 model_row_name(name, sizeof name, md, &it->cs, im);
                 nkb_fn fn = im == IMPL_MEMCPY ? bm_memcpy : im >= IMPL_ONEDNN ? bm_ext : bm_ours;
@@ -857,6 +960,7 @@ static void print_table(void)
     printf("%-22s %-8s %-36s %-7s %8s %7s %10s %9s\n", "model", "dtype", "shape", "best", "GB/s", "memcpy",
            "vs oneDNN", "vs ATen");
     int any_na = 0, any_note = 0;
+    for (int bwd = 0; bwd < 2; bwd++)
     for (size_t m = 0; m < N_MODELS; m++)
         for (int d = 0; d < 3; d++) {
             const struct model *md = &models[m];

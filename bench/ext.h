@@ -42,6 +42,8 @@ typedef struct nkb_case {
     double eps;
     uint32_t dtype;       /* x and y: NK_DTYPE_F32, NK_DTYPE_F16 or NK_DTYPE_BF16 */
     uint32_t param_dtype; /* weight and bias: NK_DTYPE_F32 or dtype */
+    int backward;         /* 1: the op's backward: x, dy (and y for a ReLU mask) read, dx,
+                             dweight and dbias written, from saved statistics */
 } nkb_case;
 
 typedef struct nkb_ext nkb_ext;

@@ -25,7 +25,9 @@
 #define TORCH_VERSION "unknown"
 #endif
 
+#include <array>
 #include <cstdio>
+#include <stdexcept>
 #include <exception>
 #include <memory>
 #include <string>
@@ -33,6 +35,8 @@
 struct nkb_ext {
     nkb_case cs;
     at::Tensor x, w, b, rm, rv, w_x, y; /* w_x: RMSNorm's weight in x's type */
+    at::Tensor dy, mean, rstd, xr, wr;  /* backward: saved statistics; InstanceNorm's
+                                           x and weight as BatchNorm's (1, N * C, S) */
 };
 
 namespace {
@@ -126,6 +130,83 @@ void forward(nkb_ext *e)
     activation(e->y, cs.act);
 }
 
+// Backward, as autograd calls it: the activation's backward on the forward
+// output, then the native backward kernel with every gradient wanted.
+// InstanceNorm runs BatchNorm's on (1, N * C, S) as at::instance_norm does.
+void backward_setup(nkb_ext *e)
+{
+    const nkb_case &cs = e->cs;
+    e->dy = at::randn_like(e->x);
+    const int64_t n = cs.n, c = cs.c, s = cs.spatial;
+    switch (cs.op) {
+    case NKB_OP_BN_TRAIN: {
+        auto r = at::native_batch_norm(e->x, e->w, e->b, e->rm, e->rv, true, 0.1, cs.eps);
+        e->y = std::get<0>(r), e->mean = std::get<1>(r), e->rstd = std::get<2>(r);
+        break;
+    }
+    case NKB_OP_BN_INFER:
+        e->y = at::batch_norm(e->x, e->w, e->b, e->rm, e->rv, false, 0.1, cs.eps, false);
+        break;
+    case NKB_OP_IN: {
+        if (cs.layout == NK_CHANNELS_LAST)
+            throw std::runtime_error("channels-last InstanceNorm backward copies to NCHW in ATen");
+        e->xr = e->x.reshape({1, n * c, s});
+        e->wr = e->w.repeat({n});
+        auto r = at::native_batch_norm(e->xr, e->wr, e->b.repeat({n}), {}, {}, true, 0.1, cs.eps);
+        e->y = std::get<0>(r).view_as(e->x), e->mean = std::get<1>(r), e->rstd = std::get<2>(r);
+        break;
+    }
+    case NKB_OP_GN: {
+        auto r = at::native_group_norm(e->x, e->w, e->b, n, c, s, cs.groups, cs.eps);
+        e->y = std::get<0>(r), e->mean = std::get<1>(r), e->rstd = std::get<2>(r);
+        break;
+    }
+    case NKB_OP_LN: {
+        auto r = at::native_layer_norm(e->x, {c}, e->w, e->b, cs.eps);
+        e->y = std::get<0>(r), e->mean = std::get<1>(r), e->rstd = std::get<2>(r);
+        break;
+    }
+    case NKB_OP_RMS:
+        throw std::runtime_error("ATen 1.13 has no RMSNorm backward kernel");
+    }
+    if (cs.act != NK_ACT_NONE && cs.act != NK_ACT_RELU && cs.act != NK_ACT_LEAKY_RELU)
+        throw std::runtime_error("the activation's backward needs its input");
+    activation(e->y, cs.act);
+}
+
+void backward(nkb_ext *e)
+{
+    const nkb_case &cs = e->cs;
+    at::Tensor g = e->dy;
+    if (cs.act == NK_ACT_RELU)
+        g = at::threshold_backward(g, e->y, 0);
+    else if (cs.act == NK_ACT_LEAKY_RELU)
+        g = at::leaky_relu_backward(g, e->y, 0.01, true);
+    const std::array<bool, 3> all = {true, true, true};
+    switch (cs.op) {
+    case NKB_OP_BN_TRAIN:
+        at::native_batch_norm_backward(g, e->x, e->w, e->rm, e->rv, e->mean, e->rstd, true, cs.eps,
+                                       all);
+        break;
+    case NKB_OP_BN_INFER:
+        at::native_batch_norm_backward(g, e->x, e->w, e->rm, e->rv, {}, {}, false, cs.eps, all);
+        break;
+    case NKB_OP_IN:
+        at::native_batch_norm_backward(g.reshape(e->xr.sizes()), e->xr, e->wr, {}, {}, e->mean,
+                                       e->rstd, true, cs.eps, all);
+        break;
+    case NKB_OP_GN:
+        at::native_group_norm_backward(g, e->x, e->mean, e->rstd, e->w, cs.n, cs.c, cs.spatial,
+                                       cs.groups, all);
+        break;
+    case NKB_OP_LN:
+        at::native_layer_norm_backward(g, e->x, {cs.c}, e->mean, e->rstd, e->w, e->b, all);
+        break;
+    case NKB_OP_RMS:
+        break;
+    }
+}
+
 } // namespace
 
 extern "C" {
@@ -154,6 +235,17 @@ nkb_ext *nkb_aten_create(const nkb_case *cs, const void *x, char *why, size_t wh
         }
         const at::ScalarType pt = scalar_type_of(cs->param_dtype);
         params(e.get(), pt, xt);
+        if (cs->backward) {
+            try {
+                backward_setup(e.get());
+                backward(e.get());
+            } catch (const std::exception &ex) {
+                say(why, why_len, std::string("ATen ") + TORCH_VERSION + " " + op_name(cs->op) +
+                                      " backward: " + first_line(ex.what()));
+                return nullptr;
+            }
+            return e.release();
+        }
         // one run: ATen checks the types when it runs, not before
         try {
             forward(e.get());
@@ -186,7 +278,10 @@ nkb_ext *nkb_aten_create(const nkb_case *cs, const void *x, char *why, size_t wh
 void nkb_aten_run(nkb_ext *e)
 {
     c10::InferenceMode guard;
-    forward(e);
+    if (e->cs.backward)
+        backward(e);
+    else
+        forward(e);
 }
 
 void nkb_aten_destroy(nkb_ext *e) { delete e; }

@@ -96,6 +96,10 @@ nkb_ext *nkb_onednn_create(const nkb_case *cs, const void *x, char *why, size_t 
         const float eps = static_cast<float>(cs->eps);
         int64_t n = cs->n, c = cs->c, s = cs->spatial;
         nf flags = nf::use_scale | nf::use_shift;
+        if (cs->backward) {
+            say(why, why_len, "the oneDNN backward primitives are not wired into this benchmark");
+            return nullptr;
+        }
         if (cs->op == NKB_OP_GN || cs->op == NKB_OP_RMS) {
             say(why, why_len, cs->op == NKB_OP_GN ? "no group normalization primitive in oneDNN 2.x"
                                                   : "no RMS normalization primitive in oneDNN 2.x");

@@ -396,6 +396,111 @@ NK_API nk_status nk_rms_norm_ex(const nk_context *ctx, const nk_tensor_desc *des
                                 void *y, const void *weight, double eps, float *save_rstd);
 
 /* ------------------------------------------------------------------------ */
+/* Backward passes                                                            */
+/* ------------------------------------------------------------------------ */
+/*
+ * The gradients of the _ex operators. Each takes the forward's context and
+ * descriptor (same extents, layout, strides, dtype, param_dtype, activation
+ * and alpha) and the statistics the forward saved.
+ *
+ *   x, dx        desc->dtype, laid out as the forward's x (desc->x_stride)
+ *   y, dy        desc->dtype, laid out as the forward's y (desc->y_stride);
+ *                y is the forward output and is read only when
+ *                desc->activation is NK_ACT_RELU or NK_ACT_LEAKY_RELU (it
+ *                may be NULL otherwise): the gradient passes where y > 0
+ *                and is multiplied by alpha (0 for ReLU) elsewhere, as
+ *                PyTorch. The other activations need the pre-activation:
+ *                NK_ERR_UNSUPPORTED, and so is LeakyReLU with alpha < 0
+ *                (the sign of y is then not the sign of its input).
+ *   weight       desc->param_dtype; NULL means 1 (affine off)
+ *   dweight, dbias  desc->param_dtype, C values (LayerNorm / RMSNorm: c),
+ *                each its fp64 sum rounded to fp32 (and that to 16 bits for
+ *                a 16-bit param_dtype). A 16-bit weight of more than 2048
+ *                entries is widened into one heap buffer per call, as the
+ *                forward's (NK_ERR_OUT_OF_MEMORY without one); nothing
+ *                else allocates. With weight == NULL
+ *                they are still the gradients with respect to an implicit
+ *                weight of 1 and bias of 0 (PyTorch returns none; a caller
+ *                that wants none passes NULL).
+ *   statistics   fp32, as the forward saved them.
+ *
+ * Every output pointer may be NULL (not wanted); a call with every output
+ * NULL validates its arguments and returns NK_OK. x and dy (and y where
+ * read) are required for a non-empty tensor when any output is wanted, and
+ * so are the statistics. dx may be dy exactly (in place) when x_stride ==
+ * y_stride; dx may alias nothing else. An empty tensor writes zeros to
+ * dweight and dbias (and to the sums of nk_batch_norm_backward_reduce_ex).
+ *
+ * Numerics: the sums of dy and of dy * (x - mean) are fp32 inside chunks
+ * and fp64 across chunks, pieces and threads; dx is
+ *   invstd * (w dy - mean(w dy) - (x - mean) invstd^2 mean(w dy (x - mean)))
+ * over each reduced set (RMSNorm: no mean terms), evaluated in fp32 from
+ * per-set coefficients computed in fp64. Results are bitwise identical for
+ * any thread count: partial sums merge in an order fixed by the shape, and
+ * dweight / dbias of the per-sample operators (InstanceNorm, GroupNorm,
+ * LayerNorm, RMSNorm) are owned by blocks of channels (columns) that sum
+ * the samples (rows) in order. Those four read x and dy once more for
+ * dweight / dbias than for dx alone.
+ */
+
+/* Training BatchNorm: save_mean / save_invstd are the batch statistics
+ * (C values each, as nk_batch_norm_train_ex saved them). */
+NK_API nk_status nk_batch_norm_backward_ex(const nk_context *ctx, const nk_tensor_desc *desc,
+                                           const void *x, const void *y, const void *dy, void *dx,
+                                           const void *weight, const float *save_mean,
+                                           const float *save_invstd, void *dweight, void *dbias);
+/* Inference BatchNorm, and InstanceNorm with use_input_stats = 0: the
+ * statistics are constants, dx = dy * weight / sqrt(running_var + eps). */
+NK_API nk_status nk_batch_norm_infer_backward_ex(const nk_context *ctx,
+                                                 const nk_tensor_desc *desc, const void *x,
+                                                 const void *y, const void *dy, void *dx,
+                                                 const void *weight, const float *running_mean,
+                                                 const float *running_var, double eps,
+                                                 void *dweight, void *dbias);
+/* Synchronized BatchNorm, the per-shard reduction (PyTorch's
+ * batch_norm_backward_reduce): sum_dy[c] = sum of dy and sum_dy_xmu[c] =
+ * sum of dy * (x - mean[c]) over the shard (dy after the activation mask),
+ * fp64, C values each; dweight / dbias the shard's own (optional). All-reduce
+ * the sums across shards, then call nk_batch_norm_backward_elemt_ex. */
+NK_API nk_status nk_batch_norm_backward_reduce_ex(const nk_context *ctx,
+                                                  const nk_tensor_desc *desc, const void *x,
+                                                  const void *y, const void *dy,
+                                                  const float *mean, const float *invstd,
+                                                  double *sum_dy, double *sum_dy_xmu,
+                                                  void *dweight, void *dbias);
+/* Synchronized BatchNorm, the elementwise step with the global sums and the
+ * global count (at least this shard's N * spatial):
+ *   dx = w invstd (dy - sum_dy / count - (x - mean) invstd^2 sum_dy_xmu / count) */
+NK_API nk_status nk_batch_norm_backward_elemt_ex(const nk_context *ctx,
+                                                 const nk_tensor_desc *desc, const void *x,
+                                                 const void *y, const void *dy, void *dx,
+                                                 const void *weight, const float *mean,
+                                                 const float *invstd, const double *sum_dy,
+                                                 const double *sum_dy_xmu, int64_t count);
+/* InstanceNorm with batch statistics: save_mean / save_invstd N * C values. */
+NK_API nk_status nk_instance_norm_backward_ex(const nk_context *ctx, const nk_tensor_desc *desc,
+                                              const void *x, const void *y, const void *dy,
+                                              void *dx, const void *weight,
+                                              const float *save_mean, const float *save_invstd,
+                                              void *dweight, void *dbias);
+/* GroupNorm: save_mean / save_invstd N * groups values. */
+NK_API nk_status nk_group_norm_backward_ex(const nk_context *ctx, const nk_tensor_desc *desc,
+                                           const void *x, const void *y, const void *dy, void *dx,
+                                           int64_t groups, const void *weight,
+                                           const float *save_mean, const float *save_invstd,
+                                           void *dweight, void *dbias);
+/* LayerNorm (desc as for nk_layer_norm_ex): one mean / invstd per row. */
+NK_API nk_status nk_layer_norm_backward_ex(const nk_context *ctx, const nk_tensor_desc *desc,
+                                           const void *x, const void *y, const void *dy, void *dx,
+                                           const void *weight, const float *save_mean,
+                                           const float *save_invstd, void *dweight, void *dbias);
+/* RMSNorm (desc as for nk_rms_norm_ex): save_rstd one per row. */
+NK_API nk_status nk_rms_norm_backward_ex(const nk_context *ctx, const nk_tensor_desc *desc,
+                                         const void *x, const void *y, const void *dy, void *dx,
+                                         const void *weight, const float *save_rstd,
+                                         void *dweight);
+
+/* ------------------------------------------------------------------------ */
 /* Dispatcher                                                                 */
 /* ------------------------------------------------------------------------ */
 

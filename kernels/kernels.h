@@ -188,6 +188,65 @@ typedef void (*nk_bn_finalize_fn)(const nk_moments *mo, size_t n, const nk_bn_fi
  * widened for the fp32 arithmetic. */
 typedef void (*nk_widen_fn)(const void *x, size_t n, float *out);
 
+/*
+ * Backward kernels. g is dy masked by the forward's activation, read from
+ * the forward output y: NK_ACT_RELU g = y > 0 ? dy : 0, NK_ACT_LEAKY_RELU
+ * g = y > 0 ? dy : alpha * dy (nk_bwd_g); any other ep->act g = dy and y is
+ * not read (may be NULL). x and dx rows are at xstride, y and dy rows at
+ * ystride (dx may be dy with equal strides: every element is read before it
+ * is written). Sums are fp32 inside chunks of NK_BWD_CHUNK elements of a
+ * row (rows kernels) or NK_BWD_CHUNK_ROWS rows (column kernels) and fp64
+ * across chunks; the chunking depends on the arguments only.
+ *
+ * Row sums (written, not accumulated): for r < rows, w == NULL meaning 1,
+ *   sg[r]  = sum_i w[i] g[r][i]
+ *   sgx[r] = sum_i w[i] g[r][i] (x[r][i] - m[r * ps])       (ps 0 or 1)
+ */
+#define NK_BWD_CHUNK 256
+#define NK_BWD_CHUNK_ROWS 64
+typedef void (*nk_bwd_sums_rows_fn)(const void *x, const void *y, const void *dy, size_t rows,
+                                    size_t len, size_t xstride, size_t ystride, const float *m,
+                                    size_t ps, const float *w, const nk_epilogue *ep, double *sg,
+                                    double *sgx);
+/*
+ * Column sums (accumulated into sg, sgx): for c < cols,
+ *   sg[c]  += sum_r g[r][c]
+ *   sgx[c] += sum_r g[r][c] (x[r][c] - M) * S
+ * M = mr[r] when mr is given, else mc[c], else 0; S = sr[r] when sr is
+ * given, else 1 (per-row statistics: LayerNorm's weight gradient).
+ */
+typedef void (*nk_bwd_sums_cols_fn)(const void *x, const void *y, const void *dy, size_t rows,
+                                    size_t cols, size_t xstride, size_t ystride, const float *mc,
+                                    const float *mr, const float *sr, const nk_epilogue *ep,
+                                    double *sg, double *sgx);
+/*
+ * Row input gradient, per-row coefficients (index r * ps, ps 0 or 1) and an
+ * optional per-column weight w (NULL = 1); ep->stream allows non-temporal
+ * stores of dx:
+ *   dx[r][i] = fma(k1[r] * w[i], g, fma(k2[r], x[r][i] - m[r], k3[r]))
+ */
+typedef void (*nk_bwd_dx_rows_fn)(const void *x, const void *y, const void *dy, void *dx,
+                                  size_t rows, size_t len, size_t xstride, size_t ystride,
+                                  const float *m, const float *k1, const float *k2,
+                                  const float *k3, size_t ps, const float *w,
+                                  const nk_epilogue *ep);
+/* Column input gradient, per-column coefficients:
+ *   dx[r][c] = fma(k1[c], g, fma(k2[c], x[r][c] - m[c], k3[c])) */
+typedef void (*nk_bwd_dx_cols_fn)(const void *x, const void *y, const void *dy, void *dx,
+                                  size_t rows, size_t cols, size_t xstride, size_t ystride,
+                                  const float *m, const float *k1, const float *k2,
+                                  const float *k3, const nk_epilogue *ep);
+
+/* g of one element (the scalar kernels and the vector kernels' tails) */
+static inline float nk_bwd_g(float dy, float y, const nk_epilogue *ep)
+{
+    if (ep->act == NK_ACT_RELU)
+        return y > 0.0f ? dy : 0.0f;
+    if (ep->act == NK_ACT_LEAKY_RELU)
+        return y > 0.0f ? dy : dy * ep->alpha;
+    return dy;
+}
+
 typedef struct nk_kernels {
     nk_isa isa;
     unsigned dtype; /* NK_DTYPE_*: the element type of x and y of every entry */
@@ -202,6 +261,10 @@ typedef struct nk_kernels {
     nk_inv_std_fn inv_std;
     nk_bn_finalize_fn bn_finalize;
     nk_widen_fn widen;
+    nk_bwd_sums_rows_fn bwd_sums_rows;
+    nk_bwd_sums_cols_fn bwd_sums_cols;
+    nk_bwd_dx_rows_fn bwd_dx_rows;
+    nk_bwd_dx_cols_fn bwd_dx_cols;
 } nk_kernels;
 
 /* Per-ISA table fillers, one per element type (no suffix: fp32), called in

@@ -117,8 +117,12 @@ void nk_plan_run(const nk_exec *ex, const nk_plan *pl)
                 m = wave_part(&w, bi, 0);
                 for (size_t p = 1; p < pl->pieces; p++) {
                     const nk_moments *q = wave_part(&w, bi, p);
-                    for (size_t i = 0; i < g; i++)
-                        nk_moments_merge_inline(&m[i], q[i].count, q[i].mean, q[i].m2);
+                    for (size_t i = 0; i < g; i++) {
+                        if (pl->merge)
+                            pl->merge(&m[i], &q[i]);
+                        else
+                            nk_moments_merge_inline(&m[i], q[i].count, q[i].mean, q[i].m2);
+                    }
                 }
             }
             pl->finalize(pl->op, b0 + bi, m, w.par + bi * w.par_stride);

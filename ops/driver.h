@@ -88,7 +88,19 @@ typedef struct nk_plan {
     /* NULL: statistics only */
     void (*normalize)(void *op, size_t b, size_t p, const void *par);
     size_t param_bytes; /* per block */
+    /* how piece p's entries join piece 0's: NULL is Chan's merge of moments;
+     * the backward plans carry sums in the same three doubles and add them
+     * (nk_sums_add) */
+    void (*merge)(nk_moments *acc, const nk_moments *q);
 } nk_plan;
+
+/* The merge of plans whose entries are sums: every field adds. */
+static inline void nk_sums_add(nk_moments *acc, const nk_moments *q)
+{
+    acc->count += q->count;
+    acc->mean += q->mean;
+    acc->m2 += q->m2;
+}
 
 /* Scratch bytes a wave of nb blocks needs. */
 size_t nk_plan_wave_bytes(const nk_plan *pl, size_t nb);

@@ -2011,6 +2011,165 @@ static void test_api_semantics(void **state)
     assert_int_equal(nk_set_isa(saved), NK_OK);
 }
 
+/* ---------------------------------------------------------------- backward */
+
+/* g of element i (the kernels' mask) */
+static float bwd_g_at(const tbl *t, const xbuf *y, const xbuf *dy, size_t i, const nk_epilogue *ep)
+{
+    return nk_bwd_g(dt_get(t->dt, dy->p, i), dt_get(t->dt, y->p, i), ep);
+}
+
+/* The four backward kernels of table t against its dtype's scalar kernels
+ * on `rows` rows of `len` elements, row strides len + xpad (x, dx) and
+ * len + ypad (y, dy), starts `shift` elements past a cache line, guard
+ * zones around every buffer and the row padding of dx left as it was:
+ *   sums   within 1e-5 of the sum of the magnitudes of their terms
+ *   dx     within 1e-6 of the magnitudes of its three terms plus an ulp of
+ *          the dtype (bitwise where the target fuses multiply-adds)
+ * and dx in place over dy (equal strides) the bits of the out-of-place call. */
+static void run_bwd(tbl *t, nkt_rng *rng, size_t rows, size_t len, size_t xpad, size_t ypad,
+                    size_t shift, int act, int hw)
+{
+    const size_t xs = len + xpad, ys = len + ypad, nx = rows ? (rows - 1) * xs + len : 0;
+    const size_t ny = rows ? (rows - 1) * ys + len : 0;
+    float *f = malloc((nx + ny + ny + 1) * sizeof(float));
+    float *par = malloc((4 * (rows > len ? rows : len) + 4) * sizeof(float));
+    assert_true(f && par);
+    nkt_fill(rng, f, nx + 2 * ny, 0.0, 1.0);
+    xbuf x = xb_from(t->dt, f, nx, shift), y = xb_from(t->dt, f + nx, ny, (shift + 1) % 4);
+    xbuf dy = xb_from(t->dt, f + nx + ny, ny, (shift + 2) % 4);
+    xbuf d0 = xb_alloc(t->dt, nx, shift), d1 = xb_alloc(t->dt, nx, shift);
+    xb_fill(&d0, 7.0f);
+    xb_fill(&d1, 7.0f);
+    const size_t np = rows > len ? rows : len;
+    float *m = par, *k1 = par + np, *k2 = par + 2 * np, *k3 = par + 3 * np;
+    nkt_fill(rng, par, 4 * np, 0.0, 1.0);
+    float *w = malloc((len + 1) * sizeof(float));
+    nkt_fill(rng, w, len, 0.5, 1.0);
+    /* streaming stores of dx (x86) on half of the shapes */
+    const nk_epilogue ep = {act, 0.25f, NKT_STREAMS > 1 ? (int)((len + rows) % 2) : 0};
+    /* row sums, and column sums with per-column and per-row statistics */
+    double *s = calloc(4 * np + 4, sizeof(double));
+    double *sg0 = s, *sx0 = s + np, *sg1 = s + 2 * np, *sx1 = s + 3 * np;
+    const float *wp = hw ? w : NULL;
+    if (rows && len) {
+        t->ref->bwd_sums_rows(x.p, y.p, dy.p, rows, len, xs, ys, m, 1, wp, &ep, sg0, sx0);
+        t->k.bwd_sums_rows(x.p, y.p, dy.p, rows, len, xs, ys, m, 1, wp, &ep, sg1, sx1);
+        for (size_t r = 0; r < rows; r++) {
+            double ag = 0.0, ax = 0.0;
+            for (size_t i = 0; i < len; i++) {
+                const double g = fabs(bwd_g_at(t, &y, &dy, r * ys + i, &ep)) * (hw ? fabs(w[i]) : 1);
+                ag += g;
+                ax += g * fabs(dt_get(t->dt, x.p, r * xs + i) - m[r]);
+            }
+            if (!(fabs(sg1[r] - sg0[r]) <= 1e-5 * ag + 1e-30 && fabs(sx1[r] - sx0[r]) <= 1e-5 * ax + 1e-30))
+                fail_msg("%s bwd_sums_rows rows %zu len %zu act %d w %d: row %zu {%.9g, %.9g}, "
+                         "scalar {%.9g, %.9g}",
+                         t->name, rows, len, act, hw, r, sg1[r], sx1[r], sg0[r], sx0[r]);
+        }
+        for (int mode = 0; mode < 3; mode++) {
+            /* 0: per-column m; 1: per-row m and s; 2: no m */
+            const float *mc = mode == 0 ? m : NULL, *mr = mode == 1 ? k1 : NULL;
+            const float *sr = mode == 1 ? k2 : NULL;
+            memset(s, 0, (4 * np + 4) * sizeof(double));
+            t->ref->bwd_sums_cols(x.p, y.p, dy.p, rows, len, xs, ys, mc, mr, sr, &ep, sg0, sx0);
+            t->k.bwd_sums_cols(x.p, y.p, dy.p, rows, len, xs, ys, mc, mr, sr, &ep, sg1, sx1);
+            for (size_t c = 0; c < len; c++) {
+                double ag = 0.0, ax = 0.0;
+                for (size_t r = 0; r < rows; r++) {
+                    const double g = fabs(bwd_g_at(t, &y, &dy, r * ys + c, &ep));
+                    const double M = mr ? mr[r] : mc ? mc[c] : 0.0;
+                    ag += g;
+                    ax += g * fabs((dt_get(t->dt, x.p, r * xs + c) - M) * (sr ? sr[r] : 1.0));
+                }
+                if (!(fabs(sg1[c] - sg0[c]) <= 1e-5 * ag + 1e-30 &&
+                      fabs(sx1[c] - sx0[c]) <= 1e-5 * ax + 1e-30))
+                    fail_msg("%s bwd_sums_cols mode %d rows %zu cols %zu act %d: col %zu {%.9g, "
+                             "%.9g}, scalar {%.9g, %.9g}",
+                             t->name, mode, rows, len, act, c, sg1[c], sx1[c], sg0[c], sx0[c]);
+            }
+        }
+    }
+    /* dx, rows then columns */
+    for (int kind = 0; kind < 2 && rows && len; kind++) {
+        xb_fill(&d0, 7.0f);
+        xb_fill(&d1, 7.0f);
+        if (kind == 0) {
+            t->ref->bwd_dx_rows(x.p, y.p, dy.p, d0.p, rows, len, xs, ys, m, k1, k2, k3, 1, wp, &ep);
+            t->k.bwd_dx_rows(x.p, y.p, dy.p, d1.p, rows, len, xs, ys, m, k1, k2, k3, 1, wp, &ep);
+        } else {
+            t->ref->bwd_dx_cols(x.p, y.p, dy.p, d0.p, rows, len, xs, ys, m, k1, k2, k3, &ep);
+            t->k.bwd_dx_cols(x.p, y.p, dy.p, d1.p, rows, len, xs, ys, m, k1, k2, k3, &ep);
+        }
+        for (size_t r = 0; r < rows; r++)
+            for (size_t i = 0; i < xs && r * xs + i < nx; i++) {
+                const size_t e = r * xs + i;
+                const float got = dt_get(t->dt, d1.p, e), want = dt_get(t->dt, d0.p, e);
+                if (i >= len) {
+                    if (got != 7.0f)
+                        fail_msg("%s bwd_dx kind %d wrote row padding at %zu", t->name, kind, e);
+                    continue;
+                }
+                const size_t p = kind ? i : r;
+                const double g = bwd_g_at(t, &y, &dy, r * ys + i, &ep);
+                const double terms = fabs(k1[p] * (kind == 0 && hw ? w[i] : 1.0) * g) +
+                                     fabs(k2[p] * (dt_get(t->dt, x.p, e) - m[p])) + fabs(k3[p]);
+                if (!dt_close(t, got, want, 1e-6 * terms))
+                    fail_msg("%s bwd_dx kind %d rows %zu len %zu pad %zu/%zu act %d w %d: [%zu] = "
+                             "%.9g, scalar %.9g",
+                             t->name, kind, rows, len, xpad, ypad, act, hw, e, (double)got,
+                             (double)want);
+            }
+        if (xpad == ypad) {
+            /* in place over a copy of dy */
+            xbuf io = xb_alloc(t->dt, nx, shift);
+            memcpy(io.p, dy.p, nx * io.es);
+            if (kind == 0)
+                t->k.bwd_dx_rows(x.p, y.p, io.p, io.p, rows, len, xs, ys, m, k1, k2, k3, 1, wp, &ep);
+            else
+                t->k.bwd_dx_cols(x.p, y.p, io.p, io.p, rows, len, xs, ys, m, k1, k2, k3, &ep);
+            for (size_t r = 0; r < rows; r++)
+                if (memcmp((char *)io.p + r * xs * io.es, (char *)d1.p + r * xs * io.es, len * io.es))
+                    fail_msg("%s bwd_dx kind %d in place differs (row %zu, len %zu)", t->name, kind,
+                             r, len);
+            assert_true(xb_guard_ok(&io));
+            xb_free(&io);
+        }
+    }
+    assert_true(xb_guard_ok(&x) && xb_guard_ok(&y) && xb_guard_ok(&dy) && xb_guard_ok(&d0) &&
+                xb_guard_ok(&d1));
+    xb_free(&x);
+    xb_free(&y);
+    xb_free(&dy);
+    xb_free(&d0);
+    xb_free(&d1);
+    free(f);
+    free(par);
+    free(w);
+    free(s);
+}
+
+static void test_backward_kernels(void **state)
+{
+    (void)state;
+    static const size_t big[] = {300, 513, 1000, NKT_BIG(4099)};
+    for (int ti = 0; ti < ntables; ti++) {
+        nkt_rng rng;
+        nkt_seed(&rng, 31);
+        for (int act = 0; act <= NK_ACT_LEAKY_RELU; act++)
+            for (int hw = 0; hw < 2; hw++) {
+                for (size_t len = 1; len <= 70; len++)
+                    run_bwd(&tables[ti], &rng, 1 + len % 3, len, len % 3, (len + hw) % 3, len % 4,
+                            act, hw);
+                /* rows across the column kernels' chunk of 64 */
+                run_bwd(&tables[ti], &rng, 130, 37, 1, 1, 1, act, hw);
+                run_bwd(&tables[ti], &rng, 65, 64, 0, 0, 0, act, hw);
+                for (size_t k = 0; k < sizeof big / sizeof big[0] && big[k]; k++)
+                    run_bwd(&tables[ti], &rng, 2, big[k], k % 2, (k + 1) % 2, k % 4, act, hw);
+            }
+    }
+}
+
 /* the outputs of 16-bit tables that differ from their reference kernels */
 static void test_differ_counts(void **state)
 {
@@ -2050,6 +2209,7 @@ int main(void)
         cmocka_unit_test(test_huge_api),
         cmocka_unit_test(test_api_semantics),
         cmocka_unit_test(test_dtype_conversions),
+        cmocka_unit_test(test_backward_kernels),
         cmocka_unit_test(test_differ_counts),
     };
     /* the long sweeps over lengths and shapes, left out of the smoke run */

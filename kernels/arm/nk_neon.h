@@ -119,6 +119,8 @@ NK_INLINE vf vf_leaky(vf v, vf alpha)
 {
     return vbslq_f32(vcltq_f32(v, vdupq_n_f32(0.0f)), vmulq_f32(v, alpha), v);
 }
+/* y > 0 ? a : b lane by lane (NaN y: b), the backward's activation mask */
+NK_INLINE vf vf_pos_select(vf y, vf a, vf b) { return vbslq_f32(vcgtq_f32(y, vdupq_n_f32(0.0f)), a, b); }
 /* x - m on the first n lanes (n <= 4), 0 elsewhere */
 NK_INLINE vf vf_sub_n(vf x, vf m, size_t n)
 {

@@ -1,8 +1,9 @@
 /*
  * The vector kernels' vocabulary (SLEEF's helper-header pattern): the
- * algorithm files of kernels/simd (moments.c, normalize.c, short.c) are
- * written once against it and compiled once per ISA, each time against the
- * vocabulary header of the target, and once per element type of x and y
+ * algorithm files of kernels/simd (moments.c, normalize.c, short.c,
+ * backward.c) are written once against it and compiled once per ISA, each
+ * time against the vocabulary header of the target, and once per element
+ * type of x and y
  * (NK_DT, kernels/dtype.h: fp32, fp16, bf16):
  *
  *   kernels/x86/nk_x86.h   AVX2 (8 lanes), AVX-512 (16 lanes, also built
@@ -212,11 +213,12 @@ NK_INLINE size_t nk_head(const xt *p)
     return mis ? NK_VL - mis : 0;
 }
 
-/* moments.c fills the moments entries, short.c norm_short, normalize.c the
- * rest and calls the other two from NK_INIT. */
+/* moments.c fills the moments entries, short.c norm_short, backward.c the
+ * bwd_* entries, normalize.c the rest and calls the others from NK_INIT. */
 void NK_INIT(nk_kernels *k);
 void NK_FN(kernels_init_moments)(nk_kernels *k);
 void NK_FN(kernels_init_short)(nk_kernels *k);
+void NK_FN(kernels_init_backward)(nk_kernels *k);
 #if NK_HAVE_INV_STD
 void NK_FN(kernels_init_inv_std)(nk_kernels *k);
 #endif

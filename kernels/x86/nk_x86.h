@@ -107,6 +107,11 @@ NK_INLINE vf vf_leaky(vf v, vf alpha)
     vmask neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
     return _mm512_mask_mul_ps(v, neg, v, alpha);
 }
+/* y > 0 ? a : b lane by lane (NaN y: b), the backward's activation mask */
+NK_INLINE vf vf_pos_select(vf y, vf a, vf b)
+{
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, _mm512_setzero_ps(), _CMP_GT_OQ), b, a);
+}
 /* x - m on the first n lanes (n < 16), 0 elsewhere */
 NK_INLINE vf vf_sub_n(vf x, vf m, size_t n)
 {
@@ -422,6 +427,11 @@ NK_INLINE vf vf_leaky(vf v, vf alpha)
 {
     vf neg = _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ);
     return _mm256_blendv_ps(v, _mm256_mul_ps(v, alpha), neg);
+}
+/* y > 0 ? a : b lane by lane (NaN y: b), the backward's activation mask */
+NK_INLINE vf vf_pos_select(vf y, vf a, vf b)
+{
+    return _mm256_blendv_ps(b, a, _mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_GT_OQ));
 }
 NK_INLINE vf vf_sub_n(vf x, vf m, size_t n)
 {
