@@ -2,7 +2,9 @@
  * libFuzzer target: the module API. Each input builds an nk_module_config
  * (a few fields changed from nk_module_config_init, or every byte garbage),
  * creates any framework x layer (out-of-range values included), then runs a
- * sequence of set_training / forward / parameter writes / accessor calls.
+ * sequence of set_training / set_dtype / set_num_batches_tracked / forward /
+ * parameter writes / accessor calls; forwards run in the module's dtype
+ * (fp32, fp16 or bf16 buffers of exactly the input's size).
  *
  * Forward inputs are either fuzzed (any rank, extents, NULLs) or well formed
  * for the module (the rank, channel position and normalized shape the
@@ -19,6 +21,7 @@
  *     harness can see are rejected.
  */
 #include "fuzz_common.h"
+#include "kernels/cvt.h"
 
 #define NKF_MAX_NDIM 16
 
@@ -285,15 +288,23 @@ static void forward(nkf_in *in, nk_module *m, const made *md)
 
     nkf_buf x = {0}, y = {0};
     uint8_t f = nkf_u8(in);
-    size_t shift = (f >> 4 & 3) * sizeof(float);
+    /* x and y in the module's dtype (nk_module_set_dtype), exactly sized */
+    const uint32_t dt = nk_module_dtype(m);
+    const size_t esz = dt == NK_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t);
+    size_t shift = (f >> 4 & 3) * esz;
     if (total_ok && total <= NKF_MAX_BYTES / sizeof(float)) {
         if (wf || f >= 8) {
-            x = nkf_alloc((size_t)total * sizeof(float), shift);
-            for (size_t i = 0; i < total; i++)
-                ((float *)x.p)[i] = nkf_value(in, i);
+            x = nkf_alloc((size_t)total * esz, shift);
+            for (size_t i = 0; i < total; i++) {
+                const float v = nkf_value(in, i);
+                if (dt == NK_DTYPE_F32)
+                    ((float *)x.p)[i] = v;
+                else
+                    ((uint16_t *)x.p)[i] = dt == NK_DTYPE_F16 ? nk_f32_to_f16(v) : nk_f32_to_bf16(v);
+            }
         }
         if (!(f & 0x80) && (wf || (f & 7)))
-            y = nkf_alloc((size_t)total * sizeof(float), 0);
+            y = nkf_alloc((size_t)total * esz, 0);
     } else if (!(f & 1)) {
         x = nkf_alloc(NKF_SMALL * sizeof(float), shift);
         y = nkf_alloc(NKF_SMALL * sizeof(float), 0);
@@ -302,7 +313,7 @@ static void forward(nkf_in *in, nk_module *m, const made *md)
     if (y.p)
         memset(y.p, 0x7f, y.bytes);
     int in_place = (f & 0x80) && x.p;
-    float *yp = in_place ? (float *)x.p : (float *)y.p;
+    void *yp = in_place ? x.p : y.p;
     if (total_ok && total && (!x.p || !yp))
         bad = 1;
     nkf_snapshot(&x);
@@ -335,8 +346,8 @@ static void forward(nkf_in *in, nk_module *m, const made *md)
     }
     const int use_ex = ex & 1;
     const int64_t *dp = dims_null ? NULL : (int64_t *)db.p;
-    nk_status st = use_ex ? nk_module_forward_ex(m, (const float *)x.p, ndim, dp, yp, &out.o)
-                          : nk_module_forward(m, (const float *)x.p, ndim, dp, yp);
+    nk_status st = use_ex ? nk_module_forward_ex(m, x.p, ndim, dp, yp, &out.o)
+                          : nk_module_forward(m, x.p, ndim, dp, yp);
     nkf_check_status(st, fn);
     /* outputs forward_ex must refuse, whatever the input */
     const int ex_bad = use_ex && (out.o.struct_size < sizeof(nk_module_outputs) ||
@@ -515,7 +526,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     for (int step = 0; step < 8 && nkf_left(&in); step++) {
         uint8_t op = nkf_u8(&in);
-        switch (op % 5) {
+        switch (op % 6) {
+        case 5: {
+            /* element type of later forwards: the three codes, or any other
+             * (refused, dtype unchanged) */
+            const uint32_t want = nkf_u8(&in) < 224 ? (uint32_t)(op >> 3) % 3 : nkf_u32(&in);
+            const uint32_t before = nk_module_dtype(m);
+            st = nk_module_set_dtype(m, want);
+            nkf_check_status(st, "nk_module_set_dtype");
+            if ((st == NK_OK) != (want <= NK_DTYPE_BF16))
+                nkf_die("nk_module_set_dtype(%u) gave status %d", (unsigned)want, (int)st);
+            if (nk_module_dtype(m) != (st == NK_OK ? want : before))
+                nkf_die("nk_module_set_dtype(%u) left dtype %u", (unsigned)want,
+                        (unsigned)nk_module_dtype(m));
+            break;
+        }
         case 4: {
             /* checkpoint restore of num_batches_tracked */
             int64_t want = (int64_t)nkf_u64(&in), before = nk_module_num_batches_tracked(m);
