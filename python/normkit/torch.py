@@ -162,7 +162,7 @@ class _SyncBatchNormFunction(_torch.autograd.Function):
         return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
 
 
-class SyncBatchNorm(_torch.nn.SyncBatchNorm):
+class SyncBatchNorm(_torch.nn.modules.batchnorm._BatchNorm):
     """torch.nn.SyncBatchNorm for CPU tensors (fp32, or bf16 with fp32 or bf16
     parameters; channels-first or channels-last) over a torch.distributed
     process group (gloo). Training with batch statistics synchronizes: the
@@ -171,13 +171,28 @@ class SyncBatchNorm(_torch.nn.SyncBatchNorm):
     are those of BatchNorm over the concatenated batch, identical on every
     rank; ranks may have different batch sizes, an empty one included. The
     backward all-reduces sum(dy) and sum(dy * (x - mean)); dweight and dbias
-    are each rank's own, as PyTorch's. In eval mode, without an initialised
-    process group or with a world of one it is F.batch_norm, as PyTorch's.
-    CUDA inputs go to torch.nn.SyncBatchNorm."""
+    are each rank's own, as PyTorch's (zeros on an empty rank). In eval mode,
+    without an initialised process group or with a world of one it is
+    F.batch_norm, as PyTorch's.
+
+    Not a subclass of torch.nn.SyncBatchNorm: DistributedDataParallel
+    refuses CPU modules that contain one."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, process_group=None, device=None, dtype=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         device=device, dtype=dtype)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError("expected at least 2D input (got {}D input)".format(input.dim()))
+
+    def _check_non_zero_input_channels(self, input):
+        if input.size(1) == 0:
+            raise ValueError("SyncBatchNorm number of input channels should be non-zero")
 
     def forward(self, input):
-        if input.is_cuda:
-            return super().forward(input)
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
 

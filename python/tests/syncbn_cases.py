@@ -38,6 +38,9 @@ CASES = {
     ],
 }
 
+# the case of each world size that also runs under DistributedDataParallel
+DDP_CASE = {2: "equal", 4: "unequal_empty_rank"}
+
 DEFAULTS = dict(cl=False, affine=True, momentum=0.1, track=True, iters=2,
                 dtype=torch.float32, eps=1e-5)
 
@@ -128,6 +131,23 @@ def run_rank(rank, world, init_file):
         with torch.no_grad():
             out["eval_y"] = m(shard(x_all, case["sizes"], rank))
         results[case["name"]] = out
+    # one step under DistributedDataParallel (CPU, gloo) on DDP_CASE's first
+    # batch: DDP averages the ranks' own dweight / dbias
+    case = full_case(next(c for c in CASES[world] if c["name"] == DDP_CASE[world]))
+    w0, b0, rm0, rv0 = initial_state(world, case)
+    m = nt.SyncBatchNorm(case["feat"][0], eps=case["eps"], momentum=case["momentum"])
+    with torch.no_grad():
+        m.weight.copy_(w0)
+        m.bias.copy_(b0)
+        m.running_mean.copy_(rm0)
+        m.running_var.copy_(rv0)
+    ddp = torch.nn.parallel.DistributedDataParallel(m)
+    x_all, dy_all = batch(world, case, 0)
+    x = shard(x_all, case["sizes"], rank).clone().requires_grad_(True)
+    y = ddp(x)
+    y.backward(shard(dy_all, case["sizes"], rank))
+    results["ddp"] = dict(y=y.detach(), dx=x.grad, dweight=m.weight.grad.clone(),
+                          dbias=m.bias.grad.clone(), running_var=m.running_var.clone())
     dist.barrier()
     dist.destroy_process_group()
     return results

@@ -216,6 +216,24 @@ class Distributed:
             self.assertNotIn("running_mean", got[0])
 
 
+    def test_ddp(self):
+        """One step under DistributedDataParallel: the parameter gradients
+        are the mean of the ranks' own, the whole batch's over the world."""
+        name = sc.DDP_CASE[self.WORLD]
+        case = sc.full_case(next(c for c in sc.CASES[self.WORLD] if c["name"] == name))
+        ref = reference(self.WORLD, case)["iters"][0]
+        got = [rk["ddp"] for rk in self.ranks]
+        self.assertLessEqual(rel_err(torch.cat([g["y"] for g in got]), ref["y"]), F32_TOL)
+        self.assertLessEqual(rel_err(torch.cat([g["dx"] for g in got]), ref["dx"]), F32_TOL)
+        for k in ("dweight", "dbias"):
+            whole = sum(sh[k] for sh in ref["shards"])
+            for r, g in enumerate(got):
+                self.assertLessEqual(rel_err(g[k], whole / self.WORLD), F32_TOL,
+                                     "rank %d %s" % (r, k))
+        for g in got:
+            self.assertTrue(torch.equal(bits(g["running_var"]), bits(got[0]["running_var"])))
+
+
 class World2(Distributed, unittest.TestCase):
     WORLD = 2
 
@@ -359,7 +377,8 @@ class Module(unittest.TestCase):
         self.assertIs(out, net)
         s1, s2 = out[1], out[2][0]
         self.assertIsInstance(s1, nt.SyncBatchNorm)
-        self.assertIsInstance(s1, torch.nn.SyncBatchNorm)
+        # DistributedDataParallel refuses CPU modules holding torch.nn.SyncBatchNorm
+        self.assertNotIsInstance(s1, torch.nn.SyncBatchNorm)
         self.assertIsInstance(s2, nt.SyncBatchNorm)
         self.assertIsInstance(out[0], torch.nn.Conv2d)
         self.assertIs(s1.weight, bn1.weight)
