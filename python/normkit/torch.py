@@ -130,6 +130,11 @@ class _SyncBatchNormFunction(_torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, weight, bias, running_mean, running_var, eps, momentum,
                 process_group, world_size):
+        # one dense copy of any other strides, as PyTorch's (the ops would
+        # each make their own)
+        if not (input.is_contiguous() or input.is_contiguous(memory_format=_torch.channels_last)
+                or input.is_contiguous(memory_format=_torch.channels_last_3d)):
+            input = input.contiguous()
         moments = _gather_moments(input, process_group, world_size)
         count = int(moments[0, 0].item())
         if count == 1:

@@ -21,12 +21,14 @@ CL = torch.channels_last
 
 # name, per-rank batch sizes, (C, *spatial), channels_last input, affine,
 # momentum (None: cumulative average), track_running_stats, iterations,
-# input dtype (parameters and running statistics stay fp32)
+# input dtype (parameters and running statistics stay fp32), input in
+# neither dense layout (channels-last strides of a 3-D tensor)
 CASES = {
     2: [
         dict(name="equal", sizes=[3, 3], feat=(5, 3, 4)),
         dict(name="unequal_channels_last", sizes=[4, 1], feat=(6, 3, 2), cl=True),
-        dict(name="momentum_none", sizes=[2, 3], feat=(4, 5), momentum=None, iters=3),
+        dict(name="momentum_none_strided", sizes=[2, 3], feat=(4, 5), momentum=None, iters=3,
+             strided=True),
         dict(name="affine_off_2d", sizes=[5, 2], feat=(7,), affine=False),
         dict(name="bf16", sizes=[3, 2], feat=(4, 6), dtype=torch.bfloat16),
     ],
@@ -42,7 +44,7 @@ CASES = {
 DDP_CASE = {2: "equal", 4: "unequal_empty_rank"}
 
 DEFAULTS = dict(cl=False, affine=True, momentum=0.1, track=True, iters=2,
-                dtype=torch.float32, eps=1e-5)
+                dtype=torch.float32, eps=1e-5, strided=False)
 
 
 def full_case(case):
@@ -85,7 +87,7 @@ def run_rank(rank, world, init_file):
     import normkit.torch as nt
 
     dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank,
-                            world_size=world, timeout=datetime.timedelta(seconds=60))
+                            world_size=world, timeout=datetime.timedelta(seconds=30))
     results = {}
     for raw in CASES[world]:
         case = full_case(raw)
@@ -108,7 +110,7 @@ def run_rank(rank, world, init_file):
                 x = x.contiguous(memory_format=CL)
             x.requires_grad_(True)
             m.zero_grad(set_to_none=True)
-            y = m(x)
+            y = m(x.transpose(1, 2).contiguous().transpose(1, 2) if case["strided"] else x)
             y.backward(dy)
             local = nt._ops.bn_stats(x.detach())
             merged = nt._gather_moments(x.detach(), dist.group.WORLD, world)

@@ -22,8 +22,9 @@ F32_TOL = 1e-5
 # bf16 input: y and dx are bf16 (2.5 ulps); the fp32 running statistics and
 # dweight / dbias are computed from the same bf16 values as the reference
 BF16_TOL = 1e-2
-# one world size: process start, rendezvous and every case
-WORLD_TIMEOUT_S = 120
+# one world size: process start, rendezvous and every case (about 5 s on a
+# busy 2-core machine); the ranks' collectives time out after 30 s
+WORLD_TIMEOUT_S = 45
 
 
 def bits(t):
@@ -243,8 +244,8 @@ class World2(Distributed, unittest.TestCase):
     def test_unequal_channels_last(self):
         self.check_case("unequal_channels_last")
 
-    def test_momentum_none(self):
-        self.check_case("momentum_none")
+    def test_momentum_none_strided(self):
+        self.check_case("momentum_none_strided")
 
     def test_affine_off_2d(self):
         self.check_case("affine_off_2d")
