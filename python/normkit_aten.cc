@@ -402,7 +402,8 @@ SyncInput sync_input(const at::Tensor &input, const char *op)
     SyncInput in = {input, at::MemoryFormat::Contiguous, NK_TENSOR_DESC_INIT};
     if (!nc_desc(in.x, &in.fmt, &in.d)) {
         in.x = input.contiguous();
-        TORCH_INTERNAL_ASSERT(nc_desc(in.x, &in.fmt, &in.d));
+        const bool dense = nc_desc(in.x, &in.fmt, &in.d);
+        TORCH_INTERNAL_ASSERT(dense);
     }
     return in;
 }
