@@ -323,6 +323,27 @@ class Shards(unittest.TestCase):
             self.assertEqual(sums[1][0].abs().sum().item(), 0.0)
             self.assertEqual(sums[1][2].abs().sum().item(), 0.0)
 
+    def test_shards_bf16_parameters(self):
+        # bf16 input with bf16 weight and bias and bf16 running statistics
+        x = (torch.randn(5, 4, 6) * 2 + 3).bfloat16()
+        dy = torch.randn(5, 4, 6).bfloat16()
+        w, b = torch.randn(4).bfloat16(), torch.randn(4).bfloat16()
+        rm, rv = torch.randn(4).bfloat16(), (torch.rand(4) + 0.5).bfloat16()
+        y, dx, sums, outs = self.run_shards(x, dy, [2, 0, 3], w, b, rm, rv, 0.1)
+        xr = x.double().requires_grad_(True)
+        wr, br = w.double().requires_grad_(True), b.double().requires_grad_(True)
+        rmr, rvr = rm.double(), rv.double()
+        F.batch_norm(xr, rmr, rvr, wr, br, True, 0.1, 1e-5).backward(dy.double())
+        yr = F.batch_norm(x.double(), None, None, w.double(), b.double(), True, 0.1, 1e-5)
+        self.assertEqual((y.dtype, dx.dtype, sums[0][2].dtype), (torch.bfloat16,) * 3)
+        self.assertLessEqual(rel_err(y, yr), BF16_TOL)
+        self.assertLessEqual(rel_err(dx, xr.grad), BF16_TOL)
+        self.assertLessEqual(rel_err(sum(s[2].double() for s in sums), wr.grad), BF16_TOL)
+        for _, _, rmi, rvi in outs:
+            self.assertEqual(rmi.dtype, torch.bfloat16)
+            self.assertLessEqual(rel_err(rmi, rmr), BF16_TOL)
+            self.assertLessEqual(rel_err(rvi, rvr), BF16_TOL)
+
     def test_merge_is_rank_order(self):
         parts = [nt._ops.bn_stats(torch.randn(n, 3, 5) * (i + 1) + i)
                  for i, n in enumerate([3, 0, 7, 1, 2])]
