@@ -12,6 +12,7 @@ OUT_DIR/rank<RANK>.pt.
     syncbn_cases.py RANK WORLD INIT_FILE OUT_DIR
 """
 import datetime
+import faulthandler
 import os
 import sys
 
@@ -150,6 +151,10 @@ def run_rank(rank, world, init_file):
     y.backward(shard(dy_all, case["sizes"], rank))
     results["ddp"] = dict(y=y.detach(), dx=x.grad, dweight=m.weight.grad.clone(),
                           dbias=m.bias.grad.clone(), running_var=m.running_var.clone())
+    # the DDP reducer goes while the process group is alive (dropping the
+    # group's last reference with it after destroy_process_group can hang in
+    # the gloo group's destructor)
+    del ddp, y
     dist.barrier()
     dist.destroy_process_group()
     return results
@@ -157,11 +162,18 @@ def run_rank(rank, world, init_file):
 
 def main(argv):
     rank, world, init_file, out_dir = int(argv[1]), int(argv[2]), argv[3], argv[4]
+    # a rank still running after SYNCBN_DUMP_S seconds prints its threads'
+    # stacks (to the log test_syncbn.py shows) and exits
+    faulthandler.dump_traceback_later(float(os.environ.get("SYNCBN_DUMP_S", "40")), exit=True)
     torch.set_num_threads(1)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import common  # noqa: F401 (puts normkit on the path)
     results = run_rank(rank, world, init_file)
     torch.save(results, os.path.join(out_dir, "rank%d.pt" % rank))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # no interpreter teardown: the results are saved and the group is gone
+    os._exit(0)
 
 
 if __name__ == "__main__":

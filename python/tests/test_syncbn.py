@@ -115,7 +115,7 @@ def run_world(world):
     procs = []
     try:
         env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo",
-                   MASTER_ADDR="127.0.0.1")
+                   MASTER_ADDR="127.0.0.1", SYNCBN_DUMP_S=str(WORLD_TIMEOUT_S - 5))
         script = os.path.abspath(sc.__file__)
         init = os.path.join(tmp, "rendezvous")
         for r in range(world):
