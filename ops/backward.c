@@ -689,7 +689,9 @@ static nk_status bw_bn(const char *fn, int kind, const nk_context *ctx, const nk
         return st;
     if (!cl.total) {
         bw_zero_params(&cl, dw, db, cl.c);
-        for (size_t c = 0; sum_dy && c < cl.c; c++)
+        /* the sums are outputs of the reduction only; the elementwise step
+         * reads them (the caller's global sums) */
+        for (size_t c = 0; kind == BW_BN_REDUCE && sum_dy && c < cl.c; c++)
             sum_dy[c] = sum_dy_xmu[c] = 0.0;
     } else if (any) {
         o.kind = kind;

@@ -22,7 +22,9 @@
 //
 // The extension is a plain shared library loaded by torch.ops.load_library;
 // it registers the operators normkit::enable(), normkit::disable(),
-// normkit::is_enabled() and normkit::stats() for python/normkit/torch.py.
+// normkit::is_enabled(), normkit::stats() and the steps of synchronized
+// BatchNorm (normkit::bn_stats ... bn_backward_elemt, see below) for
+// python/normkit/torch.py.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/native_batch_norm_native.h>
@@ -112,6 +114,21 @@ bool nc_layout(const at::Tensor &x, at::MemoryFormat *fmt, uint32_t *layout)
     return true;
 }
 
+// The descriptor of a dense (N, C, *) fp32 / bf16 tensor x: layout (see
+// nc_layout), dtype, n, c and spatial (the product of the extents after C,
+// so an empty batch has its own spatial size); param_dtype is left at fp32.
+// False when x's memory is neither dense channels-first nor channels-last.
+bool nc_desc(const at::Tensor &x, at::MemoryFormat *fmt, nk_tensor_desc *d)
+{
+    if (!nc_layout(x, fmt, &d->layout))
+        return false;
+    d->dtype = nk_dtype(x.scalar_type());
+    d->n = x.size(0);
+    d->c = x.size(1);
+    d->spatial = c10::multiply_integers(x.sizes().slice(2));
+    return true;
+}
+
 const at::Tensor &value(const c10::optional<at::Tensor> &t)
 {
     static const at::Tensor undefined;
@@ -165,13 +182,9 @@ bool batch_norm_nk(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b
     const bool mixed = x.scalar_type() != pt;
     at::MemoryFormat fmt;
     nk_tensor_desc d = NK_TENSOR_DESC_INIT;
-    if (!nc_layout(x, &fmt, &d.layout))
+    if (!nc_desc(x, &fmt, &d))
         return false;
-    d.dtype = nk_dtype(x.scalar_type());
     d.param_dtype = nk_dtype(pt);
-    d.n = x.size(0);
-    d.c = c;
-    d.spatial = x.numel() / (d.n * c);
 
     at::Tensor y = at::empty_like(x, fmt);
     // saved statistics: fp32, or x's type when parameters are of x's type
@@ -351,6 +364,225 @@ Tensors3 native_group_norm(const at::Tensor &input, const c10::optional<at::Tens
     return at::native::native_group_norm(input, weight, bias, n_, c_, hxw_, groups, eps);
 }
 
+// ---- synchronized BatchNorm ------------------------------------------------
+//
+// The per-rank steps of normkit.torch.SyncBatchNorm, which runs the
+// collectives between them (torch.distributed):
+//   bn_stats            x -> (C, 3) float64 moments (count, mean, m2) of this rank
+//   bn_merge_moments    the all-gathered (world, C, 3) -> (C, 3), merged in rank order
+//   bn_apply_moments    normalizes x with the merged moments and updates the
+//                       running statistics -> (y, save_mean, save_invstd)
+//   bn_backward_reduce  this rank's sum_dy, sum_dy_xmu (float64) and its own
+//                       dweight, dbias
+//   bn_backward_elemt   dx from the all-reduced sums and the global count
+// x: fp32 or bf16, at least 2-D, dense channels-first or channels-last
+// (anything else is normalized from a contiguous copy, as PyTorch's
+// SyncBatchNorm does); weight and bias fp32, or bf16 with a bf16 x; running
+// statistics fp32 in place (other types through fp32 copies).
+
+static_assert(sizeof(nk_moments) == 3 * sizeof(double), "nk_moments is (count, mean, m2)");
+
+void check_nk(nk_status st, const char *op)
+{
+    TORCH_CHECK(st == NK_OK, "normkit::", op, ": ", nk_last_error());
+}
+
+struct SyncInput {
+    at::Tensor x; // dense in fmt
+    at::MemoryFormat fmt;
+    nk_tensor_desc d;
+};
+
+SyncInput sync_input(const at::Tensor &input, const char *op)
+{
+    TORCH_CHECK(plain_cpu(input) && dense_dtype(input), "normkit::", op,
+                ": expected a CPU float32 or bfloat16 tensor, got ", input.toString());
+    TORCH_CHECK(input.dim() >= 2 && input.size(1) >= 1, "normkit::", op,
+                ": expected an (N, C, *) input with C >= 1, got sizes ", input.sizes());
+    SyncInput in = {input, at::MemoryFormat::Contiguous, NK_TENSOR_DESC_INIT};
+    if (!nc_desc(in.x, &in.fmt, &in.d)) {
+        in.x = input.contiguous();
+        const bool dense = nc_desc(in.x, &in.fmt, &in.d);
+        TORCH_INTERNAL_ASSERT(dense);
+    }
+    return in;
+}
+
+// A tensor of x's sizes in x's memory format and element type (dy)
+at::Tensor like_input(const at::Tensor &t, const SyncInput &in, const char *op, const char *name)
+{
+    TORCH_CHECK(plain_cpu(t) && t.sizes() == in.x.sizes(), "normkit::", op, ": ", name,
+                " must be a CPU tensor of sizes ", in.x.sizes(), ", got ", t.sizes());
+    return t.to(in.x.scalar_type()).contiguous(in.fmt);
+}
+
+// A per-channel float32 or float64 vector of c values (statistics, sums)
+at::Tensor channel_stat(const at::Tensor &t, int64_t c, at::ScalarType type, const char *op,
+                        const char *name)
+{
+    TORCH_CHECK(t.defined() && plain_cpu(t) && t.dim() == 1 && t.size(0) == c &&
+                    t.scalar_type() == type,
+                "normkit::", op, ": ", name, " must be a CPU ", c10::toString(type),
+                " vector of ", c, " values");
+    return t.contiguous();
+}
+
+// weight and bias (b may be null; undefined tensors are absent) and the
+// descriptor's param_dtype: fp32, or bf16 when x and every defined parameter
+// are bf16
+void sync_params(SyncInput *in, at::Tensor *w, at::Tensor *b, const char *op)
+{
+    static const at::Tensor undefined;
+    for (at::Tensor *p : {w, b})
+        if (p && p->defined())
+            *p = p->contiguous();
+    const at::Tensor &bv = b ? *b : undefined;
+    bool none;
+    at::ScalarType pt = at::kFloat;
+    TORCH_CHECK(common_type({w, &bv}, &pt, &none), "normkit::", op,
+                ": weight and bias must have one type");
+    if (none)
+        pt = at::kFloat;
+    TORCH_CHECK(channel_vector(*w, in->d.c) && channel_vector(bv, in->d.c), "normkit::", op,
+                ": weight and bias must be CPU float32 or bfloat16 vectors of ", in->d.c,
+                " values");
+    TORCH_CHECK(pt == at::kFloat || in->x.scalar_type() == pt, "normkit::", op,
+                ": bfloat16 weight and bias need a bfloat16 input");
+    in->d.param_dtype = nk_dtype(pt);
+}
+
+at::Tensor bn_stats(const at::Tensor &input)
+{
+    SyncInput in = sync_input(input, "bn_stats");
+    at::Tensor m = at::empty({in.d.c, 3}, input.options().dtype(at::kDouble));
+    nk_context ctx = make_context();
+    check_nk(nk_batch_norm_stats_ex(&ctx, &in.d, in.x.data_ptr(),
+                                    reinterpret_cast<nk_moments *>(m.data_ptr<double>())),
+             "bn_stats");
+    return m;
+}
+
+// gathered[r] holds rank r's moments; the result is
+// ((gathered[0] (+) gathered[1]) (+) gathered[2]) ... per channel, so every
+// rank that merges the same gathered tensor gets the same bits
+at::Tensor bn_merge_moments(const at::Tensor &gathered)
+{
+    TORCH_CHECK(plain_cpu(gathered) && gathered.scalar_type() == at::kDouble &&
+                    gathered.dim() == 3 && gathered.size(2) == 3,
+                "normkit::bn_merge_moments: expected a CPU float64 (world, C, 3) tensor, got ",
+                gathered.toString(), " of sizes ", gathered.sizes());
+    const at::Tensor g = gathered.contiguous();
+    const int64_t world = g.size(0), c = g.size(1);
+    at::Tensor out = at::zeros({c, 3}, g.options());
+    auto *acc = reinterpret_cast<nk_moments *>(out.data_ptr<double>());
+    const auto *parts = reinterpret_cast<const nk_moments *>(g.data_ptr<double>());
+    for (int64_t r = 0; r < world; r++)
+        for (int64_t i = 0; i < c; i++)
+            nk_moments_merge(&acc[i], &parts[r * c + i]);
+    return out;
+}
+
+Tensors3 bn_apply_moments(const at::Tensor &input, const at::Tensor &moments,
+                          const c10::optional<at::Tensor> &weight,
+                          const c10::optional<at::Tensor> &bias,
+                          const c10::optional<at::Tensor> &running_mean,
+                          const c10::optional<at::Tensor> &running_var, double momentum, double eps)
+{
+    static const char op[] = "bn_apply_moments";
+    SyncInput in = sync_input(input, op);
+    const int64_t c = in.d.c;
+    TORCH_CHECK(plain_cpu(moments) && moments.scalar_type() == at::kDouble &&
+                    moments.dim() == 2 && moments.size(0) == c && moments.size(1) == 3,
+                "normkit::", op, ": moments must be a CPU float64 (", c, ", 3) tensor");
+    const at::Tensor mo = moments.contiguous();
+    at::Tensor w = value(weight), b = value(bias);
+    sync_params(&in, &w, &b, op);
+    const at::Tensor &rm = value(running_mean), &rv = value(running_var);
+    TORCH_CHECK(rm.defined() == rv.defined(), "normkit::", op,
+                ": running_mean and running_var go together");
+    TORCH_CHECK(channel_vector(rm, c) && channel_vector(rv, c), "normkit::", op,
+                ": running statistics must be CPU float32 or bfloat16 vectors of ", c, " values");
+    at::Tensor rm32, rv32;
+    nk_running_stats rs = {};
+    if (rm.defined()) {
+        rm32 = rm.scalar_type() == at::kFloat ? rm : rm.to(at::kFloat);
+        rv32 = rv.scalar_type() == at::kFloat ? rv : rv.to(at::kFloat);
+        rs.mean = rm32.data_ptr<float>();
+        rs.var = rv32.data_ptr<float>();
+        rs.momentum = momentum;
+        rs.unbiased = 1;
+    }
+    at::Tensor y = at::empty_like(in.x, in.fmt);
+    const at::TensorOptions fo = input.options().dtype(at::kFloat);
+    at::Tensor save_mean = at::empty({c}, fo), save_invstd = at::empty({c}, fo);
+    nk_context ctx = make_context();
+    check_nk(nk_batch_norm_apply_moments_ex(
+                 &ctx, &in.d, in.x.data_ptr(), y.data_ptr(),
+                 reinterpret_cast<const nk_moments *>(mo.data_ptr<double>()),
+                 w.defined() ? w.data_ptr() : nullptr, b.defined() ? b.data_ptr() : nullptr, eps,
+                 rm.defined() ? &rs : nullptr, save_mean.data_ptr<float>(),
+                 save_invstd.data_ptr<float>()),
+             op);
+    if (rm.defined() && rm.scalar_type() != at::kFloat) {
+        rm.copy_(rm32);
+        rv.copy_(rv32);
+    }
+    return Tensors3(y, save_mean, save_invstd);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+bn_backward_reduce(const at::Tensor &grad_output, const at::Tensor &input, const at::Tensor &mean,
+                   const at::Tensor &invstd, const c10::optional<at::Tensor> &weight,
+                   bool weight_grad, bool bias_grad)
+{
+    static const char op[] = "bn_backward_reduce";
+    SyncInput in = sync_input(input, op);
+    const int64_t c = in.d.c;
+    const at::Tensor dy = like_input(grad_output, in, op, "grad_output");
+    const at::Tensor m = channel_stat(mean, c, at::kFloat, op, "mean");
+    const at::Tensor is = channel_stat(invstd, c, at::kFloat, op, "invstd");
+    at::Tensor w = value(weight);
+    sync_params(&in, &w, nullptr, op);
+    const at::TensorOptions po =
+        input.options().dtype(in.d.param_dtype == NK_DTYPE_BF16 ? at::kBFloat16 : at::kFloat);
+    const at::TensorOptions dop = input.options().dtype(at::kDouble);
+    at::Tensor sum_dy = at::empty({c}, dop), sum_dy_xmu = at::empty({c}, dop);
+    at::Tensor dw = weight_grad ? at::empty({c}, po) : at::Tensor();
+    at::Tensor db = bias_grad ? at::empty({c}, po) : at::Tensor();
+    nk_context ctx = make_context();
+    check_nk(nk_batch_norm_backward_reduce_ex(
+                 &ctx, &in.d, in.x.data_ptr(), nullptr, dy.data_ptr(), m.data_ptr<float>(),
+                 is.data_ptr<float>(), sum_dy.data_ptr<double>(), sum_dy_xmu.data_ptr<double>(),
+                 dw.defined() ? dw.data_ptr() : nullptr, db.defined() ? db.data_ptr() : nullptr),
+             op);
+    return std::make_tuple(sum_dy, sum_dy_xmu, dw, db);
+}
+
+at::Tensor bn_backward_elemt(const at::Tensor &grad_output, const at::Tensor &input,
+                             const at::Tensor &mean, const at::Tensor &invstd,
+                             const c10::optional<at::Tensor> &weight, const at::Tensor &sum_dy,
+                             const at::Tensor &sum_dy_xmu, int64_t count)
+{
+    static const char op[] = "bn_backward_elemt";
+    SyncInput in = sync_input(input, op);
+    const int64_t c = in.d.c;
+    const at::Tensor dy = like_input(grad_output, in, op, "grad_output");
+    const at::Tensor m = channel_stat(mean, c, at::kFloat, op, "mean");
+    const at::Tensor is = channel_stat(invstd, c, at::kFloat, op, "invstd");
+    const at::Tensor sd = channel_stat(sum_dy, c, at::kDouble, op, "sum_dy");
+    const at::Tensor sdx = channel_stat(sum_dy_xmu, c, at::kDouble, op, "sum_dy_xmu");
+    at::Tensor w = value(weight);
+    sync_params(&in, &w, nullptr, op);
+    at::Tensor dx = at::empty_like(in.x, in.fmt);
+    nk_context ctx = make_context();
+    check_nk(nk_batch_norm_backward_elemt_ex(
+                 &ctx, &in.d, in.x.data_ptr(), nullptr, dy.data_ptr(), dx.data_ptr(),
+                 w.defined() ? w.data_ptr() : nullptr, m.data_ptr<float>(), is.data_ptr<float>(),
+                 sd.data_ptr<double>(), sdx.data_ptr<double>(), count),
+             op);
+    return dx;
+}
+
 // ---- enable / disable -------------------------------------------------------
 
 std::mutex g_mutex;
@@ -424,4 +656,16 @@ TORCH_LIBRARY(normkit, m)
     m.def("is_enabled() -> bool", &is_enabled);
     m.def("stats(bool reset=False) -> int[]", &stats);
     m.def("isa() -> str", &isa);
+    m.def("bn_stats(Tensor input) -> Tensor", &bn_stats);
+    m.def("bn_merge_moments(Tensor gathered) -> Tensor", &bn_merge_moments);
+    m.def("bn_apply_moments(Tensor input, Tensor moments, Tensor? weight, Tensor? bias, "
+          "Tensor(a!)? running_mean, Tensor(b!)? running_var, float momentum, float eps) "
+          "-> (Tensor, Tensor, Tensor)",
+          &bn_apply_moments);
+    m.def("bn_backward_reduce(Tensor grad_output, Tensor input, Tensor mean, Tensor invstd, "
+          "Tensor? weight, bool weight_grad, bool bias_grad) -> (Tensor, Tensor, Tensor, Tensor)",
+          &bn_backward_reduce);
+    m.def("bn_backward_elemt(Tensor grad_output, Tensor input, Tensor mean, Tensor invstd, "
+          "Tensor? weight, Tensor sum_dy, Tensor sum_dy_xmu, int count) -> Tensor",
+          &bn_backward_elemt);
 }

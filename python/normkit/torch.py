@@ -12,12 +12,18 @@ computed by normkit on PyTorch's intra-op threads (torch.get_num_threads());
 every other call runs ATen's own CPU implementation. Autograd is unchanged:
 ATen's backward kernels take the statistics normkit's forward returns.
 
+SyncBatchNorm is torch.nn.SyncBatchNorm on the CPU over torch.distributed
+(gloo): each rank's per-channel moments come from normkit, are all-gathered
+and merged in rank order, and the backward all-reduces two per-channel sums.
+
 The extension library is looked up in $NORMKIT_TORCH_LIBRARY, then next to
 this file (where `meson install` puts it).
 """
 import os as _os
 
 import torch as _torch
+import torch.distributed as _dist
+import torch.nn.functional as _F
 
 _LIB_NAME = "_normkit_aten.so"
 _loaded = None
@@ -102,3 +108,160 @@ def stats(reset=False):
 def isa():
     """The instruction set normkit's kernels run with ("avx2", "avx512", ...)."""
     return _ops.isa()
+
+
+# ---- synchronized BatchNorm -------------------------------------------------
+
+
+def _gather_moments(input, process_group, world_size):
+    """The (C, 3) float64 moments (count, mean, m2) of the inputs of every
+    rank of process_group: this rank's from normkit, all-gathered (an empty
+    input contributes count 0) and merged in rank order, so every rank holds
+    the same bits."""
+    local = _ops.bn_stats(input)
+    gathered = [_torch.empty_like(local) for _ in range(world_size)]
+    _dist.all_gather(gathered, local, process_group)
+    return _ops.bn_merge_moments(_torch.stack(gathered))
+
+
+class _SyncBatchNormFunction(_torch.autograd.Function):
+    """torch.nn.modules._functions.SyncBatchNorm with normkit's steps."""
+
+    @staticmethod
+    def forward(ctx, input, weight, bias, running_mean, running_var, eps, momentum,
+                process_group, world_size):
+        # one dense copy of any other strides, as PyTorch's (the ops would
+        # each make their own)
+        if not (input.is_contiguous() or input.is_contiguous(memory_format=_torch.channels_last)
+                or input.is_contiguous(memory_format=_torch.channels_last_3d)):
+            input = input.contiguous()
+        moments = _gather_moments(input, process_group, world_size)
+        count = int(moments[0, 0].item())
+        if count == 1:
+            raise ValueError("Expected more than 1 value per channel when training, "
+                             "got input size {}".format(count))
+        y, mean, invstd = _ops.bn_apply_moments(input, moments, weight, bias, running_mean,
+                                                running_var, float(momentum), float(eps))
+        ctx.save_for_backward(input, weight, mean, invstd)
+        ctx.count = count
+        ctx.process_group = process_group
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        input, weight, mean, invstd = ctx.saved_tensors
+        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
+        # each rank's own dweight / dbias, as PyTorch's SyncBatchNorm
+        # (DistributedDataParallel reduces them with the other parameters)
+        sum_dy, sum_dy_xmu, grad_weight, grad_bias = _ops.bn_backward_reduce(
+            grad_output, input, mean, invstd, weight,
+            bool(need_weight and weight is not None), bool(need_bias and weight is not None))
+        grad_input = None
+        if need_input:
+            c = sum_dy.shape[0]
+            combined = _torch.cat([sum_dy, sum_dy_xmu])
+            _dist.all_reduce(combined, _dist.ReduceOp.SUM, ctx.process_group)
+            sum_dy, sum_dy_xmu = _torch.split(combined, c)
+            grad_input = _ops.bn_backward_elemt(grad_output, input, mean, invstd, weight,
+                                                sum_dy, sum_dy_xmu, ctx.count)
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+class SyncBatchNorm(_torch.nn.modules.batchnorm._BatchNorm):
+    """torch.nn.SyncBatchNorm for CPU tensors (fp32, or bf16 with fp32 or bf16
+    parameters; channels-first or channels-last) over a torch.distributed
+    process group (gloo). Training with batch statistics synchronizes: the
+    per-channel (count, mean, M2) of every rank are all-gathered and merged
+    in rank order in float64, so outputs, gradients and running statistics
+    are those of BatchNorm over the concatenated batch, identical on every
+    rank; ranks may have different batch sizes, an empty one included. The
+    backward all-reduces sum(dy) and sum(dy * (x - mean)); dweight and dbias
+    are each rank's own, as PyTorch's (zeros on an empty rank). In eval mode,
+    without an initialised process group or with a world of one it is
+    F.batch_norm, as PyTorch's.
+
+    Not a subclass of torch.nn.SyncBatchNorm: DistributedDataParallel
+    refuses CPU modules that contain one."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, process_group=None, device=None, dtype=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         device=device, dtype=dtype)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError("expected at least 2D input (got {}D input)".format(input.dim()))
+
+    def _check_non_zero_input_channels(self, input):
+        if input.size(1) == 0:
+            raise ValueError("SyncBatchNorm number of input channels should be non-zero")
+
+    def forward(self, input):
+        self._check_input_dim(input)
+        self._check_non_zero_input_channels(input)
+
+        if self.momentum is None:
+            exponential_average_factor = 0.0
+        else:
+            exponential_average_factor = self.momentum
+        if self.training and self.track_running_stats:
+            assert self.num_batches_tracked is not None
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                exponential_average_factor = 1.0 / self.num_batches_tracked.item()
+
+        if self.training:
+            bn_training = True
+        else:
+            bn_training = (self.running_mean is None) and (self.running_var is None)
+        running_mean = (self.running_mean if not self.training or self.track_running_stats
+                        else None)
+        running_var = (self.running_var if not self.training or self.track_running_stats
+                       else None)
+
+        need_sync = (bn_training and self.training and _dist.is_available()
+                     and _dist.is_initialized())
+        if need_sync:
+            process_group = _dist.group.WORLD
+            if self.process_group:
+                process_group = self.process_group
+            world_size = _dist.get_world_size(process_group)
+            need_sync = world_size > 1
+        if not need_sync:
+            return _F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
+                                 bn_training, exponential_average_factor, self.eps)
+        return _SyncBatchNormFunction.apply(input, self.weight, self.bias, running_mean,
+                                            running_var, self.eps, exponential_average_factor,
+                                            process_group, world_size)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module, process_group=None):
+        """torch.nn.SyncBatchNorm.convert_sync_batchnorm making normkit
+        SyncBatchNorm layers: every BatchNorm*d (any _BatchNorm) in module
+        becomes one sharing its parameters (so requires_grad too) and buffers,
+        in the same training mode; returns the new module when module itself
+        is one, else module with its layers replaced."""
+        module_output = module
+        if isinstance(module, _torch.nn.modules.batchnorm._BatchNorm):
+            module_output = cls(module.num_features, module.eps, module.momentum, module.affine,
+                                module.track_running_stats, process_group)
+            if module.affine:
+                with _torch.no_grad():
+                    module_output.weight = module.weight
+                    module_output.bias = module.bias
+            module_output.running_mean = module.running_mean
+            module_output.running_var = module.running_var
+            module_output.num_batches_tracked = module.num_batches_tracked
+            module_output.training = module.training
+            if hasattr(module, "qconfig"):
+                module_output.qconfig = module.qconfig
+        for name, child in module.named_children():
+            module_output.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        del module
+        return module_output
+
+
+def convert_sync_batchnorm(module, process_group=None):
+    """SyncBatchNorm.convert_sync_batchnorm(module, process_group)."""
+    return SyncBatchNorm.convert_sync_batchnorm(module, process_group)
