@@ -197,43 +197,36 @@ class SyncBatchNorm(_torch.nn.modules.batchnorm._BatchNorm):
         if input.size(1) == 0:
             raise ValueError("SyncBatchNorm number of input channels should be non-zero")
 
+    def _sync_group(self):
+        """(group, size) to synchronize over, or None: training with batch
+        statistics in an initialised process group of more than one rank."""
+        if not (_dist.is_available() and _dist.is_initialized()):
+            return None
+        group = self.process_group if self.process_group else _dist.group.WORLD
+        size = _dist.get_world_size(group)
+        return (group, size) if size > 1 else None
+
     def forward(self, input):
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
-
-        if self.momentum is None:
-            exponential_average_factor = 0.0
-        else:
-            exponential_average_factor = self.momentum
-        if self.training and self.track_running_stats:
-            assert self.num_batches_tracked is not None
+        # running statistics: updated in training when tracked (momentum
+        # None = cumulative average over num_batches_tracked), read in eval
+        tracked = self.track_running_stats and self.running_mean is not None
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and tracked:
             self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average
-                exponential_average_factor = 1.0 / self.num_batches_tracked.item()
-
-        if self.training:
-            bn_training = True
-        else:
-            bn_training = (self.running_mean is None) and (self.running_var is None)
-        running_mean = (self.running_mean if not self.training or self.track_running_stats
-                        else None)
-        running_var = (self.running_var if not self.training or self.track_running_stats
-                       else None)
-
-        need_sync = (bn_training and self.training and _dist.is_available()
-                     and _dist.is_initialized())
-        if need_sync:
-            process_group = _dist.group.WORLD
-            if self.process_group:
-                process_group = self.process_group
-            world_size = _dist.get_world_size(process_group)
-            need_sync = world_size > 1
-        if not need_sync:
-            return _F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
-                                 bn_training, exponential_average_factor, self.eps)
-        return _SyncBatchNormFunction.apply(input, self.weight, self.bias, running_mean,
-                                            running_var, self.eps, exponential_average_factor,
-                                            process_group, world_size)
+            if self.momentum is None:
+                factor = 1.0 / self.num_batches_tracked.item()
+        use_batch_stats = self.training or self.running_mean is None
+        keep = tracked or not self.training
+        rmean = self.running_mean if keep else None
+        rvar = self.running_var if keep else None
+        sync = self._sync_group() if self.training else None
+        if sync is None:
+            return _F.batch_norm(input, rmean, rvar, self.weight, self.bias, use_batch_stats,
+                                 factor, self.eps)
+        return _SyncBatchNormFunction.apply(input, self.weight, self.bias, rmean, rvar,
+                                            self.eps, factor, sync[0], sync[1])
 
     @classmethod
     def convert_sync_batchnorm(cls, module, process_group=None):
@@ -242,24 +235,21 @@ class SyncBatchNorm(_torch.nn.modules.batchnorm._BatchNorm):
         becomes one sharing its parameters (so requires_grad too) and buffers,
         in the same training mode; returns the new module when module itself
         is one, else module with its layers replaced."""
-        module_output = module
         if isinstance(module, _torch.nn.modules.batchnorm._BatchNorm):
-            module_output = cls(module.num_features, module.eps, module.momentum, module.affine,
-                                module.track_running_stats, process_group)
+            layer = cls(module.num_features, module.eps, module.momentum, module.affine,
+                        module.track_running_stats, process_group)
             if module.affine:
-                with _torch.no_grad():
-                    module_output.weight = module.weight
-                    module_output.bias = module.bias
-            module_output.running_mean = module.running_mean
-            module_output.running_var = module.running_var
-            module_output.num_batches_tracked = module.num_batches_tracked
-            module_output.training = module.training
+                layer.weight, layer.bias = module.weight, module.bias
+            for buf in ("running_mean", "running_var", "num_batches_tracked"):
+                setattr(layer, buf, getattr(module, buf))
+            layer.train(module.training)
             if hasattr(module, "qconfig"):
-                module_output.qconfig = module.qconfig
-        for name, child in module.named_children():
-            module_output.add_module(name, cls.convert_sync_batchnorm(child, process_group))
-        del module
-        return module_output
+                layer.qconfig = module.qconfig
+        else:
+            layer = module
+        for name, child in list(module.named_children()):
+            layer.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        return layer
 
 
 def convert_sync_batchnorm(module, process_group=None):
