@@ -399,7 +399,7 @@ NK_API nk_status nk_rms_norm_ex(const nk_context *ctx, const nk_tensor_desc *des
 /* Backward passes                                                            */
 /* ------------------------------------------------------------------------ */
 /*
- * The gradients of the _ex operators. Each takes the forward's context and
+ * The gradients of the _ex operators (added in 0.3). Each takes the forward's context and
  * descriptor (same extents, layout, strides, dtype, param_dtype, activation
  * and alpha) and the statistics the forward saved.
  *
