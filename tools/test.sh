@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Builds normkit (-Werror) and runs the whole test suite on the best ISA.
+# Builds normkit (-Werror) and runs the whole test suite on the best ISA: the
+# cmocka suites, then the PyTorch backend's (tools/test-torch.sh; NORMKIT_NO_TORCH=1
+# leaves it out, for a machine without PyTorch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh test
@@ -11,3 +13,6 @@ else
 fi
 ninja -C build
 meson test -C build --print-errorlogs
+if [ -z "${NORMKIT_NO_TORCH:-}" ]; then
+  bash tools/test-torch.sh
+fi
