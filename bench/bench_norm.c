@@ -23,7 +23,8 @@
  * memcpy rows copy the tensor's bytes: elements x 2 for the 16-bit types.
  * Every model shape also has backward rows, model/<shape>.bwd/...: normkit's
  * *_backward_ex with dx, dweight and dbias wanted, from the forward's saved
- * statistics; ATen's native_*_backward (after threshold_backward /
+ * statistics and the workspace nk_backward_workspace_size asks for; ATen's
+ * native_*_backward (after threshold_backward /
  * leaky_relu_backward for a fused activation); memcpy of half the bytes the
  * backward moves (x and dy read, dx written), so memcpy_ratio is again the
  * fraction of the copy bandwidth. oneDNN's backward is not wired in (n/a).
@@ -311,8 +312,11 @@ struct params {
     uint16_t *w16, *b16;
     const void *wp, *bp;
     nk_running_stats running;
-    /* backward: the forward output, dy, dx, dweight, dbias */
+    /* backward: the forward output, dy, dx, dweight, dbias, and the
+     * workspace nk_backward_workspace_size asks for (on the first call) */
     void *y0, *dy, *dx, *dw, *db;
+    void *ws;
+    size_t ws_size;
 };
 
 static void params_init(struct params *p, const nkb_case *cs)
@@ -351,7 +355,8 @@ static void params_init(struct params *p, const nkb_case *cs)
         p->wp = p->w16;
         p->bp = p->b16;
     }
-    p->y0 = p->dy = p->dx = p->dw = p->db = NULL;
+    p->y0 = p->dy = p->dx = p->dw = p->db = p->ws = NULL;
+    p->ws_size = 0;
     if (cs->backward) {
         const size_t bytes = tensor_bytes(cs), elems = (size_t)case_elems(cs);
         p->y0 = xalloc(bytes);
@@ -385,13 +390,35 @@ static void params_free(struct params *p)
     free(p->dx);
     free(p->dw);
     free(p->db);
+    free(p->ws);
 }
 
 /* The backward of cs on x with the forward's output and statistics in p
  * (bwd_prepare), every gradient wanted. */
 static nk_status run_backward(const nkb_case *cs, struct params *p, nk_tensor_desc *d, const void *x)
 {
-    const nk_context *ctx = &g_ctx;
+    static const uint32_t layers[] = {
+        [NKB_OP_BN_TRAIN] = NK_LAYER_BATCH_NORM, [NKB_OP_BN_INFER] = NK_LAYER_BATCH_NORM,
+        [NKB_OP_IN] = NK_LAYER_INSTANCE_NORM,    [NKB_OP_GN] = NK_LAYER_GROUP_NORM,
+        [NKB_OP_LN] = NK_LAYER_LAYER_NORM,       [NKB_OP_RMS] = NK_LAYER_RMS_NORM,
+    };
+    nk_context c = g_ctx;
+    const nk_context *ctx = &c;
+    if (cs->op == NKB_OP_LN || cs->op == NKB_OP_RMS) {
+        d->n = cs->n * cs->spatial;
+        d->spatial = 1;
+        d->layout = NK_CHANNELS_LAST;
+    }
+    if (!p->ws) {
+        size_t bytes = 0;
+        nk_status st = nk_backward_workspace_size(layers[cs->op], d, cs->groups, &bytes);
+        if (st)
+            return st;
+        p->ws = xalloc(bytes ? bytes : 1);
+        p->ws_size = bytes;
+    }
+    c.workspace = p->ws;
+    c.workspace_size = p->ws_size;
     switch (cs->op) {
     case NKB_OP_BN_TRAIN:
         return nk_batch_norm_backward_ex(ctx, d, x, p->y0, p->dy, p->dx, p->wp, p->smean, p->sinv,
@@ -407,9 +434,6 @@ static nk_status run_backward(const nkb_case *cs, struct params *p, nk_tensor_de
                                          p->smean, p->sinv, p->dw, p->db);
     case NKB_OP_LN:
     case NKB_OP_RMS:
-        d->n = cs->n * cs->spatial;
-        d->spatial = 1;
-        d->layout = NK_CHANNELS_LAST;
         if (cs->op == NKB_OP_LN)
             return nk_layer_norm_backward_ex(ctx, d, x, p->y0, p->dy, p->dx, p->wp, p->smean,
                                              p->sinv, p->dw, p->db);

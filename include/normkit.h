@@ -296,8 +296,11 @@ typedef struct nk_context {
     uint32_t flags;             /* 0 (no flags are defined yet) */
     const nk_threadpool *pool;  /* NULL: the calling thread only */
     uint64_t reserved[6];       /* 0 */
+    /* appended in 0.4 (read as none from older callers' structs) */
+    void *workspace;            /* caller memory a call may use, any alignment (NULL: none) */
+    size_t workspace_size;      /* its bytes (0 with a NULL workspace) */
 } nk_context;
-#define NK_CONTEXT_INIT {sizeof(nk_context), 0, NULL, {0, 0, 0, 0, 0, 0}}
+#define NK_CONTEXT_INIT {sizeof(nk_context), 0, NULL, {0, 0, 0, 0, 0, 0}, NULL, 0}
 
 /* Element types (uint32_t codes in descriptors). */
 #define NK_DTYPE_F32 0u
@@ -436,12 +439,31 @@ NK_API nk_status nk_rms_norm_ex(const nk_context *ctx, const nk_tensor_desc *des
  *   invstd * (w dy - mean(w dy) - (x - mean) invstd^2 mean(w dy (x - mean)))
  * over each reduced set (RMSNorm: no mean terms), evaluated in fp32 from
  * per-set coefficients computed in fp64. Results are bitwise identical for
- * any thread count: partial sums merge in an order fixed by the shape, and
+ * any thread count: partial sums merge in an order fixed by the shape.
  * dweight / dbias of the per-sample operators (InstanceNorm, GroupNorm,
- * LayerNorm, RMSNorm) are owned by blocks of channels (columns) that sum
- * the samples (rows) in order. Those four read x and dy once more for
- * dweight / dbias than for dx alone.
+ * LayerNorm, RMSNorm) sum the samples (rows) in an order fixed by the shape:
+ * LayerNorm and RMSNorm in strips of rows (fp32 inside a strip, fp64 across
+ * strips, strips in order), InstanceNorm and GroupNorm per sample.
+ *
+ * Workspace: asked for dx and dweight (or dbias), these calls take the
+ * parameter gradients from the pass that computes dx when they have
+ * nk_backward_workspace_size bytes of scratch: ctx->workspace (the caller's
+ * memory, used during the call only) or, for small shapes, the calling
+ * thread's stack. This applies to LayerNorm and RMSNorm rows of up to 2^17
+ * elements, and to channels-first InstanceNorm and GroupNorm whose groups
+ * hold up to 2^17 elements. Without it such a call reads x and dy once more
+ * for dweight / dbias than for dx alone. The results are the same bits
+ * either way; a workspace that is too small is not an error, only unused.
+ * BatchNorm needs none (its parameter gradients are its sums).
  */
+
+/* Bytes of ctx->workspace with which the backward of `layer` (an nk_layer
+ * code) on desc (groups: GroupNorm's, else ignored) runs its fastest path;
+ * 0 when it uses none. NK_ERR_NULL_POINTER for a NULL desc or bytes,
+ * otherwise the validation of desc (NK_ERR_BAD_SHAPE, ...) and of layer
+ * (NK_ERR_BAD_PARAM); *bytes is written on NK_OK only. */
+NK_API nk_status nk_backward_workspace_size(uint32_t layer, const nk_tensor_desc *desc,
+                                            int64_t groups, size_t *bytes);
 
 /* Training BatchNorm: save_mean / save_invstd are the batch statistics
  * (C values each, as nk_batch_norm_train_ex saved them). */

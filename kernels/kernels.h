@@ -230,6 +230,18 @@ typedef void (*nk_bwd_dx_rows_fn)(const void *x, const void *y, const void *dy, 
                                   const float *m, const float *k1, const float *k2,
                                   const float *k3, size_t ps, const float *w,
                                   const nk_epilogue *ep);
+/*
+ * Row input gradient as nk_bwd_dx_rows (ps 1) that also accumulates the
+ * rows' per-column parameter-gradient partials, fp32, rows in order:
+ *   fa[i] += g[r][i],  fb[i] = fma(g[r][i], (x[r][i] - m[r]) * s[r], fb[i])
+ * Lane for lane the arithmetic of nk_bwd_sums_cols over the same rows (one
+ * chunk, mr = m, sr = s), so both give the same fp32 partials.
+ */
+typedef void (*nk_bwd_dx_rows_acc_fn)(const void *x, const void *y, const void *dy, void *dx,
+                                      size_t rows, size_t len, size_t xstride, size_t ystride,
+                                      const float *m, const float *k1, const float *k2,
+                                      const float *k3, const float *s, const float *w,
+                                      const nk_epilogue *ep, float *fa, float *fb);
 /* Column input gradient, per-column coefficients:
  *   dx[r][c] = fma(k1[c], g, fma(k2[c], x[r][c] - m[c], k3[c])) */
 typedef void (*nk_bwd_dx_cols_fn)(const void *x, const void *y, const void *dy, void *dx,
@@ -264,6 +276,7 @@ typedef struct nk_kernels {
     nk_bwd_sums_rows_fn bwd_sums_rows;
     nk_bwd_sums_cols_fn bwd_sums_cols;
     nk_bwd_dx_rows_fn bwd_dx_rows;
+    nk_bwd_dx_rows_acc_fn bwd_dx_rows_acc;
     nk_bwd_dx_cols_fn bwd_dx_cols;
 } nk_kernels;
 

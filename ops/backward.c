@@ -33,6 +33,7 @@
  * gradients.
  */
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "kernels/cvt.h"
@@ -57,6 +58,7 @@ typedef struct bw_op {
     double *sum_dy, *sum_dy_xmu; /* BN_REDUCE: written; BN_ELEMT: read */
     double M;                    /* elements per set (BN_ELEMT: the global count) */
     void *dw, *db;
+    double *pc; /* per (sample, channel) {sum g, sum g (x - m)} kept by phase 1 (NULL: none) */
     bool dx;
     size_t gps, cpg; /* sets per sample (BatchNorm: C, nsamp 1), channels per set */
     /* plan geometry */
@@ -166,6 +168,18 @@ static const float *bw_col_weight(const bw_op *o, size_t off)
     return (o->kind == BW_LN || o->kind == BW_RMS) && o->w ? o->w + off : NULL;
 }
 
+/* Phase 1's unweighted sums of rows j.. of set q (channels of one sample)
+ * into o->pc: a set's rows are whole there (one piece). */
+static void bw_keep(const bw_op *o, size_t q, size_t j, size_t rows, const double *sg,
+                    const double *sgx)
+{
+    const size_t ch = (q / o->gps) * o->cl->c + (q % o->gps) * o->cpg + j;
+    for (size_t i = 0; i < rows; i++) {
+        o->pc[2 * (ch + i)] = sg[i];
+        o->pc[2 * (ch + i) + 1] = sgx[i];
+    }
+}
+
 static void bw_span_sums(const bw_op *o, size_t q, size_t j, size_t off, size_t rows, size_t n,
                          void *arg)
 {
@@ -182,6 +196,8 @@ static void bw_span_sums(const bw_op *o, size_t q, size_t j, size_t off, size_t 
         acc->mean += wr * sg[i];
         acc->m2 += wr * sgx[i];
     }
+    if (o->pc)
+        bw_keep(o, q, j, rows, sg, sgx);
     acc->count += (double)(rows * n);
 }
 
@@ -207,6 +223,8 @@ static void bw_rows_sums(void *op, size_t b, size_t p, nk_moments *part)
         for (size_t q = q0; q < q1; q++) {
             const double wr = bw_row_weight(o, q, 0);
             part[q - q0] = (nk_moments){(double)o->len, wr * sg[q - q0], wr * sgx[q - q0]};
+            if (o->pc)
+                bw_keep(o, q, 0, 1, sg + (q - q0), sgx + (q - q0));
         }
         return;
     }
@@ -430,6 +448,16 @@ static size_t bw_params_block(const bw_op *o)
     return o->kind == BW_LN || o->kind == BW_RMS ? BW_PARAM_COLS : BW_SETS;
 }
 
+/* Rows per strip of LayerNorm's and RMSNorm's parameter gradients: fp32
+ * partials over a strip's rows (one chunk of the column sums), fp64 across
+ * strips in order. About 32 strips (the tasks of the fused pass), 16 to
+ * NK_BWD_CHUNK_ROWS rows each; the shape alone decides. */
+static size_t bw_strip_rows(size_t rows)
+{
+    const size_t r = (rows + 31) / 32;
+    return r < 16 ? 16 : r > NK_BWD_CHUNK_ROWS ? NK_BWD_CHUNK_ROWS : r;
+}
+
 /* Channels [c0, c0 + nc) (columns of LayerNorm / RMSNorm), every sample in
  * order: task t owns block t. */
 static void bw_params_task(void *arg, size_t t)
@@ -442,9 +470,11 @@ static void bw_params_task(void *arg, size_t t)
     double aw[BW_PARAM_COLS] = {0}, ab[BW_PARAM_COLS] = {0}, sg[BW_SETS], sgx[BW_SETS];
     float mrow[BW_SETS];
     if (o->kind == BW_LN || o->kind == BW_RMS) {
-        const size_t rows = cl->n * cl->s;
+        const size_t rows = cl->n * cl->s, sr = bw_strip_rows(rows);
         for (size_t r = 0; r < rows;) {
             size_t xs, ys, e = nk_grid_run(&o->g, r, rows, &xs, &ys);
+            /* one call per strip: the fp32 partials of bw_strip_task */
+            e = e < (r / sr + 1) * sr ? e : (r / sr + 1) * sr;
             const size_t xo = nk_grid_x(&o->g, r) + c0, yo = nk_grid_y(&o->g, r) + c0;
             k->bwd_sums_cols(nk_xat(k, cl->x, xo), o->y ? nk_xat(k, o->y, yo) : NULL,
                              nk_xat(k, o->dy, yo), e - r, nc, xs, ys, NULL,
@@ -485,10 +515,134 @@ static void bw_params_task(void *arg, size_t t)
     }
 }
 
+/* dweight / dbias of channel block t from phase 1's kept sums, samples in
+ * order: the arithmetic of bw_params_task on the same per-channel sums. */
+static void bw_kept_task(void *arg, size_t t)
+{
+    const bw_op *o = arg;
+    const nk_call *cl = o->cl;
+    const size_t c0 = t * BW_SETS, nc = cl->c - c0 < BW_SETS ? cl->c - c0 : BW_SETS;
+    double aw[BW_SETS] = {0}, ab[BW_SETS] = {0};
+    for (size_t n = 0; n < cl->n; n++)
+        for (size_t i = 0; i < nc; i++) {
+            const double *p = o->pc + 2 * (n * cl->c + c0 + i);
+            ab[i] += p[0];
+            aw[i] += (double)o->inv[n * o->gps + (c0 + i) / o->cpg] * p[1];
+        }
+    for (size_t i = 0; i < nc; i++) {
+        if (o->dw)
+            bw_put(cl->pdt, o->dw, c0 + i, aw[i]);
+        if (o->db)
+            bw_put(cl->pdt, o->db, c0 + i, ab[i]);
+    }
+}
+
 static void bw_params(nk_call *cl, bw_op *o)
 {
     const size_t blk = bw_params_block(o);
     nk_par_run(&cl->ex, (cl->c + blk - 1) / blk, 2 * cl->total, bw_params_task, o);
+}
+
+/* ---- LayerNorm / RMSNorm: parameter gradients fused into the dx pass ----
+ *
+ * Task t owns strip t of bw_strip_rows rows: L1 blocks of rows get their
+ * sums, coefficients and dx (as the rows plan), and the dx kernel adds the
+ * rows' fp32 column partials into the strip's two arrays of the workspace.
+ * Then blocks of columns sum the strips in order in fp64: the arithmetic of
+ * bw_params_task, which runs instead when there is no workspace. x and dy
+ * are read once. */
+
+typedef struct bw_strips {
+    const bw_op *o;
+    float *ws;     /* per strip: fa[cp], fb[cp] */
+    size_t rows, sr, strips, cp, gb, xs, ys;
+} bw_strips;
+
+/* Bytes of workspace the fused pass of an op of rows x c needs (0: none,
+ * rows too long for one block). */
+static size_t bw_strips_bytes(size_t rows, size_t c)
+{
+    if (c > NK_FUSE_FLOATS || !rows)
+        return 0;
+    const size_t strips = (rows + bw_strip_rows(rows) - 1) / bw_strip_rows(rows);
+    const size_t cp = (c + 15) & ~(size_t)15;
+    if (strips > SIZE_MAX / (2 * cp * sizeof(float)))
+        return 0;
+    return strips * 2 * cp * sizeof(float);
+}
+
+static void bw_strip_task(void *arg, size_t t)
+{
+    const bw_strips *st = arg;
+    const bw_op *o = st->o;
+    const nk_call *cl = o->cl;
+    const nk_kernels *k = cl->k;
+    const size_t r0 = t * st->sr, r1 = st->rows - r0 < st->sr ? st->rows : r0 + st->sr;
+    float *fa = st->ws + t * 2 * st->cp, *fb = fa + st->cp;
+    memset(fa, 0, 2 * st->cp * sizeof(float));
+    const bool rms = o->kind == BW_RMS;
+    const float *w = bw_col_weight(o, 0);
+    for (size_t q = r0; q < r1; q += st->gb) {
+        const size_t nb = r1 - q < st->gb ? r1 - q : st->gb;
+        const size_t xo = nk_grid_x(&o->g, q), yo = nk_grid_y(&o->g, q);
+        const void *y = o->y ? nk_xat(k, o->y, yo) : NULL;
+        double sg[BW_SETS], sgx[BW_SETS];
+        bw_par pp;
+        k->bwd_sums_rows(nk_xat(k, cl->x, xo), y, nk_xat(k, o->dy, yo), nb, o->len, st->xs, st->ys,
+                         rms ? &bw_zero : o->mean + q, rms ? 0 : 1, w, &cl->ep, sg, sgx);
+        for (size_t i = 0; i < nb; i++)
+            bw_coef(o, q + i, (q + i) % cl->c, sg[i], sgx[i], &pp, i);
+        k->bwd_dx_rows_acc(nk_xat(k, cl->x, xo), y, nk_xat(k, o->dy, yo), nk_yat(k, cl->y, xo), nb,
+                           o->len, st->xs, st->ys, pp.m, pp.k1, pp.k2, pp.k3, o->inv + q, w,
+                           &cl->ep, fa, fb);
+    }
+}
+
+static void bw_strip_reduce(void *arg, size_t t)
+{
+    const bw_strips *st = arg;
+    const bw_op *o = st->o;
+    const size_t c0 = t * BW_PARAM_COLS, nc = o->len - c0 < BW_PARAM_COLS ? o->len - c0 : BW_PARAM_COLS;
+    double aw[BW_PARAM_COLS] = {0}, ab[BW_PARAM_COLS] = {0};
+    for (size_t j = 0; j < st->strips; j++) {
+        const float *fa = st->ws + j * 2 * st->cp + c0, *fb = fa + st->cp;
+        for (size_t i = 0; i < nc; i++) {
+            ab[i] += fa[i];
+            aw[i] += fb[i];
+        }
+    }
+    for (size_t i = 0; i < nc; i++) {
+        if (o->dw)
+            bw_put(o->cl->pdt, o->dw, c0 + i, aw[i]);
+        if (o->db)
+            bw_put(o->cl->pdt, o->db, c0 + i, ab[i]);
+    }
+}
+
+/* The fused pass where it applies (dx and a parameter gradient wanted, rows
+ * of at most NK_FUSE_FLOATS in one run of equal strides, workspace or stack
+ * room for the strips); false: nothing done. */
+static __attribute__((noinline)) bool bw_rows_fused(nk_call *cl, bw_op *o)
+{
+    const size_t rows = cl->n * cl->s, bytes = bw_strips_bytes(rows, cl->c);
+    _Alignas(64) unsigned char stack[NK_STACK_SCRATCH];
+    bw_strips st = {o, NULL, rows, bw_strip_rows(rows), 0, (cl->c + 15) & ~(size_t)15, 0, 0, 0};
+    if (!o->dx || !(o->dw || o->db) || !bytes || nk_grid_run(&o->g, 0, rows, &st.xs, &st.ys) != rows)
+        return false;
+    if (bytes <= cl->ex.ws_size)
+        st.ws = cl->ex.ws;
+    else if (bytes <= sizeof stack)
+        st.ws = (float *)(void *)stack;
+    else
+        return false;
+    o->len = cl->c;
+    st.strips = (rows + st.sr - 1) / st.sr;
+    st.gb = NK_BLOCK_FLOATS / cl->c;
+    st.gb = st.gb < 1 ? 1 : st.gb > BW_SETS ? BW_SETS : st.gb;
+    nk_par_run(&cl->ex, st.strips, 3 * cl->total, bw_strip_task, &st);
+    nk_par_run(&cl->ex, (cl->c + BW_PARAM_COLS - 1) / BW_PARAM_COLS, st.strips * 2 * st.cp,
+               bw_strip_reduce, &st);
+    return true;
 }
 
 /* ---- operators ---- */
@@ -519,11 +673,35 @@ static void bw_batch_norm(nk_call *cl, bw_op *o)
     bw_run(cl, o, sums, false);
 }
 
-/* InstanceNorm (cpg = 1) and GroupNorm: sets of cpg channels per sample. */
-static void bw_per_sample(nk_call *cl, bw_op *o)
+/* Bytes of the per-(sample, channel) sums with which InstanceNorm and
+ * GroupNorm channels-first take dweight / dbias from the dx plan's phase 1
+ * (sets of one piece); 0: not that plan. */
+static size_t bw_kept_bytes(size_t n, size_t c, size_t cpg, size_t s, int layout)
 {
+    if (layout != NK_CHANNELS_FIRST || cpg * s > NK_FUSE_FLOATS || n > SIZE_MAX / 16 / (c ? c : 1))
+        return 0;
+    return n * c * 2 * sizeof(double);
+}
+
+/* Kept sums on the stack up to this many bytes (beside the plan's scratch) */
+#define BW_KEPT_STACK ((size_t)16 << 10)
+
+/* InstanceNorm (cpg = 1) and GroupNorm: sets of cpg channels per sample.
+ * Channels-first with dx and a parameter gradient wanted and room for the
+ * kept sums (workspace or stack): one plan, then the kept sums' reduction;
+ * otherwise the parameter gradients take their own pass first. */
+static __attribute__((noinline)) void bw_per_sample(nk_call *cl, bw_op *o)
+{
+    _Alignas(64) double stack[BW_KEPT_STACK / sizeof(double)];
+    const size_t kb = bw_kept_bytes(cl->n, cl->c, o->cpg, cl->s, cl->layout);
+    if (o->dx && (o->dw || o->db) && kb) {
+        if (kb <= cl->ex.ws_size)
+            o->pc = cl->ex.ws;
+        else if (kb <= sizeof stack)
+            o->pc = stack;
+    }
     /* before dx: dx may be dy */
-    if (o->dw || o->db)
+    if ((o->dw || o->db) && !o->pc)
         bw_params(cl, o);
     if (o->dx) {
         if (cl->layout == NK_CHANNELS_LAST) {
@@ -543,11 +721,15 @@ static void bw_per_sample(nk_call *cl, bw_op *o)
             bw_run(cl, o, true, false);
         }
     }
+    if (o->pc)
+        nk_par_run(&cl->ex, (cl->c + BW_SETS - 1) / BW_SETS, 2 * cl->n * cl->c, bw_kept_task, o);
 }
 
 static void bw_rows_op(nk_call *cl, bw_op *o)
 {
     o->g = (nk_grid){cl->s, cl->xs0, cl->xs1, cl->ys0, cl->ys1};
+    if (bw_rows_fused(cl, o))
+        return;
     /* before dx: dx may be dy */
     if (o->dw || o->db)
         bw_params(cl, o);
@@ -844,4 +1026,32 @@ nk_status nk_rms_norm_backward_ex(const nk_context *ctx, const nk_tensor_desc *d
 {
     return bw_sets("nk_rms_norm_backward_ex", BW_RMS, ctx, desc, x, y, dy, dx, 1, weight, NULL,
                    save_rstd, dweight, NULL);
+}
+
+nk_status nk_backward_workspace_size(uint32_t layer, const nk_tensor_desc *desc, int64_t groups,
+                                     size_t *bytes)
+{
+    static const char fn[] = "nk_backward_workspace_size";
+    static const char stand_in[2];
+    if (!bytes)
+        return nk_fail(NK_ERR_NULL_POINTER, "%s: bytes is NULL", fn);
+    if (layer > NK_LAYER_RMS_NORM)
+        return nk_fail(NK_ERR_BAD_PARAM, "%s: layer must be an nk_layer code (0 to %d), got %u", fn,
+                       (int)NK_LAYER_RMS_NORM, (unsigned)layer);
+    nk_call cl;
+    nk_status st = nk_call_from_desc(&cl, fn, NULL, desc, &stand_in[0], &stand_in[1], 0.0, true);
+    if (st)
+        return st;
+    size_t b = 0;
+    if ((layer == NK_LAYER_LAYER_NORM || layer == NK_LAYER_RMS_NORM) &&
+        cl.layout == NK_CHANNELS_LAST)
+        b = bw_strips_bytes(cl.n * cl.s, cl.c);
+    if (layer == NK_LAYER_INSTANCE_NORM)
+        b = bw_kept_bytes(cl.n, cl.c, 1, cl.s, cl.layout);
+    if (layer == NK_LAYER_GROUP_NORM && groups >= 1 && cl.c % (size_t)groups == 0)
+        b = bw_kept_bytes(cl.n, cl.c, cl.c / (size_t)groups, cl.s, cl.layout);
+    /* the 64-byte alignment the call gives the caller's pointer */
+    *bytes = b ? b + 63 : 0;
+    nk_clear_error();
+    return NK_OK;
 }

@@ -88,7 +88,9 @@ nk_status nk_check_context(const char *fn, const nk_context *ctx, nk_context *ou
         return nk_fail(NK_ERR_UNSUPPORTED,
                        "%s: ctx sets fields past the %zu bytes of nk_context this normkit %s knows",
                        fn, sizeof *ctx, NK_VERSION_STRING);
-    memcpy(out, ctx, sizeof *out);
+    /* fields past the caller's struct_size read as zero */
+    memcpy(out, ctx, ctx->struct_size < sizeof *out ? ctx->struct_size : sizeof *out);
+    out->struct_size = sizeof *out;
     if (out->flags)
         return nk_fail(NK_ERR_BAD_PARAM, "%s: ctx->flags must be 0, got %#x", fn,
                        (unsigned)out->flags);
@@ -97,6 +99,9 @@ nk_status nk_check_context(const char *fn, const nk_context *ctx, nk_context *ou
             return nk_fail(NK_ERR_BAD_PARAM, "%s: ctx->reserved[%zu] must be 0", fn, i);
     if (out->pool && !out->pool->parallel_for)
         return nk_fail(NK_ERR_NULL_POINTER, "%s: ctx->pool->parallel_for is NULL", fn);
+    if (!out->workspace && out->workspace_size)
+        return nk_fail(NK_ERR_NULL_POINTER, "%s: ctx->workspace is NULL with workspace_size %zu",
+                       fn, out->workspace_size);
     return NK_OK;
 }
 

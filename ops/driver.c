@@ -1,4 +1,5 @@
 /* The block driver (see driver.h). */
+#include <stdint.h>
 #include <string.h>
 
 #include "ops/driver.h"
@@ -13,6 +14,15 @@ void nk_exec_init(nk_exec *ex, const nk_context *ctx)
         ex->pool = NULL;
     ex->scratch = NULL;
     ex->scratch_size = 0;
+    ex->ws = NULL;
+    ex->ws_size = 0;
+    if (ctx && ctx->workspace) {
+        const uintptr_t a = (uintptr_t)ctx->workspace, pad = (64 - (a & 63)) & 63;
+        if (ctx->workspace_size > pad) {
+            ex->ws = (unsigned char *)ctx->workspace + pad;
+            ex->ws_size = ctx->workspace_size - pad;
+        }
+    }
 }
 
 void nk_par_run(const nk_exec *ex, size_t n, size_t work, void (*fn)(void *arg, size_t i),

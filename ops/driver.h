@@ -60,6 +60,8 @@ typedef struct nk_exec {
     size_t threads;
     void *scratch; /* waves scratch, 64-byte aligned */
     size_t scratch_size;
+    void *ws; /* the context's workspace, 64-byte aligned (NULL: none) */
+    size_t ws_size;
 } nk_exec;
 
 /* From a validated context (NULL: inline). */

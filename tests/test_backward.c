@@ -5,6 +5,7 @@
  * one-shot backward, thread-count determinism and validation.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -821,6 +822,235 @@ static void torch_goldens(void **state)
 }
 
 /* Every bad argument: a status, a message naming it, outputs untouched. */
+/* LayerNorm / RMSNorm with dx and dweight / dbias in one call compute the
+ * parameter gradients in the dx pass (with ctx->workspace, or on the stack
+ * for small shapes); asked separately, or without room, they take their own
+ * pass. The results are the same bits either way, for every dtype and
+ * thread count, and the workspace is written inside the bytes
+ * nk_backward_workspace_size asks for only. */
+static nk_status run_rows_bwd(const nk_context *ctx, int op, const nk_tensor_desc *d,
+                              const void *x, const void *y, const void *dy, void *dx,
+                              const void *w, const float *mean, const float *inv, void *dw,
+                              void *db)
+{
+    if (op == OP_LN)
+        return nk_layer_norm_backward_ex(ctx, d, x, y, dy, dx, w, mean, inv, dw, db);
+    return nk_rms_norm_backward_ex(ctx, d, x, y, dy, dx, w, inv, dw);
+}
+
+static void fused_param_grads(void **state)
+{
+    (void)state;
+    /* n, c, s, act, x row stride (0: dense) */
+    static const int64_t rshapes[][5] = {
+        {1000, 300, 1, NK_ACT_NONE, 0},       /* strips beyond the stack */
+        {37, 45, 1, NK_ACT_RELU, 0},          /* on the stack */
+        {130, 17, 1, NK_ACT_LEAKY_RELU, 0},   /* one partial vector per row */
+        {6, 33, 70, NK_ACT_NONE, 0},          /* rows over n and spatial */
+        {300, 100, 1, NK_ACT_NONE, 131},      /* padded rows */
+        {2, 4000, 1, NK_ACT_RELU, 0},         /* one row per block */
+    };
+    const int threads[] = {1, 3};
+    for (size_t si = 0; si < sizeof rshapes / sizeof rshapes[0]; si++)
+        for (int op = OP_LN; op <= OP_RMS; op++)
+            for (unsigned dt = NK_DTYPE_F32; dt <= NK_DTYPE_BF16; dt++) {
+                const tcase t = {op, rshapes[si][0], rshapes[si][1], rshapes[si][2],
+                                 NK_CHANNELS_LAST, 1, (int)rshapes[si][3], 0.05f, 1, 0.0, 0};
+                fwd f;
+                fwd_make(&t, nkt_run_seed() + 7000 + si * 10 + (uint64_t)op * 3 + dt, &f);
+                const size_t rows = (size_t)(t.n * t.s), C = (size_t)t.c;
+                const size_t rs = rshapes[si][4] ? (size_t)rshapes[si][4] : C;
+                const size_t es = dt == NK_DTYPE_F32 ? 4 : 2, T = (rows - 1) * rs + C;
+                nk_tensor_desc d = make_desc(&t);
+                d.dtype = dt;
+                if (rs != C) /* padded rows (s == 1) */
+                    d.x_stride[0] = d.y_stride[0] = (int64_t)rs;
+                unsigned char *x = calloc(T, es), *y = calloc(T, es), *dy = calloc(T, es);
+                for (size_t r = 0; r < rows; r++)
+                    for (size_t c = 0; c < C; c++) {
+                        const size_t i = r * C + c, j = r * rs + c;
+                        if (dt == NK_DTYPE_F32) {
+                            ((float *)(void *)x)[j] = f.x[i];
+                            ((float *)(void *)y)[j] = f.y[i];
+                            ((float *)(void *)dy)[j] = f.dy[i];
+                        } else {
+                            ((uint16_t *)(void *)x)[j] = to16(dt, f.x[i]);
+                            ((uint16_t *)(void *)y)[j] = to16(dt, f.y[i]);
+                            ((uint16_t *)(void *)dy)[j] = to16(dt, f.dy[i]);
+                        }
+                    }
+                float *db0 = op == OP_RMS ? NULL : calloc(C, 4), *db1 = op == OP_RMS ? NULL : calloc(C, 4);
+                float *dw0 = calloc(C, 4), *dw1 = calloc(C, 4);
+                unsigned char *dx0 = calloc(T, es), *dx1 = calloc(T, es);
+                /* dx alone, then the parameter gradients alone: separate passes */
+                assert_int_equal(run_rows_bwd(NULL, op, &d, x, y, dy, dx0, f.w, f.mean, f.inv, NULL,
+                                              NULL), NK_OK);
+                assert_int_equal(run_rows_bwd(NULL, op, &d, x, y, dy, NULL, f.w, f.mean, f.inv, dw0,
+                                              db0), NK_OK);
+                size_t bytes = 0;
+                assert_int_equal(nk_backward_workspace_size(op == OP_LN ? NK_LAYER_LAYER_NORM
+                                                                        : NK_LAYER_RMS_NORM,
+                                                            &d, 1, &bytes), NK_OK);
+                assert_true(bytes > 0);
+                enum { GUARD = 64 };
+                unsigned char *wsb = malloc(bytes + 2 * GUARD + 64);
+                for (int k = 0; k < 3 * 2 * 2; k++) {
+                    /* k: no workspace, one too small, the asked size at an odd address; each
+                     * with 1 or 3 threads, dx apart or in place (dx == dy) */
+                    const int wk = k / 4;
+                    const size_t nt = (size_t)threads[(k / 2) % 2];
+                    const bool inplace = k % 2;
+                    nk_threadpool *pool = NULL;
+#if defined(NKT_EMULATED) && NKT_EMULATED
+                    serial_pool sp = {nt};
+                    const nk_threadpool serial = {&sp, serial_threads, serial_for};
+#else
+                    assert_int_equal(nk_threadpool_create((int)nt, &pool), NK_OK);
+#endif
+                    nk_context ctx = NK_CONTEXT_INIT;
+                    ctx.pool = pool;
+#if defined(NKT_EMULATED) && NKT_EMULATED
+                    ctx.pool = &serial;
+#endif
+                    const size_t off = 1 + (size_t)k;
+                    memset(wsb, 0xA5, bytes + 2 * GUARD + 64);
+                    if (wk) {
+                        ctx.workspace = wsb + GUARD + off;
+                        ctx.workspace_size = wk == 1 ? bytes - 64 : bytes;
+                    }
+                    unsigned char *out = dx1;
+                    if (inplace) {
+                        memcpy(dx1, dy, T * es);
+                        out = dx1;
+                    } else {
+                        memset(dx1, 0, T * es);
+                    }
+                    memset(dw1, 0, C * 4);
+                    if (db1)
+                        memset(db1, 0, C * 4);
+                    assert_int_equal(run_rows_bwd(&ctx, op, &d, x, y, inplace ? dx1 : dy, out, f.w,
+                                                  f.mean, f.inv, dw1, db1), NK_OK);
+                    if (memcmp(dx1, dx0, T * es) || memcmp(dw1, dw0, C * 4) ||
+                        (db1 && memcmp(db1, db0, C * 4)))
+                        fail_msg("%s %s %zux%zu (s %lld, row stride %zu): workspace case %d, %zu "
+                                 "threads%s: the one-call gradients differ from the separate passes",
+                                 op_names[op], dt == NK_DTYPE_F32 ? "f32" : dt == 1 ? "f16" : "bf16",
+                                 rows, C, (long long)t.s, rs, wk, nt, inplace ? ", in place" : "");
+                    for (size_t i = 0; i < GUARD + off; i++)
+                        assert_int_equal(wsb[i], 0xA5);
+                    const size_t end = GUARD + off + (wk ? ctx.workspace_size : 0);
+                    for (size_t i = end; i < bytes + 2 * GUARD + 64; i++)
+                        assert_int_equal(wsb[i], 0xA5);
+                    nk_threadpool_destroy(pool);
+                }
+                free(wsb);
+                free(x);
+                free(y);
+                free(dy);
+                free(dx0);
+                free(dx1);
+                free(dw0);
+                free(dw1);
+                free(db0);
+                free(db1);
+                fwd_free(&f);
+            }
+    /* InstanceNorm and GroupNorm channels-first: the sums of the dx pass */
+    static const tcase sets[] = {
+        {OP_IN, 2, 40, 300, NK_CHANNELS_FIRST, 1, NK_ACT_NONE, 0.01f, 1, 0.0, 0},
+        {OP_IN, 40, 64, 100, NK_CHANNELS_FIRST, 1, NK_ACT_RELU, 0.01f, 1, 0.0, 0},
+        {OP_GN, 4, 96, 1000, NK_CHANNELS_FIRST, 8, NK_ACT_NONE, 0.01f, 1, 0.0, 0},
+        {OP_GN, 30, 96, 50, NK_CHANNELS_FIRST, 8, NK_ACT_LEAKY_RELU, 0.1f, 1, 0.0, 0},
+        {OP_GN, 3, 24, 77, NK_CHANNELS_FIRST, 24, NK_ACT_NONE, 0.01f, 1, 0.0, 0},
+        {OP_IN, 2, 3, 140000, NK_CHANNELS_FIRST, 1, NK_ACT_NONE, 0.01f, 1, 0.0, 0},
+        {OP_GN, 3, 16, 200, NK_CHANNELS_LAST, 4, NK_ACT_NONE, 0.01f, 1, 0.0, 0},
+    };
+    for (size_t ci = 0; ci < sizeof sets / sizeof sets[0]; ci++) {
+        const tcase *t = &sets[ci];
+        fwd f;
+        fwd_make(t, nkt_run_seed() + 7500 + ci, &f);
+        const size_t T = total(t), C = (size_t)t->c;
+        const nk_tensor_desc d = make_desc(t);
+        float *dx0 = malloc(T * 4), *dx1 = malloc(T * 4), *g = malloc(T * 4);
+        float *dw0 = malloc(C * 4), *db0 = malloc(C * 4), *dw1 = malloc(C * 4), *db1 = malloc(C * 4);
+        assert_int_equal(run_bwd(NULL, t, &d, &f, f.dy, dx0, NULL, NULL), NK_OK);
+        assert_int_equal(run_bwd(NULL, t, &d, &f, f.dy, NULL, dw0, db0), NK_OK);
+        size_t bytes = 0;
+        assert_int_equal(nk_backward_workspace_size(t->op == OP_IN ? NK_LAYER_INSTANCE_NORM
+                                                                   : NK_LAYER_GROUP_NORM,
+                                                    &d, t->groups, &bytes), NK_OK);
+        assert_true((bytes > 0) == (ci < 5));
+        unsigned char *wsb = malloc(bytes + 128);
+        for (int k = 0; k < 4; k++) {
+            nk_context ctx = NK_CONTEXT_INIT;
+            if (k & 1) {
+                memset(wsb, 0xA5, bytes + 128);
+                ctx.workspace = wsb + 3;
+                ctx.workspace_size = bytes;
+            }
+            float *out = dx1;
+            const float *dy = f.dy;
+            if (k & 2) { /* in place */
+                memcpy(g, f.dy, T * 4);
+                out = g;
+                dy = g;
+            }
+            assert_int_equal(run_bwd(&ctx, t, &d, &f, dy, out, dw1, db1), NK_OK);
+            if (memcmp(out, dx0, T * 4) || memcmp(dw1, dw0, C * 4) || memcmp(db1, db0, C * 4))
+                fail_msg("%s case %zu, workspace %d%s: the one-call gradients differ from the "
+                         "separate passes",
+                         op_names[t->op], ci, k & 1, k & 2 ? ", in place" : "");
+            if (k & 1)
+                for (size_t i = 3 + bytes; i < bytes + 128; i++)
+                    assert_int_equal(wsb[i], 0xA5);
+        }
+        free(wsb);
+        free(dx0);
+        free(dx1);
+        free(g);
+        free(dw0);
+        free(db0);
+        free(dw1);
+        free(db1);
+        fwd_free(&f);
+    }
+    /* the query: BatchNorm uses none; bad arguments */
+    nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+    d.n = 64, d.c = 768, d.layout = NK_CHANNELS_LAST;
+    size_t bytes = 7;
+    assert_int_equal(nk_backward_workspace_size(NK_LAYER_BATCH_NORM, &d, 1, &bytes), NK_OK);
+    assert_int_equal(bytes, 0);
+    assert_int_equal(nk_backward_workspace_size(NK_LAYER_LAYER_NORM, &d, 1, &bytes), NK_OK);
+    assert_true(bytes >= 768 * 2 * sizeof(float));
+    bytes = 7;
+    assert_int_equal(nk_backward_workspace_size(9, &d, 1, &bytes), NK_ERR_BAD_PARAM);
+    assert_non_null(strstr(nk_last_error(), "layer"));
+    assert_int_equal(bytes, 7);
+    assert_int_equal(nk_backward_workspace_size(NK_LAYER_LAYER_NORM, &d, 1, NULL),
+                     NK_ERR_NULL_POINTER);
+    d.n = -1;
+    assert_int_equal(nk_backward_workspace_size(NK_LAYER_LAYER_NORM, &d, 1, &bytes), NK_ERR_BAD_SHAPE);
+    assert_int_equal(bytes, 7);
+    /* a NULL workspace with a size */
+    nk_context ctx = NK_CONTEXT_INIT;
+    ctx.workspace_size = 16;
+    d.n = 4;
+    static float v[4 * 768], g[4 * 768], dxo[4 * 768], st[4];
+    assert_int_equal(nk_layer_norm_backward_ex(&ctx, &d, v, NULL, g, dxo, NULL, st, st, NULL, NULL),
+                     NK_ERR_NULL_POINTER);
+    assert_non_null(strstr(nk_last_error(), "ctx->workspace"));
+    /* a context of the first version's size: nothing past it is read */
+    const size_t v1 = offsetof(nk_context, workspace);
+    unsigned char *old = malloc(v1);
+    nk_context init = NK_CONTEXT_INIT;
+    init.struct_size = (uint32_t)v1;
+    memcpy(old, &init, v1);
+    assert_int_equal(nk_layer_norm_backward_ex((const nk_context *)(void *)old, &d, v, NULL, g, dxo,
+                                               NULL, st, st, NULL, NULL),
+                     NK_OK);
+    free(old);
+}
+
 static void validation(void **state)
 {
     (void)state;
@@ -931,6 +1161,7 @@ int main(void)
         cmocka_unit_test(thread_determinism),
         cmocka_unit_test(low_precision),
         cmocka_unit_test(torch_goldens),
+        cmocka_unit_test(fused_param_grads),
         cmocka_unit_test(validation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -21,6 +21,7 @@
  * and sweep fewer thread counts with the serial ones.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -984,7 +985,8 @@ static void make_bad(bad_call *bc, int kind, const tcase *t, float *x, float *y)
     const size_t vn = sizeof bc->value;
     switch (kind) {
     case V_CTX_SIZE:
-        c->struct_size = sizeof *c - 8;
+        /* below the first version's size (fields up to reserved[]) */
+        c->struct_size = (uint32_t)(offsetof(nk_context, reserved) + sizeof c->reserved - 8);
         snprintf(v, vn, "got %u", (unsigned)c->struct_size);
         break;
     case V_CTX_FLAGS:

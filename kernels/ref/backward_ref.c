@@ -94,6 +94,27 @@ static void bwd_dx_rows_ref(const void *xv, const void *yv, const void *dyv, voi
     }
 }
 
+static void bwd_dx_rows_acc_ref(const void *xv, const void *yv, const void *dyv, void *dxv,
+                                size_t rows, size_t len, size_t xstride, size_t ystride,
+                                const float *m, const float *k1, const float *k2, const float *k3,
+                                const float *s, const float *w, const nk_epilogue *ep, float *fa,
+                                float *fb)
+{
+    const xt *x = xv, *y = yv, *dy = dyv;
+    xt *dx = dxv;
+    for (size_t r = 0; r < rows; r++) {
+        const xt *xr = x + r * xstride, *dr = dy + r * ystride, *yr = y ? y + r * ystride : NULL;
+        xt *o = dx + r * xstride;
+        const float mr = m[r], a = k1[r], b = k2[r], c = k3[r], sr = s[r];
+        for (size_t i = 0; i < len; i++) {
+            const float g = bwd_g(yr, dr, i, ep), xi = nk_xload(&xr[i]);
+            fa[i] += g;
+            fb[i] = fmaf(g, (xi - mr) * sr, fb[i]);
+            nk_xstore(&o[i], fmaf(w ? a * w[i] : a, g, fmaf(b, xi - mr, c)));
+        }
+    }
+}
+
 static void bwd_dx_cols_ref(const void *xv, const void *yv, const void *dyv, void *dxv, size_t rows,
                             size_t cols, size_t xstride, size_t ystride, const float *m,
                             const float *k1, const float *k2, const float *k3,
@@ -117,5 +138,6 @@ void NK_DT_NAME(nk_kernels_init_ref_backward)(nk_kernels *k)
     k->bwd_sums_rows = bwd_sums_rows_ref;
     k->bwd_sums_cols = bwd_sums_cols_ref;
     k->bwd_dx_rows = bwd_dx_rows_ref;
+    k->bwd_dx_rows_acc = bwd_dx_rows_acc_ref;
     k->bwd_dx_cols = bwd_dx_cols_ref;
 }

@@ -215,48 +215,77 @@ NK_INLINE vf dx1(vf g, vf x, vf m, vf k1w, vf k2, vf k3)
     return vf_fma(k1w, g, vf_fma(k2, vf_sub(x, m), k3));
 }
 
-/* dx of elements [i, i + n) of a row, n <= NK_VL */
+/* The parameter-gradient partials of nk_bwd_dx_rows_acc for elements
+ * [i, i + n) of a row (full vector when n == NK_VL): the expression of
+ * sums_cols_block, lane for lane. */
+NK_INLINE void dx_acc(float *fa, float *fb, size_t i, size_t n, vf g, vf x, vf vm, vf vs)
+{
+    const vf xm = vf_mul(vf_sub(x, vm), vs);
+    if (n == NK_VL) {
+        vf_storeu(fa + i, vf_add(vf_loadu(fa + i), g));
+        vf_storeu(fb + i, vf_fma(g, xm, vf_loadu(fb + i)));
+    } else {
+        vf_store_n(fa + i, vf_add(vf_load_n(fa + i, n), g), n);
+        vf_store_n(fb + i, vf_fma(g, xm, vf_load_n(fb + i, n)), n);
+    }
+}
+
+/* dx of elements [i, i + n) of a row, n <= NK_VL (with `ac`, their
+ * partials into fa, fb) */
 NK_INLINE vf dx_part(const xt *x, const xt *y, const xt *dy, size_t i, size_t n, vf vm, vf v1,
-                     vf v2, vf v3, const float *w, const int hw, const int act, vf alpha)
+                     vf v2, vf v3, const float *w, const int hw, const int act, vf alpha,
+                     const int ac, vf vs, float *fa, float *fb)
 {
     const vf g = bwd_gn(y ? y + i : NULL, dy + i, n, act, alpha);
     const vf k1w = hw ? vf_mul(v1, vf_load_n(w + i, n)) : v1;
-    return dx1(g, vx_load_n(x + i, n), vm, k1w, v2, v3);
+    const vf xv = vx_load_n(x + i, n);
+    if (ac)
+        dx_acc(fa, fb, i, n, g, xv, vm, vs);
+    return dx1(g, xv, vm, k1w, v2, v3);
 }
 
 /* With `stream` the full vectors go out with non-temporal stores once dx is
  * vector aligned (outputs larger than the cache: no read for ownership);
- * head and tail use masked stores. */
+ * head and tail use masked stores. With `ac` the row's partials are added
+ * into fa, fb (s: the row's inverse deviation). */
 NK_INLINE void dx_row(const xt *x, const xt *y, const xt *dy, xt *dx, size_t len, float m, float k1,
                       float k2, float k3, const float *w, const int hw, const int act, vf alpha,
-                      const int stream)
+                      const int stream, const int ac, float s, float *fa, float *fb)
 {
     const vf vm = vf_set1(m), v1 = vf_set1(k1), v2 = vf_set1(k2), v3 = vf_set1(k3);
+    const vf vs = vf_set1(s);
     size_t i = 0;
     if (stream) {
         size_t h = nk_head(dx);
         h = h < len ? h : len;
         if (h)
-            vx_store_n(dx, dx_part(x, y, dy, 0, h, vm, v1, v2, v3, w, hw, act, alpha), h);
+            vx_store_n(dx, dx_part(x, y, dy, 0, h, vm, v1, v2, v3, w, hw, act, alpha, ac, vs, fa, fb),
+                       h);
         i = h;
     }
     for (; i + NK_VL <= len; i += NK_VL) {
         const vf g = bwd_gv(y ? y + i : NULL, dy + i, act, alpha);
         const vf k1w = hw ? vf_mul(v1, vf_loadu(w + i)) : v1;
-        const vf o = dx1(g, vx_loadu(x + i), vm, k1w, v2, v3);
+        const vf xv = vx_loadu(x + i);
+        if (ac)
+            dx_acc(fa, fb, i, NK_VL, g, xv, vm, vs);
+        const vf o = dx1(g, xv, vm, k1w, v2, v3);
         if (stream)
             vx_stream(dx + i, o);
         else
             vx_storeu(dx + i, o);
     }
     if (i < len)
-        vx_store_n(dx + i, dx_part(x, y, dy, i, len - i, vm, v1, v2, v3, w, hw, act, alpha), len - i);
+        vx_store_n(dx + i,
+                   dx_part(x, y, dy, i, len - i, vm, v1, v2, v3, w, hw, act, alpha, ac, vs, fa, fb),
+                   len - i);
 }
 
 NK_INLINE void dx_rows_body(const xt *x, const xt *y, const xt *dy, xt *dx, size_t rows, size_t len,
                             size_t xstride, size_t ystride, const float *m, const float *k1,
                             const float *k2, const float *k3, size_t ps, const float *w,
-                            const int act, const nk_epilogue *ep)
+                            const int act, const nk_epilogue *ep, const int ac, const float *s,
+                            float *fa, float *fb)
 {
     const vf alpha = vf_set1(ep->alpha);
     for (size_t r = 0; r < rows; r++) {
@@ -264,7 +293,7 @@ NK_INLINE void dx_rows_body(const xt *x, const xt *y, const xt *dy, xt *dx, size
         const xt *yr = y ? y + r * ystride : NULL;
 #define ROW(W, HW, S)                                                                             \
     dx_row(x + r * xstride, yr, dy + r * ystride, dx + r * xstride, len, m[p], k1[p], k2[p], k3[p], \
-           W, HW, act, alpha, S)
+           W, HW, act, alpha, S, ac, ac ? s[r] : 0.0f, fa, fb)
         if (NK_STREAM(ep)) {
             if (w)
                 ROW(w, 1, 1);
@@ -287,7 +316,22 @@ static void NK_FN(bwd_dx_rows)(const void *x, const void *y, const void *dy, voi
 {
 #define BODY(ACT)                                                                                 \
     dx_rows_body((const xt *)x, (const xt *)y, (const xt *)dy, (xt *)dx, rows, len, xstride,     \
-                 ystride, m, k1, k2, k3, ps, w, ACT, ep)
+                 ystride, m, k1, k2, k3, ps, w, ACT, ep, 0, NULL, NULL, NULL)
+    NK_BWD_ACT_SWITCH(BODY)
+#undef BODY
+    if (NK_STREAM(ep))
+        nk_stream_fence();
+}
+
+static void NK_FN(bwd_dx_rows_acc)(const void *x, const void *y, const void *dy, void *dx,
+                                   size_t rows, size_t len, size_t xstride, size_t ystride,
+                                   const float *m, const float *k1, const float *k2,
+                                   const float *k3, const float *s, const float *w,
+                                   const nk_epilogue *ep, float *fa, float *fb)
+{
+#define BODY(ACT)                                                                                 \
+    dx_rows_body((const xt *)x, (const xt *)y, (const xt *)dy, (xt *)dx, rows, len, xstride,     \
+                 ystride, m, k1, k2, k3, 1, w, ACT, ep, 1, s, fa, fb)
     NK_BWD_ACT_SWITCH(BODY)
 #undef BODY
     if (NK_STREAM(ep))
@@ -361,5 +405,6 @@ void NK_FN(kernels_init_backward)(nk_kernels *k)
     k->bwd_sums_rows = NK_FN(bwd_sums_rows);
     k->bwd_sums_cols = NK_FN(bwd_sums_cols);
     k->bwd_dx_rows = NK_FN(bwd_dx_rows);
+    k->bwd_dx_rows_acc = NK_FN(bwd_dx_rows_acc);
     k->bwd_dx_cols = NK_FN(bwd_dx_cols);
 }
