@@ -1,21 +1,26 @@
 // normkit as the CPU kernel of ATen's normalization operators (PyTorch 1.13).
 //
 // enable() registers kernels for aten::native_batch_norm,
-// aten::native_layer_norm and aten::native_group_norm at the CPU dispatch
-// key through a torch::Library handle; disable() destroys the handle, which
-// deregisters them and puts ATen's own kernels back in the dispatch table.
-// Every path above the CPU key stays ATen's: F.batch_norm reaches
-// native_batch_norm through _batch_norm_impl_index, F.instance_norm through
-// batch_norm on a (1, N*C, ...) view, F.layer_norm and F.group_norm through
-// their CompositeImplicit decompositions; autograd records the outputs of
-// these kernels (save_mean / save_invstd, mean / rstd) and ATen's backward
-// kernels consume them.
+// aten::native_layer_norm and aten::native_group_norm and for their
+// backward operators aten::native_batch_norm_backward,
+// native_layer_norm_backward and native_group_norm_backward at the CPU
+// dispatch key through a torch::Library handle; disable() destroys the
+// handle, which deregisters them and puts ATen's own kernels back in the
+// dispatch table. Every path above the CPU key stays ATen's: F.batch_norm
+// reaches native_batch_norm through _batch_norm_impl_index, F.instance_norm
+// through batch_norm on a (1, N*C, ...) view, F.layer_norm and F.group_norm
+// through their CompositeImplicit decompositions; autograd records the
+// outputs of the forward kernels (save_mean / save_invstd, mean / rstd) and
+// hands them to the backward operators (InstanceNorm's gradient is the one
+// of native_batch_norm on that view).
 //
 // A call normkit does not cover (other dtypes, BatchNorm and GroupNorm input
-// strides other than dense channels-first / channels-last, empty tensors, mismatched parameter types,
-// a shape or value normkit refuses) goes to ATen's CPU implementation,
-// at::native::batch_norm_cpu / layer_norm_cpu / native_group_norm, called
-// directly and not through the dispatcher, so it never comes back here.
+// strides other than dense channels-first / channels-last, empty tensors,
+// mismatched parameter or statistics types, a shape or value normkit
+// refuses) goes to ATen's CPU implementation, at::native::batch_norm_cpu /
+// layer_norm_cpu / native_group_norm and batch_norm_backward_cpu /
+// layer_norm_backward_cpu / native_group_norm_backward, called directly and
+// not through the dispatcher, so it never comes back here.
 //
 // Threads: normkit's nk_threadpool runs on ATen's intra-op pool
 // (at::parallel_for), at at::get_num_threads() threads.
@@ -27,8 +32,11 @@
 // python/normkit/torch.py.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/native_batch_norm_backward_native.h>
 #include <ATen/ops/native_batch_norm_native.h>
+#include <ATen/ops/native_group_norm_backward_native.h>
 #include <ATen/ops/native_group_norm_native.h>
+#include <ATen/ops/native_layer_norm_backward_native.h>
 #include <ATen/ops/native_layer_norm_native.h>
 #include <c10/core/SymIntArrayRef.h>
 #include <c10/util/Exception.h>
@@ -36,6 +44,7 @@
 
 #include <normkit.h>
 
+#include <array>
 #include <atomic>
 #include <memory>
 #include <mutex>
@@ -46,12 +55,16 @@
 namespace {
 
 using Tensors3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using Mask3 = std::array<bool, 3>;
 
 // Calls served by normkit and calls passed to ATen, per operator
 enum Op {
     BATCH_NORM,
     LAYER_NORM,
     GROUP_NORM,
+    BATCH_NORM_BWD,
+    LAYER_NORM_BWD,
+    GROUP_NORM_BWD,
     NUM_OPS
 };
 std::atomic<int64_t> g_served[NUM_OPS];
@@ -159,6 +172,29 @@ bool common_type(std::initializer_list<const at::Tensor *> ts, at::ScalarType *t
 }
 
 void *opt_ptr(const at::Tensor &t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+// The incoming gradient of an output of x's sizes and element type, dense in
+// x's memory format fmt as normkit reads it: dy itself when it is, else a
+// copy (autograd hands on expanded and strided gradients, e.g. of a sum).
+// False when dy is not such a gradient.
+bool grad_like(const at::Tensor &dy, const at::Tensor &x, at::MemoryFormat fmt, at::Tensor *out)
+{
+    if (!plain_cpu(dy) || dy.scalar_type() != x.scalar_type() || dy.sizes() != x.sizes())
+        return false;
+    *out = dy.contiguous(fmt);
+    return true;
+}
+
+// Saved statistics as normkit takes them: count fp32 values in a row, from a
+// tensor t of count values of element type type (a copy unless t is fp32
+// and contiguous). False for anything else.
+bool stat_f32(const at::Tensor &t, int64_t count, at::ScalarType type, at::Tensor *out)
+{
+    if (!t.defined() || !plain_cpu(t) || t.scalar_type() != type || t.numel() != count)
+        return false;
+    *out = t.to(at::kFloat).contiguous().reshape({count});
+    return true;
+}
 
 // ---- aten::native_batch_norm ------------------------------------------------
 
@@ -271,6 +307,72 @@ Tensors3 native_batch_norm(const at::Tensor &input, const c10::optional<at::Tens
                                       momentum, eps);
 }
 
+// ---- aten::native_batch_norm_backward ---------------------------------------
+
+// Training (train): the batch statistics save_mean / save_invstd; eval: the
+// running statistics and eps. dx in x's memory format, dweight / dbias C
+// values of the parameter type (fp32 for a bf16 input with fp32 parameters),
+// each only where mask asks for it (undefined otherwise), as ATen.
+bool batch_norm_backward_nk(const at::Tensor &grad_out, const at::Tensor &x, const at::Tensor &w,
+                            const at::Tensor &rm, const at::Tensor &rv, const at::Tensor &sm,
+                            const at::Tensor &si, bool train, double eps, Mask3 mask,
+                            Tensors3 *out)
+{
+    static const at::Tensor undefined;
+    // eval mode: the saved statistics are empty and unused
+    const at::Tensor &sm_used = train ? sm : undefined, &si_used = train ? si : undefined;
+    // training: mean and invstd; eval: mean and variance
+    const at::Tensor &s0 = train ? sm : rm, &s1 = train ? si : rv;
+    at::MemoryFormat fmt;
+    nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+    at::ScalarType pt;
+    if (!s0.defined() || !s1.defined() ||
+        !bn_desc(x, {&w, &rm, &rv, &sm_used, &si_used}, &fmt, &d, &pt))
+        return false;
+    const int64_t c = d.c;
+    at::Tensor s0f, s1f, dy;
+    if (!stat_f32(s0, c, pt, &s0f) || !stat_f32(s1, c, pt, &s1f) ||
+        !grad_like(grad_out, x, fmt, &dy))
+        return false;
+    const at::TensorOptions po = x.options().dtype(pt);
+    at::Tensor dx = mask[0] ? at::empty_like(x, fmt) : at::Tensor();
+    at::Tensor dw = mask[1] ? at::empty({c}, po) : at::Tensor();
+    at::Tensor db = mask[2] ? at::empty({c}, po) : at::Tensor();
+    nk_context ctx = make_context();
+    nk_status st =
+        train ? nk_batch_norm_backward_ex(&ctx, &d, x.data_ptr(), nullptr, dy.data_ptr(),
+                                          opt_ptr(dx), opt_ptr(w), s0f.data_ptr<float>(),
+                                          s1f.data_ptr<float>(), opt_ptr(dw), opt_ptr(db))
+              : nk_batch_norm_infer_backward_ex(&ctx, &d, x.data_ptr(), nullptr, dy.data_ptr(),
+                                                opt_ptr(dx), opt_ptr(w), s0f.data_ptr<float>(),
+                                                s1f.data_ptr<float>(), eps, opt_ptr(dw),
+                                                opt_ptr(db));
+    if (st != NK_OK)
+        return false;
+    *out = Tensors3(dx, dw, db);
+    return true;
+}
+
+Tensors3 native_batch_norm_backward(const at::Tensor &grad_out, const at::Tensor &input,
+                                    const c10::optional<at::Tensor> &weight,
+                                    const c10::optional<at::Tensor> &running_mean,
+                                    const c10::optional<at::Tensor> &running_var,
+                                    const c10::optional<at::Tensor> &save_mean,
+                                    const c10::optional<at::Tensor> &save_invstd, bool train,
+                                    double eps, Mask3 mask)
+{
+    Tensors3 out;
+    if (batch_norm_backward_nk(grad_out, input, value(weight), value(running_mean),
+                               value(running_var), value(save_mean), value(save_invstd), train,
+                               eps, mask, &out)) {
+        g_served[BATCH_NORM_BWD]++;
+        return out;
+    }
+    g_fallback[BATCH_NORM_BWD]++;
+    return at::native::batch_norm_backward_cpu(grad_out, input, weight, running_mean, running_var,
+                                               save_mean, save_invstd, train, eps, mask);
+}
+
 // ---- aten::native_layer_norm ------------------------------------------------
 
 // *x, the contiguous input (input itself or a copy of a strided one, as
@@ -340,6 +442,53 @@ Tensors3 native_layer_norm(const at::Tensor &input, c10::SymIntArrayRef normaliz
     return at::native::layer_norm_cpu(input, shape, weight, bias, eps);
 }
 
+// ---- aten::native_layer_norm_backward ----------------------------------------
+
+// mean / rstd: one per row, of x's type (as the forward returns them); dx
+// contiguous, dweight / dbias shaped as weight / bias, as ATen. ATen
+// requires weight for dweight and bias for dbias.
+bool layer_norm_backward_nk(const at::Tensor &grad_out, const at::Tensor &input,
+                            at::IntArrayRef normalized_shape, const at::Tensor &mean,
+                            const at::Tensor &rstd, const at::Tensor &w, const at::Tensor &b,
+                            Mask3 mask, Tensors3 *out)
+{
+    at::Tensor x, dy, mean32, rstd32;
+    nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+    if ((mask[1] && !w.defined()) || (mask[2] && !b.defined()) ||
+        !ln_desc(input, normalized_shape, w, b, &x, &d) ||
+        !stat_f32(mean, d.n, x.scalar_type(), &mean32) ||
+        !stat_f32(rstd, d.n, x.scalar_type(), &rstd32) ||
+        !grad_like(grad_out, x, at::MemoryFormat::Contiguous, &dy))
+        return false;
+    at::Tensor dx = mask[0] ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::Tensor();
+    at::Tensor dw = mask[1] ? at::empty_like(w, at::MemoryFormat::Contiguous) : at::Tensor();
+    at::Tensor db = mask[2] ? at::empty_like(b, at::MemoryFormat::Contiguous) : at::Tensor();
+    nk_context ctx = make_context();
+    if (nk_layer_norm_backward_ex(&ctx, &d, x.data_ptr(), nullptr, dy.data_ptr(), opt_ptr(dx),
+                                  opt_ptr(w), mean32.data_ptr<float>(), rstd32.data_ptr<float>(),
+                                  opt_ptr(dw), opt_ptr(db)) != NK_OK)
+        return false;
+    *out = Tensors3(dx, dw, db);
+    return true;
+}
+
+Tensors3 native_layer_norm_backward(const at::Tensor &grad_out, const at::Tensor &input,
+                                    c10::SymIntArrayRef normalized_shape, const at::Tensor &mean,
+                                    const at::Tensor &rstd, const c10::optional<at::Tensor> &weight,
+                                    const c10::optional<at::Tensor> &bias, Mask3 mask)
+{
+    at::IntArrayRef shape = c10::asIntArrayRefSlow(normalized_shape);
+    Tensors3 out;
+    if (layer_norm_backward_nk(grad_out, input, shape, mean, rstd, value(weight), value(bias),
+                               mask, &out)) {
+        g_served[LAYER_NORM_BWD]++;
+        return out;
+    }
+    g_fallback[LAYER_NORM_BWD]++;
+    return at::native::layer_norm_backward_cpu(grad_out, input, shape, mean, rstd, weight, bias,
+                                               mask);
+}
+
 // ---- aten::native_group_norm ------------------------------------------------
 
 // The descriptor of a GroupNorm input x (non-empty, fp32 / bf16, dense
@@ -396,6 +545,61 @@ Tensors3 native_group_norm(const at::Tensor &input, const c10::optional<at::Tens
     }
     g_fallback[GROUP_NORM]++;
     return at::native::native_group_norm(input, weight, bias, n_, c_, hxw_, groups, eps);
+}
+
+// ---- aten::native_group_norm_backward ----------------------------------------
+
+// ATen 1.13's autograd hands this operator contiguous (channels-first)
+// grad_out and input, and its CPU kernel reads both as such whatever their
+// strides: normkit serves contiguous tensors and leaves any other to ATen,
+// which keeps its results. mean / rstd: (N, groups) of x's type; dx
+// contiguous, dweight and dbias shaped and typed as weight (which ATen
+// requires for either).
+bool group_norm_backward_nk(const at::Tensor &grad_out, const at::Tensor &x,
+                            const at::Tensor &mean, const at::Tensor &rstd, const at::Tensor &w,
+                            int64_t n, int64_t c, int64_t hxw, int64_t groups, Mask3 mask,
+                            Tensors3 *out)
+{
+    static const at::Tensor undefined;
+    at::MemoryFormat fmt;
+    nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+    at::Tensor dy, mean32, rstd32;
+    if (((mask[1] || mask[2]) && !w.defined()) || !x.is_contiguous() ||
+        !grad_out.is_contiguous() ||
+        !gn_desc(x, w, undefined, n, c, hxw, groups, &fmt, &d) ||
+        !grad_like(grad_out, x, at::MemoryFormat::Contiguous, &dy) ||
+        !stat_f32(mean, n * groups, x.scalar_type(), &mean32) ||
+        !stat_f32(rstd, n * groups, x.scalar_type(), &rstd32))
+        return false;
+    // dense in both formats when C or the spatial size is 1: the same addresses
+    d.layout = NK_CHANNELS_FIRST;
+    at::Tensor dx = mask[0] ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::Tensor();
+    at::Tensor dw = mask[1] ? at::empty_like(w, at::MemoryFormat::Contiguous) : at::Tensor();
+    at::Tensor db = mask[2] ? at::empty_like(w, at::MemoryFormat::Contiguous) : at::Tensor();
+    nk_context ctx = make_context();
+    if (nk_group_norm_backward_ex(&ctx, &d, x.data_ptr(), nullptr, dy.data_ptr(), opt_ptr(dx),
+                                  groups, opt_ptr(w), mean32.data_ptr<float>(),
+                                  rstd32.data_ptr<float>(), opt_ptr(dw), opt_ptr(db)) != NK_OK)
+        return false;
+    *out = Tensors3(dx, dw, db);
+    return true;
+}
+
+Tensors3 native_group_norm_backward(const at::Tensor &grad_out, const at::Tensor &input,
+                                    const at::Tensor &mean, const at::Tensor &rstd,
+                                    const c10::optional<at::Tensor> &weight, c10::SymInt n,
+                                    c10::SymInt c, c10::SymInt hxw, int64_t groups, Mask3 mask)
+{
+    const int64_t n_ = n.expect_int(), c_ = c.expect_int(), hxw_ = hxw.expect_int();
+    Tensors3 out;
+    if (group_norm_backward_nk(grad_out, input, mean, rstd, value(weight), n_, c_, hxw_, groups,
+                               mask, &out)) {
+        g_served[GROUP_NORM_BWD]++;
+        return out;
+    }
+    g_fallback[GROUP_NORM_BWD]++;
+    return at::native::native_group_norm_backward(grad_out, input, mean, rstd, weight, n_, c_,
+                                                  hxw_, groups, mask);
 }
 
 // ---- synchronized BatchNorm ------------------------------------------------
@@ -652,6 +856,9 @@ void enable()
     lib->impl("native_batch_norm", TORCH_FN(native_batch_norm));
     lib->impl("native_layer_norm", TORCH_FN(native_layer_norm));
     lib->impl("native_group_norm", TORCH_FN(native_group_norm));
+    lib->impl("native_batch_norm_backward", TORCH_FN(native_batch_norm_backward));
+    lib->impl("native_layer_norm_backward", TORCH_FN(native_layer_norm_backward));
+    lib->impl("native_group_norm_backward", TORCH_FN(native_group_norm_backward));
     g_impl = std::move(lib);
 }
 
