@@ -7,7 +7,8 @@ no_grad) and training step (forward, backward, SGD) times with ATen's and
 with normkit's normalization kernels, at 1 thread and at all threads, and
 the share of that time spent in the normalization operators
 (aten::native_{batch,layer,group}_norm and, in training, their _backward,
-measured with torch.profiler).
+measured with torch.profiler), and how many of those operator calls normkit
+served in one run with it enabled (forward; backward), out of all.
 
     NORMKIT_TORCH_LIBRARY=build-torch/python/_normkit_aten.so \\
         PYTHONPATH=python /usr/bin/python3 python/bench_models.py [--reps N] [--quick]
@@ -68,14 +69,25 @@ def timed_pair(fn, reps):
 
 
 def norm_share(fn):
-    """Fraction of one run's wall time spent in the normalization operators."""
+    """Fraction of one run's wall time spent in the normalization operators,
+    and normkit.torch.stats() of that run."""
     fn()
+    nt.stats(reset=True)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         fn()
         wall = time.perf_counter() - t0
+    st = nt.stats(reset=True)
     norm_us = sum(e.cpu_time_total for e in prof.key_averages() if e.key in NORM_OPS)
-    return norm_us * 1e-6 / wall
+    return norm_us * 1e-6 / wall, st
+
+
+def served(st):
+    """"served/all" for the forward and the backward operators of stats st"""
+    def part(ops):
+        return "%d/%d" % (sum(st[o][0] for o in ops), sum(sum(st[o]) for o in ops))
+    fwd = [o for o in st if not o.endswith("_backward")]
+    return "%s; %s" % (part(fwd), part([o + "_backward" for o in fwd]))
 
 
 def main():
@@ -87,7 +99,7 @@ def main():
     print("torch %s, normkit ISA %s, %d CPUs, load average %.1f; median of %d runs" % (
         torch.__version__, nt.isa(), all_threads, os.getloadavg()[0], args.reps))
     head = ("model", "pass", "thr", "ATen ms", "normkit ms", "speed-up", "norm% ATen",
-            "norm% normkit")
+            "norm% normkit", "normkit calls (fwd; bwd)")
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     for name, model, inputs, loss_fn in make_cases(args.quick):
@@ -111,12 +123,12 @@ def main():
                 res = {}
                 for use, t in ((False, t_aten), (True, t_nk)):
                     (nt.enable if use else nt.disable)()
-                    res[use] = (t, norm_share(fn))
+                    res[use] = (t,) + norm_share(fn)
                 nt.disable()
-                print("| %s | %s | %d | %.1f | %.1f | %.2fx | %.1f%% | %.1f%% |" % (
+                print("| %s | %s | %d | %.1f | %.1f | %.2fx | %.1f%% | %.1f%% | %s |" % (
                     name, pname, threads, res[False][0] * 1e3, res[True][0] * 1e3,
-                    res[False][0] / res[True][0], res[False][1] * 100, res[True][1] * 100),
-                    flush=True)
+                    res[False][0] / res[True][0], res[False][1] * 100, res[True][1] * 100,
+                    served(res[True][2])), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,21 +1,26 @@
 // normkit as the CPU kernel of ATen's normalization operators (PyTorch 1.13).
 //
 // enable() registers kernels for aten::native_batch_norm,
-// aten::native_layer_norm and aten::native_group_norm at the CPU dispatch
-// key through a torch::Library handle; disable() destroys the handle, which
-// deregisters them and puts ATen's own kernels back in the dispatch table.
-// Every path above the CPU key stays ATen's: F.batch_norm reaches
-// native_batch_norm through _batch_norm_impl_index, F.instance_norm through
-// batch_norm on a (1, N*C, ...) view, F.layer_norm and F.group_norm through
-// their CompositeImplicit decompositions; autograd records the outputs of
-// these kernels (save_mean / save_invstd, mean / rstd) and ATen's backward
-// kernels consume them.
+// aten::native_layer_norm and aten::native_group_norm and for their
+// backward operators aten::native_batch_norm_backward,
+// native_layer_norm_backward and native_group_norm_backward at the CPU
+// dispatch key through a torch::Library handle; disable() destroys the
+// handle, which deregisters them and puts ATen's own kernels back in the
+// dispatch table. Every path above the CPU key stays ATen's: F.batch_norm
+// reaches native_batch_norm through _batch_norm_impl_index, F.instance_norm
+// through batch_norm on a (1, N*C, ...) view, F.layer_norm and F.group_norm
+// through their CompositeImplicit decompositions; autograd records the
+// outputs of the forward kernels (save_mean / save_invstd, mean / rstd) and
+// hands them to the backward operators (InstanceNorm's gradient is the one
+// of native_batch_norm on that view).
 //
 // A call normkit does not cover (other dtypes, BatchNorm and GroupNorm input
-// strides other than dense channels-first / channels-last, empty tensors, mismatched parameter types,
-// a shape or value normkit refuses) goes to ATen's CPU implementation,
-// at::native::batch_norm_cpu / layer_norm_cpu / native_group_norm, called
-// directly and not through the dispatcher, so it never comes back here.
+// strides other than dense channels-first / channels-last, empty tensors,
+// mismatched parameter or statistics types, a shape or value normkit
+// refuses) goes to ATen's CPU implementation, at::native::batch_norm_cpu /
+// layer_norm_cpu / native_group_norm and batch_norm_backward_cpu /
+// layer_norm_backward_cpu / native_group_norm_backward, called directly and
+// not through the dispatcher, so it never comes back here.
 //
 // Threads: normkit's nk_threadpool runs on ATen's intra-op pool
 // (at::parallel_for), at at::get_num_threads() threads.
@@ -27,8 +32,11 @@
 // python/normkit/torch.py.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/native_batch_norm_backward_native.h>
 #include <ATen/ops/native_batch_norm_native.h>
+#include <ATen/ops/native_group_norm_backward_native.h>
 #include <ATen/ops/native_group_norm_native.h>
+#include <ATen/ops/native_layer_norm_backward_native.h>
 #include <ATen/ops/native_layer_norm_native.h>
 #include <c10/core/SymIntArrayRef.h>
 #include <c10/util/Exception.h>
@@ -36,6 +44,7 @@
 
 #include <normkit.h>
 
+#include <array>
 #include <atomic>
 #include <memory>
 #include <mutex>
@@ -46,11 +55,20 @@
 namespace {
 
 using Tensors3 = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+using Mask3 = std::array<bool, 3>;
 
-// Calls served by normkit and calls passed to ATen, per operator:
-// [0] native_batch_norm, [1] native_layer_norm, [2] native_group_norm
-std::atomic<int64_t> g_served[3];
-std::atomic<int64_t> g_fallback[3];
+// Calls served by normkit and calls passed to ATen, per operator
+enum Op {
+    BATCH_NORM,
+    LAYER_NORM,
+    GROUP_NORM,
+    BATCH_NORM_BWD,
+    LAYER_NORM_BWD,
+    GROUP_NORM_BWD,
+    NUM_OPS
+};
+std::atomic<int64_t> g_served[NUM_OPS];
+std::atomic<int64_t> g_fallback[NUM_OPS];
 
 // ---- nk_threadpool on ATen's intra-op pool ---------------------------------
 
@@ -153,7 +171,58 @@ bool common_type(std::initializer_list<const at::Tensor *> ts, at::ScalarType *t
     return true;
 }
 
+void *opt_ptr(const at::Tensor &t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+// The incoming gradient of an output of x's sizes and element type, dense in
+// x's memory format fmt as normkit reads it: dy itself when it is, else a
+// copy (autograd hands on expanded and strided gradients, e.g. of a sum).
+// False when dy is not such a gradient.
+bool grad_like(const at::Tensor &dy, const at::Tensor &x, at::MemoryFormat fmt, at::Tensor *out)
+{
+    if (!plain_cpu(dy) || dy.scalar_type() != x.scalar_type() || dy.sizes() != x.sizes())
+        return false;
+    *out = dy.contiguous(fmt);
+    return true;
+}
+
+// Saved statistics as normkit takes them: count fp32 values in a row, from a
+// tensor t of count values of element type type (a copy unless t is fp32
+// and contiguous). False for anything else.
+bool stat_f32(const at::Tensor &t, int64_t count, at::ScalarType type, at::Tensor *out)
+{
+    if (!t.defined() || !plain_cpu(t) || t.scalar_type() != type || t.numel() != count)
+        return false;
+    *out = t.to(at::kFloat).contiguous().reshape({count});
+    return true;
+}
+
 // ---- aten::native_batch_norm ------------------------------------------------
+
+// The descriptor of a BatchNorm input x (non-empty, dense (N, C, *)) and
+// *pt, the element type of its per-channel tensors ps (weight, bias, running
+// and saved statistics; undefined ones are absent, defined ones must be C
+// contiguous values). ATen's rules: fp32 input with fp32 parameters; bf16
+// input with them all fp32 (mixed) or all bf16. False when x or ps break them.
+bool bn_desc(const at::Tensor &x, std::initializer_list<const at::Tensor *> ps,
+             at::MemoryFormat *fmt, nk_tensor_desc *d, at::ScalarType *pt)
+{
+    if (!plain_cpu(x) || !dense_dtype(x) || x.dim() < 2 || x.numel() == 0)
+        return false;
+    for (const at::Tensor *p : ps)
+        if (!channel_vector(*p, x.size(1)))
+            return false;
+    bool none;
+    if (!common_type(ps, pt, &none))
+        return false;
+    if (none)
+        *pt = x.scalar_type();
+    if (x.scalar_type() == at::kFloat && *pt != at::kFloat)
+        return false;
+    if (!nc_desc(x, fmt, d))
+        return false;
+    d->param_dtype = nk_dtype(*pt);
+    return true;
+}
 
 // The normkit path; returns false (having written nothing) to leave the call
 // to ATen.
@@ -161,31 +230,15 @@ bool batch_norm_nk(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b
                    const at::Tensor &rm, const at::Tensor &rv, bool training, double momentum,
                    double eps, Tensors3 *out)
 {
-    if (!plain_cpu(x) || !dense_dtype(x) || x.dim() < 2 || x.numel() == 0)
-        return false;
-    const int64_t c = x.size(1);
-    if (!channel_vector(w, c) || !channel_vector(b, c) || !channel_vector(rm, c) ||
-        !channel_vector(rv, c))
-        return false;
     if (rm.defined() != rv.defined() || (!training && !rm.defined()))
         return false;
-    // ATen's rules: fp32 input with fp32 parameters; bf16 input with
-    // parameters and running statistics all fp32 (mixed) or all bf16
-    at::ScalarType pt = x.scalar_type();
-    bool none;
-    if (!common_type({&w, &b, &rm, &rv}, &pt, &none))
-        return false;
-    if (none)
-        pt = x.scalar_type();
-    if (x.scalar_type() == at::kFloat && pt != at::kFloat)
-        return false;
-    const bool mixed = x.scalar_type() != pt;
     at::MemoryFormat fmt;
     nk_tensor_desc d = NK_TENSOR_DESC_INIT;
-    if (!nc_desc(x, &fmt, &d))
+    at::ScalarType pt;
+    if (!bn_desc(x, {&w, &b, &rm, &rv}, &fmt, &d, &pt))
         return false;
-    d.param_dtype = nk_dtype(pt);
-
+    const int64_t c = d.c;
+    const bool mixed = x.scalar_type() != pt;
     at::Tensor y = at::empty_like(x, fmt);
     // saved statistics: fp32, or x's type when parameters are of x's type
     const at::TensorOptions fo = x.options().dtype(at::kFloat);
@@ -197,8 +250,8 @@ bool batch_norm_nk(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b
         rv32 = rv.scalar_type() == at::kFloat ? rv : rv.to(at::kFloat);
     }
     nk_context ctx = make_context();
-    const void *wp = w.defined() ? w.data_ptr() : nullptr;
-    const void *bp = b.defined() ? b.data_ptr() : nullptr;
+    const void *wp = opt_ptr(w);
+    const void *bp = opt_ptr(b);
     nk_status st;
     at::Tensor save_mean, save_invstd;
     if (training) {
@@ -246,53 +299,127 @@ Tensors3 native_batch_norm(const at::Tensor &input, const c10::optional<at::Tens
     Tensors3 out;
     if (batch_norm_nk(input, value(weight), value(bias), value(running_mean), value(running_var),
                       training, momentum, eps, &out)) {
-        g_served[0]++;
+        g_served[BATCH_NORM]++;
         return out;
     }
-    g_fallback[0]++;
+    g_fallback[BATCH_NORM]++;
     return at::native::batch_norm_cpu(input, weight, bias, running_mean, running_var, training,
                                       momentum, eps);
 }
 
+// ---- aten::native_batch_norm_backward ---------------------------------------
+
+// Training (train): the batch statistics save_mean / save_invstd; eval: the
+// running statistics and eps. dx in x's memory format, dweight / dbias C
+// values of the parameter type (fp32 for a bf16 input with fp32 parameters),
+// each only where mask asks for it (undefined otherwise), as ATen.
+bool batch_norm_backward_nk(const at::Tensor &grad_out, const at::Tensor &x, const at::Tensor &w,
+                            const at::Tensor &rm, const at::Tensor &rv, const at::Tensor &sm,
+                            const at::Tensor &si, bool train, double eps, Mask3 mask,
+                            Tensors3 *out)
+{
+    static const at::Tensor undefined;
+    // eval mode: the saved statistics are empty and unused
+    const at::Tensor &sm_used = train ? sm : undefined, &si_used = train ? si : undefined;
+    // training: mean and invstd; eval: mean and variance
+    const at::Tensor &s0 = train ? sm : rm, &s1 = train ? si : rv;
+    at::MemoryFormat fmt;
+    nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+    at::ScalarType pt;
+    if (!s0.defined() || !s1.defined() ||
+        !bn_desc(x, {&w, &rm, &rv, &sm_used, &si_used}, &fmt, &d, &pt))
+        return false;
+    const int64_t c = d.c;
+    at::Tensor s0f, s1f, dy;
+    if (!stat_f32(s0, c, pt, &s0f) || !stat_f32(s1, c, pt, &s1f) ||
+        !grad_like(grad_out, x, fmt, &dy))
+        return false;
+    const at::TensorOptions po = x.options().dtype(pt);
+    at::Tensor dx = mask[0] ? at::empty_like(x, fmt) : at::Tensor();
+    at::Tensor dw = mask[1] ? at::empty({c}, po) : at::Tensor();
+    at::Tensor db = mask[2] ? at::empty({c}, po) : at::Tensor();
+    nk_context ctx = make_context();
+    nk_status st =
+        train ? nk_batch_norm_backward_ex(&ctx, &d, x.data_ptr(), nullptr, dy.data_ptr(),
+                                          opt_ptr(dx), opt_ptr(w), s0f.data_ptr<float>(),
+                                          s1f.data_ptr<float>(), opt_ptr(dw), opt_ptr(db))
+              : nk_batch_norm_infer_backward_ex(&ctx, &d, x.data_ptr(), nullptr, dy.data_ptr(),
+                                                opt_ptr(dx), opt_ptr(w), s0f.data_ptr<float>(),
+                                                s1f.data_ptr<float>(), eps, opt_ptr(dw),
+                                                opt_ptr(db));
+    if (st != NK_OK)
+        return false;
+    *out = Tensors3(dx, dw, db);
+    return true;
+}
+
+Tensors3 native_batch_norm_backward(const at::Tensor &grad_out, const at::Tensor &input,
+                                    const c10::optional<at::Tensor> &weight,
+                                    const c10::optional<at::Tensor> &running_mean,
+                                    const c10::optional<at::Tensor> &running_var,
+                                    const c10::optional<at::Tensor> &save_mean,
+                                    const c10::optional<at::Tensor> &save_invstd, bool train,
+                                    double eps, Mask3 mask)
+{
+    Tensors3 out;
+    if (batch_norm_backward_nk(grad_out, input, value(weight), value(running_mean),
+                               value(running_var), value(save_mean), value(save_invstd), train,
+                               eps, mask, &out)) {
+        g_served[BATCH_NORM_BWD]++;
+        return out;
+    }
+    g_fallback[BATCH_NORM_BWD]++;
+    return at::native::batch_norm_backward_cpu(grad_out, input, weight, running_mean, running_var,
+                                               save_mean, save_invstd, train, eps, mask);
+}
+
 // ---- aten::native_layer_norm ------------------------------------------------
+
+// *x, the contiguous input (input itself or a copy of a strided one, as
+// ATen normalizes), and the (rows, cols) descriptor of a LayerNorm over its
+// trailing normalized_shape. False when input is empty or not fp32 / bf16,
+// or weight and bias (either undefined) are not contiguous tensors of
+// input's type shaped as normalized_shape (ATen 1.13's CPU rules).
+bool ln_desc(const at::Tensor &input, at::IntArrayRef normalized_shape, const at::Tensor &w,
+             const at::Tensor &b, at::Tensor *x, nk_tensor_desc *d)
+{
+    const int64_t nd = static_cast<int64_t>(normalized_shape.size());
+    if (!plain_cpu(input) || !dense_dtype(input) || input.numel() == 0 || nd < 1 ||
+        input.dim() < nd || input.sizes().slice(input.dim() - nd) != normalized_shape)
+        return false;
+    for (const at::Tensor *p : {&w, &b}) {
+        if (p->defined() && (!plain_cpu(*p) || p->scalar_type() != input.scalar_type() ||
+                             p->sizes() != normalized_shape || !p->is_contiguous()))
+            return false;
+    }
+    *x = input.contiguous();
+    const int64_t cols = c10::multiply_integers(normalized_shape);
+    d->dtype = d->param_dtype = nk_dtype(input.scalar_type());
+    d->layout = NK_CHANNELS_LAST;
+    d->n = input.numel() / cols;
+    d->c = cols;
+    d->spatial = 1;
+    return true;
+}
 
 bool layer_norm_nk(const at::Tensor &input, at::IntArrayRef normalized_shape,
                    const at::Tensor &w, const at::Tensor &b, double eps, Tensors3 *out)
 {
-    const int64_t nd = static_cast<int64_t>(normalized_shape.size());
-    if (!plain_cpu(input) || !dense_dtype(input) || input.numel() == 0 || nd < 1 ||
-        input.dim() < nd)
-        return false;
-    // a strided input is normalized from a contiguous copy, as ATen does
-    const at::Tensor x = input.contiguous();
-    const int64_t axis = x.dim() - nd;
-    if (x.sizes().slice(axis) != normalized_shape)
-        return false;
-    for (const at::Tensor *p : {&w, &b}) {
-        // LayerNorm on the CPU in 1.13: parameters of x's type, shaped as normalized_shape
-        if (p->defined() && (!plain_cpu(*p) || p->scalar_type() != x.scalar_type() ||
-                             p->sizes() != normalized_shape || !p->is_contiguous()))
-            return false;
-    }
-    const int64_t cols = c10::multiply_integers(normalized_shape);
-    const int64_t rows = x.numel() / cols;
+    at::Tensor x;
     nk_tensor_desc d = NK_TENSOR_DESC_INIT;
-    d.dtype = d.param_dtype = nk_dtype(x.scalar_type());
-    d.layout = NK_CHANNELS_LAST;
-    d.n = rows;
-    d.c = cols;
-    d.spatial = 1;
+    if (!ln_desc(input, normalized_shape, w, b, &x, &d))
+        return false;
+    const int64_t rows = d.n;
     at::Tensor y = at::empty_like(x, at::MemoryFormat::Contiguous);
     at::Tensor mean = at::empty({rows}, x.options().dtype(at::kFloat));
     at::Tensor rstd = at::empty({rows}, x.options().dtype(at::kFloat));
     nk_context ctx = make_context();
-    nk_status st = nk_layer_norm_ex(&ctx, &d, x.data_ptr(), y.data_ptr(),
-                                    w.defined() ? w.data_ptr() : nullptr,
-                                    b.defined() ? b.data_ptr() : nullptr, eps,
-                                    mean.data_ptr<float>(), rstd.data_ptr<float>());
+    nk_status st = nk_layer_norm_ex(&ctx, &d, x.data_ptr(), y.data_ptr(), opt_ptr(w), opt_ptr(b),
+                                    eps, mean.data_ptr<float>(), rstd.data_ptr<float>());
     if (st != NK_OK)
         return false;
     // mean / rstd: x's type, shaped x.sizes()[:axis] + [1] * len(normalized_shape)
+    const int64_t axis = x.dim() - static_cast<int64_t>(normalized_shape.size());
     std::vector<int64_t> stat_shape(x.sizes().begin(), x.sizes().begin() + axis);
     stat_shape.resize(x.dim(), 1);
     mean = mean.to(x.scalar_type()).view(stat_shape);
@@ -308,42 +435,98 @@ Tensors3 native_layer_norm(const at::Tensor &input, c10::SymIntArrayRef normaliz
     at::IntArrayRef shape = c10::asIntArrayRefSlow(normalized_shape);
     Tensors3 out;
     if (layer_norm_nk(input, shape, value(weight), value(bias), eps, &out)) {
-        g_served[1]++;
+        g_served[LAYER_NORM]++;
         return out;
     }
-    g_fallback[1]++;
+    g_fallback[LAYER_NORM]++;
     return at::native::layer_norm_cpu(input, shape, weight, bias, eps);
+}
+
+// ---- aten::native_layer_norm_backward ----------------------------------------
+
+// mean / rstd: one per row, of x's type (as the forward returns them); dx
+// contiguous, dweight / dbias shaped as weight / bias, as ATen. ATen
+// requires weight for dweight and bias for dbias.
+bool layer_norm_backward_nk(const at::Tensor &grad_out, const at::Tensor &input,
+                            at::IntArrayRef normalized_shape, const at::Tensor &mean,
+                            const at::Tensor &rstd, const at::Tensor &w, const at::Tensor &b,
+                            Mask3 mask, Tensors3 *out)
+{
+    at::Tensor x, dy, mean32, rstd32;
+    nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+    if ((mask[1] && !w.defined()) || (mask[2] && !b.defined()) ||
+        !ln_desc(input, normalized_shape, w, b, &x, &d) ||
+        !stat_f32(mean, d.n, x.scalar_type(), &mean32) ||
+        !stat_f32(rstd, d.n, x.scalar_type(), &rstd32) ||
+        !grad_like(grad_out, x, at::MemoryFormat::Contiguous, &dy))
+        return false;
+    at::Tensor dx = mask[0] ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::Tensor();
+    at::Tensor dw = mask[1] ? at::empty_like(w, at::MemoryFormat::Contiguous) : at::Tensor();
+    at::Tensor db = mask[2] ? at::empty_like(b, at::MemoryFormat::Contiguous) : at::Tensor();
+    nk_context ctx = make_context();
+    if (nk_layer_norm_backward_ex(&ctx, &d, x.data_ptr(), nullptr, dy.data_ptr(), opt_ptr(dx),
+                                  opt_ptr(w), mean32.data_ptr<float>(), rstd32.data_ptr<float>(),
+                                  opt_ptr(dw), opt_ptr(db)) != NK_OK)
+        return false;
+    *out = Tensors3(dx, dw, db);
+    return true;
+}
+
+Tensors3 native_layer_norm_backward(const at::Tensor &grad_out, const at::Tensor &input,
+                                    c10::SymIntArrayRef normalized_shape, const at::Tensor &mean,
+                                    const at::Tensor &rstd, const c10::optional<at::Tensor> &weight,
+                                    const c10::optional<at::Tensor> &bias, Mask3 mask)
+{
+    at::IntArrayRef shape = c10::asIntArrayRefSlow(normalized_shape);
+    Tensors3 out;
+    if (layer_norm_backward_nk(grad_out, input, shape, mean, rstd, value(weight), value(bias),
+                               mask, &out)) {
+        g_served[LAYER_NORM_BWD]++;
+        return out;
+    }
+    g_fallback[LAYER_NORM_BWD]++;
+    return at::native::layer_norm_backward_cpu(grad_out, input, shape, mean, rstd, weight, bias,
+                                               mask);
 }
 
 // ---- aten::native_group_norm ------------------------------------------------
 
-bool group_norm_nk(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, int64_t n,
-                   int64_t c, int64_t hxw, int64_t groups, double eps, Tensors3 *out)
+// The descriptor of a GroupNorm input x (non-empty, fp32 / bf16, dense
+// (N, C, *) of the given extents, groups dividing C) with weight and bias
+// (either undefined) C values of x's type (ATen 1.13's CPU rules).
+bool gn_desc(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, int64_t n, int64_t c,
+             int64_t hxw, int64_t groups, at::MemoryFormat *fmt, nk_tensor_desc *d)
 {
     if (!plain_cpu(x) || !dense_dtype(x) || x.numel() == 0 || x.dim() < 2 || groups < 1 ||
         c % groups != 0 || x.size(0) != n || x.size(1) != c || n * c * hxw != x.numel())
         return false;
     for (const at::Tensor *p : {&w, &b}) {
-        // GroupNorm on the CPU in 1.13: parameters of x's type
         if (p->defined() && (!channel_vector(*p, c) || p->scalar_type() != x.scalar_type()))
             return false;
     }
+    if (!nc_layout(x, fmt, &d->layout))
+        return false;
+    d->dtype = d->param_dtype = nk_dtype(x.scalar_type());
+    d->n = n;
+    d->c = c;
+    d->spatial = hxw;
+    return true;
+}
+
+bool group_norm_nk(const at::Tensor &x, const at::Tensor &w, const at::Tensor &b, int64_t n,
+                   int64_t c, int64_t hxw, int64_t groups, double eps, Tensors3 *out)
+{
     at::MemoryFormat fmt;
     nk_tensor_desc d = NK_TENSOR_DESC_INIT;
-    if (!nc_layout(x, &fmt, &d.layout))
+    if (!gn_desc(x, w, b, n, c, hxw, groups, &fmt, &d))
         return false;
-    d.dtype = d.param_dtype = nk_dtype(x.scalar_type());
-    d.n = n;
-    d.c = c;
-    d.spatial = hxw;
     at::Tensor y = at::empty_like(x, fmt);
     at::Tensor mean = at::empty({n, groups}, x.options().dtype(at::kFloat));
     at::Tensor rstd = at::empty({n, groups}, x.options().dtype(at::kFloat));
     nk_context ctx = make_context();
-    nk_status st = nk_group_norm_ex(&ctx, &d, x.data_ptr(), y.data_ptr(), groups,
-                                    w.defined() ? w.data_ptr() : nullptr,
-                                    b.defined() ? b.data_ptr() : nullptr, eps,
-                                    mean.data_ptr<float>(), rstd.data_ptr<float>());
+    nk_status st = nk_group_norm_ex(&ctx, &d, x.data_ptr(), y.data_ptr(), groups, opt_ptr(w),
+                                    opt_ptr(b), eps, mean.data_ptr<float>(),
+                                    rstd.data_ptr<float>());
     if (st != NK_OK)
         return false;
     *out = Tensors3(y, mean.to(x.scalar_type()), rstd.to(x.scalar_type()));
@@ -357,11 +540,66 @@ Tensors3 native_group_norm(const at::Tensor &input, const c10::optional<at::Tens
     const int64_t n_ = n.expect_int(), c_ = c.expect_int(), hxw_ = hxw.expect_int();
     Tensors3 out;
     if (group_norm_nk(input, value(weight), value(bias), n_, c_, hxw_, groups, eps, &out)) {
-        g_served[2]++;
+        g_served[GROUP_NORM]++;
         return out;
     }
-    g_fallback[2]++;
+    g_fallback[GROUP_NORM]++;
     return at::native::native_group_norm(input, weight, bias, n_, c_, hxw_, groups, eps);
+}
+
+// ---- aten::native_group_norm_backward ----------------------------------------
+
+// ATen 1.13's autograd hands this operator contiguous (channels-first)
+// grad_out and input, and its CPU kernel reads both as such whatever their
+// strides: normkit serves contiguous tensors and leaves any other to ATen,
+// which keeps its results. mean / rstd: (N, groups) of x's type; dx
+// contiguous, dweight and dbias shaped and typed as weight (which ATen
+// requires for either).
+bool group_norm_backward_nk(const at::Tensor &grad_out, const at::Tensor &x,
+                            const at::Tensor &mean, const at::Tensor &rstd, const at::Tensor &w,
+                            int64_t n, int64_t c, int64_t hxw, int64_t groups, Mask3 mask,
+                            Tensors3 *out)
+{
+    static const at::Tensor undefined;
+    at::MemoryFormat fmt;
+    nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+    at::Tensor dy, mean32, rstd32;
+    if (((mask[1] || mask[2]) && !w.defined()) || !x.is_contiguous() ||
+        !grad_out.is_contiguous() ||
+        !gn_desc(x, w, undefined, n, c, hxw, groups, &fmt, &d) ||
+        !grad_like(grad_out, x, at::MemoryFormat::Contiguous, &dy) ||
+        !stat_f32(mean, n * groups, x.scalar_type(), &mean32) ||
+        !stat_f32(rstd, n * groups, x.scalar_type(), &rstd32))
+        return false;
+    // dense in both formats when C or the spatial size is 1: the same addresses
+    d.layout = NK_CHANNELS_FIRST;
+    at::Tensor dx = mask[0] ? at::empty_like(x, at::MemoryFormat::Contiguous) : at::Tensor();
+    at::Tensor dw = mask[1] ? at::empty_like(w, at::MemoryFormat::Contiguous) : at::Tensor();
+    at::Tensor db = mask[2] ? at::empty_like(w, at::MemoryFormat::Contiguous) : at::Tensor();
+    nk_context ctx = make_context();
+    if (nk_group_norm_backward_ex(&ctx, &d, x.data_ptr(), nullptr, dy.data_ptr(), opt_ptr(dx),
+                                  groups, opt_ptr(w), mean32.data_ptr<float>(),
+                                  rstd32.data_ptr<float>(), opt_ptr(dw), opt_ptr(db)) != NK_OK)
+        return false;
+    *out = Tensors3(dx, dw, db);
+    return true;
+}
+
+Tensors3 native_group_norm_backward(const at::Tensor &grad_out, const at::Tensor &input,
+                                    const at::Tensor &mean, const at::Tensor &rstd,
+                                    const c10::optional<at::Tensor> &weight, c10::SymInt n,
+                                    c10::SymInt c, c10::SymInt hxw, int64_t groups, Mask3 mask)
+{
+    const int64_t n_ = n.expect_int(), c_ = c.expect_int(), hxw_ = hxw.expect_int();
+    Tensors3 out;
+    if (group_norm_backward_nk(grad_out, input, mean, rstd, value(weight), n_, c_, hxw_, groups,
+                               mask, &out)) {
+        g_served[GROUP_NORM_BWD]++;
+        return out;
+    }
+    g_fallback[GROUP_NORM_BWD]++;
+    return at::native::native_group_norm_backward(grad_out, input, mean, rstd, weight, n_, c_,
+                                                  hxw_, groups, mask);
 }
 
 // ---- synchronized BatchNorm ------------------------------------------------
@@ -518,9 +756,8 @@ Tensors3 bn_apply_moments(const at::Tensor &input, const at::Tensor &moments,
     nk_context ctx = make_context();
     check_nk(nk_batch_norm_apply_moments_ex(
                  &ctx, &in.d, in.x.data_ptr(), y.data_ptr(),
-                 reinterpret_cast<const nk_moments *>(mo.data_ptr<double>()),
-                 w.defined() ? w.data_ptr() : nullptr, b.defined() ? b.data_ptr() : nullptr, eps,
-                 rm.defined() ? &rs : nullptr, save_mean.data_ptr<float>(),
+                 reinterpret_cast<const nk_moments *>(mo.data_ptr<double>()), opt_ptr(w),
+                 opt_ptr(b), eps, rm.defined() ? &rs : nullptr, save_mean.data_ptr<float>(),
                  save_invstd.data_ptr<float>()),
              op);
     if (rm.defined() && rm.scalar_type() != at::kFloat) {
@@ -553,7 +790,7 @@ bn_backward_reduce(const at::Tensor &grad_output, const at::Tensor &input, const
     check_nk(nk_batch_norm_backward_reduce_ex(
                  &ctx, &in.d, in.x.data_ptr(), nullptr, dy.data_ptr(), m.data_ptr<float>(),
                  is.data_ptr<float>(), sum_dy.data_ptr<double>(), sum_dy_xmu.data_ptr<double>(),
-                 dw.defined() ? dw.data_ptr() : nullptr, db.defined() ? db.data_ptr() : nullptr),
+                 opt_ptr(dw), opt_ptr(db)),
              op);
     return std::make_tuple(sum_dy, sum_dy_xmu, dw, db);
 }
@@ -576,9 +813,9 @@ at::Tensor bn_backward_elemt(const at::Tensor &grad_output, const at::Tensor &in
     at::Tensor dx = at::empty_like(in.x, in.fmt);
     nk_context ctx = make_context();
     check_nk(nk_batch_norm_backward_elemt_ex(
-                 &ctx, &in.d, in.x.data_ptr(), nullptr, dy.data_ptr(), dx.data_ptr(),
-                 w.defined() ? w.data_ptr() : nullptr, m.data_ptr<float>(), is.data_ptr<float>(),
-                 sd.data_ptr<double>(), sdx.data_ptr<double>(), count),
+                 &ctx, &in.d, in.x.data_ptr(), nullptr, dy.data_ptr(), dx.data_ptr(), opt_ptr(w),
+                 m.data_ptr<float>(), is.data_ptr<float>(), sd.data_ptr<double>(),
+                 sdx.data_ptr<double>(), count),
              op);
     return dx;
 }
@@ -619,6 +856,9 @@ void enable()
     lib->impl("native_batch_norm", TORCH_FN(native_batch_norm));
     lib->impl("native_layer_norm", TORCH_FN(native_layer_norm));
     lib->impl("native_group_norm", TORCH_FN(native_group_norm));
+    lib->impl("native_batch_norm_backward", TORCH_FN(native_batch_norm_backward));
+    lib->impl("native_layer_norm_backward", TORCH_FN(native_layer_norm_backward));
+    lib->impl("native_group_norm_backward", TORCH_FN(native_group_norm_backward));
     g_impl = std::move(lib);
 }
 
@@ -634,11 +874,11 @@ bool is_enabled()
     return g_impl != nullptr;
 }
 
-// [served, fallback] for batch_norm, layer_norm, group_norm; reset clears them
+// [served, fallback] per Op, in its order; reset clears them
 std::vector<int64_t> stats(bool reset)
 {
     std::vector<int64_t> v;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < NUM_OPS; i++) {
         v.push_back(reset ? g_served[i].exchange(0) : g_served[i].load());
         v.push_back(reset ? g_fallback[i].exchange(0) : g_fallback[i].load());
     }

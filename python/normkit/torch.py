@@ -4,13 +4,15 @@
     normkit.torch.enable()
 
 enable() makes normkit the CPU kernel of aten::native_batch_norm,
-aten::native_layer_norm and aten::native_group_norm for the whole process
-(BatchNorm, InstanceNorm, LayerNorm and GroupNorm modules and their
-torch.nn.functional forms reach these); disable() restores ATen's kernels.
-fp32 and bf16 tensors in dense channels-first or channels-last memory are
-computed by normkit on PyTorch's intra-op threads (torch.get_num_threads());
-every other call runs ATen's own CPU implementation. Autograd is unchanged:
-ATen's backward kernels take the statistics normkit's forward returns.
+aten::native_layer_norm and aten::native_group_norm and of their backward
+operators (native_batch_norm_backward, native_layer_norm_backward,
+native_group_norm_backward) for the whole process (BatchNorm, InstanceNorm,
+LayerNorm and GroupNorm modules and their torch.nn.functional forms reach
+these, and autograd calls the backward operators with the statistics the
+forward returned); disable() restores ATen's kernels. fp32 and bf16 tensors
+in dense channels-first or channels-last memory are computed by normkit on
+PyTorch's intra-op threads (torch.get_num_threads()); every other call runs
+ATen's own CPU implementation.
 
 SyncBatchNorm is torch.nn.SyncBatchNorm on the CPU over torch.distributed
 (gloo): each rank's per-channel moments come from normkit, are all-gathered
@@ -96,11 +98,13 @@ class disabled:
         return False
 
 
-_OPS = ("batch_norm", "layer_norm", "group_norm")
+_OPS = ("batch_norm", "layer_norm", "group_norm", "batch_norm_backward", "layer_norm_backward",
+        "group_norm_backward")
 
 
 def stats(reset=False):
-    """Calls since the last reset: {op: (served by normkit, passed to ATen)}."""
+    """Calls since the last reset: {op: (served by normkit, passed to ATen)},
+    op one of batch_norm, layer_norm, group_norm and their *_backward."""
     v = list(_ops.stats(reset))
     return {op: (v[2 * i], v[2 * i + 1]) for i, op in enumerate(_OPS)}
 

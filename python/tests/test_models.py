@@ -1,6 +1,7 @@
 """normkit.torch on whole models, random weights: eval outputs and, after
-training steps (SGD with momentum), the losses, gradients, parameters and
-running statistics match stock PyTorch.
+training steps (SGD with momentum, normkit serving the forward and the
+backward operators), the losses, gradients, parameters and running
+statistics match stock PyTorch.
 
 Tolerances (relative to the largest magnitude of each tensor):
   fp32 eval outputs                          EVAL_TOL
@@ -141,12 +142,13 @@ class ModelCase(unittest.TestCase):
             losses = []
             for m, o, x, tg, use in runs:
                 o.zero_grad()
-                if use:
+                with nt.enabled() if use else nt.disabled():
                     nt.stats(reset=True)
-                loss = loss_fn(self.forward(m, x, use), tg)
-                loss.backward()
+                    loss = loss_fn(m(*x), tg)
+                    loss.backward()
                 if use:
-                    self.check_served(ops)
+                    # every normalization layer's forward and backward
+                    self.check_served(ops + [op + "_backward" for op in ops])
                 losses.append(loss)
             close("loss, step %d" % step, losses, TRAIN_TOL)
             # all gradients of the model as one vector
