@@ -94,6 +94,21 @@ nk_context make_context()
     return ctx;
 }
 
+// The workspace with which the backward of layer on d takes its parameter
+// gradients from the dx pass, set in ctx; the returned tensor holds it for
+// the call (undefined when the call uses none or its size is unknown).
+at::Tensor backward_workspace(nk_context *ctx, uint32_t layer, const nk_tensor_desc &d,
+                              int64_t groups, const at::Tensor &like)
+{
+    size_t bytes = 0;
+    if (nk_backward_workspace_size(layer, &d, groups, &bytes) != NK_OK || !bytes)
+        return at::Tensor();
+    at::Tensor ws = at::empty({static_cast<int64_t>(bytes)}, like.options().dtype(at::kByte));
+    ctx->workspace = ws.data_ptr();
+    ctx->workspace_size = bytes;
+    return ws;
+}
+
 // ---- what normkit takes -----------------------------------------------------
 
 bool dense_dtype(const at::Tensor &t)
@@ -464,6 +479,7 @@ bool layer_norm_backward_nk(const at::Tensor &grad_out, const at::Tensor &input,
     at::Tensor dw = mask[1] ? at::empty_like(w, at::MemoryFormat::Contiguous) : at::Tensor();
     at::Tensor db = mask[2] ? at::empty_like(b, at::MemoryFormat::Contiguous) : at::Tensor();
     nk_context ctx = make_context();
+    const at::Tensor ws = backward_workspace(&ctx, NK_LAYER_LAYER_NORM, d, 1, x);
     if (nk_layer_norm_backward_ex(&ctx, &d, x.data_ptr(), nullptr, dy.data_ptr(), opt_ptr(dx),
                                   opt_ptr(w), mean32.data_ptr<float>(), rstd32.data_ptr<float>(),
                                   opt_ptr(dw), opt_ptr(db)) != NK_OK)
@@ -577,6 +593,7 @@ bool group_norm_backward_nk(const at::Tensor &grad_out, const at::Tensor &x,
     at::Tensor dw = mask[1] ? at::empty_like(w, at::MemoryFormat::Contiguous) : at::Tensor();
     at::Tensor db = mask[2] ? at::empty_like(w, at::MemoryFormat::Contiguous) : at::Tensor();
     nk_context ctx = make_context();
+    const at::Tensor ws = backward_workspace(&ctx, NK_LAYER_GROUP_NORM, d, groups, x);
     if (nk_group_norm_backward_ex(&ctx, &d, x.data_ptr(), nullptr, dy.data_ptr(), opt_ptr(dx),
                                   groups, opt_ptr(w), mean32.data_ptr<float>(),
                                   rstd32.data_ptr<float>(), opt_ptr(dw), opt_ptr(db)) != NK_OK)
