@@ -957,7 +957,7 @@ static void print_table(void)
                nk_version());
     printf("memcpy: of the row's own bytes (16-bit rows: half those of f32)%s\n",
            g_param_x ? "; weight and bias in the row's type" : "; weight and bias fp32");
-    printf("%-22s %-8s %-36s %-7s %8s %7s %10s %9s\n", "model", "dtype", "shape", "best", "GB/s", "memcpy",
+    printf("%-26s %-8s %-36s %-7s %8s %7s %10s %9s\n", "model", "dtype", "shape", "best", "GB/s", "memcpy",
            "vs oneDNN", "vs ATen");
     int any_na = 0, any_note = 0;
     for (int bwd = 0; bwd < 2; bwd++)
@@ -969,6 +969,9 @@ static void print_table(void)
                 continue;
             nkb_case cs;
             model_case(&cs, md, dt);
+            cs.backward = bwd;
+            char shape[48];
+            snprintf(shape, sizeof shape, "%s%s", md->name, bwd ? ".bwd" : "");
             long best = -1;
             double best_bps = 0;
             int best_impl = -1;
@@ -987,7 +990,7 @@ static void print_table(void)
                 }
             }
             if (best < 0) {
-                printf("%-22s %-8s %-36s %-7s\n", md->name, dtype_tag(&cs), md->what, "(not run)");
+                printf("%-26s %-8s %-36s %-7s\n", shape, dtype_tag(&cs), md->what, "(not run)");
                 continue;
             }
             double ratio = 0;
@@ -997,7 +1000,7 @@ static void print_table(void)
             ratio_cell(at, sizeof at, best, "vs_aten", IMPL_ATEN, md, &cs);
             any_na |= !strcmp(dn, "n/a") || !strcmp(at, "n/a");
             any_note |= strchr(dn, '*') || strchr(at, '*');
-            printf("%-22s %-8s %-36s %-7s %8.2f %7.2f %10s %9s\n", md->name, dtype_tag(&cs), md->what,
+            printf("%-26s %-8s %-36s %-7s %8.2f %7.2f %10s %9s\n", shape, dtype_tag(&cs), md->what,
                    impl_names[best_impl], best_bps / 1e9, ratio, dn, at);
         }
     if (any_na) {
