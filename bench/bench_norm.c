@@ -27,7 +27,11 @@
  * native_*_backward (after threshold_backward /
  * leaky_relu_backward for a fused activation); memcpy of half the bytes the
  * backward moves (x and dy read, dx written), so memcpy_ratio is again the
- * fraction of the copy bandwidth. oneDNN's backward is not wired in (n/a).
+ * fraction of the copy bandwidth; oneDNN's batch and layer normalization
+ * backward (prop_kind::backward, from the statistics of a forward training
+ * run made outside the timed loop) on the same dy, weight and bias as
+ * normkit's row. Its dx is checked against normkit's once per row before it
+ * is timed; a disagreement fails the row (FAILED in the table, exit status 1).
  *
  * Counters of every row
  *   bytes_per_second  input read once + output written once (memcpy traffic),
@@ -43,6 +47,7 @@
  * memcpy the faster of one thread and T threads copying slices on the same
  * pool (the T-thread ceiling). oneDNN and ATen rows run at T = 1 only.
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +96,7 @@ static size_t dtype_size(uint32_t dt) { return dt == NK_DTYPE_F32 ? sizeof(float
 
 /* 16-bit bits of v, rounded to nearest even */
 static uint16_t to_16(uint32_t dt, float v) { return dt == NK_DTYPE_BF16 ? nk_f32_to_bf16(v) : nk_f32_to_f16(v); }
+static float from_16(uint32_t dt, uint16_t h) { return dt == NK_DTYPE_BF16 ? nk_bf16_to_f32(h) : nk_f16_to_f32(h); }
 
 static double cpu_seconds(void)
 {
@@ -172,8 +178,10 @@ static struct {
     char key[128];
     double sec; /* CPU seconds per iteration; < 0: not available */
     char why[256]; /* sec < 0: why not; else a note of the library's (ext.h), or "" */
+    int failed;    /* sec < 0 because the library's result disagreed with normkit's */
 } g_ref[REF_MAX];
 static int g_nref;
+static int g_failures; /* rows failed by a check of their results: the exit status */
 
 static int ref_find(const char *key)
 {
@@ -194,6 +202,16 @@ static void ref_store(const char *key, double sec, const char *why)
     }
     g_ref[i].sec = sec;
     snprintf(g_ref[i].why, sizeof g_ref[i].why, "%s", why ? why : "");
+    g_ref[i].failed = 0;
+}
+
+/* key's library produced a wrong result: no time, and the table says so */
+static void ref_fail(const char *key, const char *why)
+{
+    ref_store(key, -1, why);
+    int i = ref_find(key);
+    if (i >= 0)
+        g_ref[i].failed = 1;
 }
 
 typedef void (*run_fn)(void *ctx);
@@ -348,9 +366,13 @@ static void params_init(struct params *p, const nkb_case *cs)
     if (cs->param_dtype != NK_DTYPE_F32) {
         p->w16 = xalloc(c * sizeof(uint16_t));
         p->b16 = xalloc(c * sizeof(uint16_t));
+        /* w and b keep the values of w16 and b16, which a library that
+         * takes fp32 parameters then gets */
         for (size_t i = 0; i < c; i++) {
             p->w16[i] = to_16(cs->param_dtype, p->w[i]);
             p->b16[i] = to_16(cs->param_dtype, p->b[i]);
+            p->w[i] = from_16(cs->param_dtype, p->w16[i]);
+            p->b[i] = from_16(cs->param_dtype, p->b16[i]);
         }
         p->wp = p->w16;
         p->bp = p->b16;
@@ -514,10 +536,21 @@ static const char *const impl_names[IMPL_COUNT] = {"scalar", "avx2", "avx512", "
 static const nk_isa impl_isa[4] = {NK_ISA_SCALAR, NK_ISA_AVX2, NK_ISA_AVX512, NK_ISA_NEON};
 
 typedef struct ext_api {
-    nkb_ext *(*create)(const nkb_case *, const void *, char *, size_t);
+    nkb_ext *(*create)(const nkb_case *, const void *, const nkb_bwd_inputs *, char *, size_t);
     void (*run)(nkb_ext *);
+    const void *(*dx)(const nkb_ext *); /* a backward's dx; NULL: the adapter keeps it */
     void (*destroy)(nkb_ext *);
 } ext_api;
+
+#if NKB_HAVE_ATEN
+/* ATen's backward draws its own dy and runs on unit weights */
+static nkb_ext *aten_create(const nkb_case *cs, const void *x, const nkb_bwd_inputs *bwd, char *why,
+                            size_t why_len)
+{
+    (void)bwd;
+    return nkb_aten_create(cs, x, why, why_len);
+}
+#endif
 
 static int ext_of(enum impl im, ext_api *api)
 {
@@ -525,14 +558,16 @@ static int ext_of(enum impl im, ext_api *api)
     if (im == IMPL_ONEDNN) {
         api->create = nkb_onednn_create;
         api->run = nkb_onednn_run;
+        api->dx = nkb_onednn_dx;
         api->destroy = nkb_onednn_destroy;
         return 1;
     }
 #endif
 #if NKB_HAVE_ATEN
     if (im == IMPL_ATEN) {
-        api->create = nkb_aten_create;
+        api->create = aten_create;
         api->run = nkb_aten_run;
+        api->dx = NULL;
         api->destroy = nkb_aten_destroy;
         return 1;
     }
@@ -548,6 +583,7 @@ struct item {
     enum impl impl;
     char model[48]; /* "" for sweep rows */
     char label[96];
+    int dx_checked; /* a library's backward row: its dx was found to agree with normkit's */
 };
 
 static void ext_key(char *key, size_t len, enum impl im, const struct item *it)
@@ -564,9 +600,65 @@ static void run_ext_adapter(void *p)
     api->run(((void **)p)[1]);
 }
 
+static float elem_f32(uint32_t dt, const void *p, size_t i)
+{
+    return dt == NK_DTYPE_F32 ? ((const float *)p)[i] : from_16(dt, ((const uint16_t *)p)[i]);
+}
+
+/* ||a - b|| / ||b|| (2-norms) over n elements of dt: rounding differences
+ * and the odd ReLU mask element on either side of 0 weigh little, a wrong
+ * input or layout about 1. NaN when either has one. */
+static double rel_diff(uint32_t dt, const void *a, const void *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double u = elem_f32(dt, a, i), v = elem_f32(dt, b, i);
+        num += (u - v) * (u - v);
+        den += v * v;
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* The other library's adapter for it on x, or NULL with the reason in why.
+ * A backward case runs on p's dy and parameters; when want_dx (normkit's dx
+ * on the same inputs) is given and the adapter shows its dx, the two are
+ * compared to a tolerance of the element type: *verdict = 1 when they agree,
+ * -1 when they do not (the adapter is wired wrong: NULL, the reason in why
+ * and on stderr), 0 when not compared. */
+static nkb_ext *ext_open(enum impl im, const struct item *it, const void *x, const struct params *p,
+                         const void *want_dx, char *why, size_t why_len, int *verdict)
+{
+    ext_api api;
+    *verdict = 0;
+    if (!ext_of(im, &api)) {
+        snprintf(why, why_len, "not built (library not found at configure time)");
+        return NULL;
+    }
+    nkb_bwd_inputs in = {0};
+    if (it->cs.backward)
+        in = (nkb_bwd_inputs){p->dy, p->w, p->b, p->rmean, p->rvar};
+    nkb_ext *e = api.create(&it->cs, x, it->cs.backward ? &in : NULL, why, why_len);
+    if (!e || !it->cs.backward || !want_dx || !api.dx || !api.dx(e))
+        return e;
+    /* 16-bit dx: each element rounded once by each library */
+    const double tol = it->cs.dtype == NK_DTYPE_F32 ? 5e-3 : 3e-2;
+    double err = rel_diff(it->cs.dtype, api.dx(e), want_dx, (size_t)case_elems(&it->cs));
+    *verdict = err <= tol ? 1 : -1;
+    if (*verdict > 0)
+        return e;
+    snprintf(why, why_len,
+             "FAILED: %s/%s/%s: dx differs from normkit's, ||diff|| / ||dx|| = %.3g > %.0e",
+             it->model, dtype_tag(&it->cs), impl_names[im], err, tol);
+    fprintf(stderr, "normkit-bench: %s\n", why);
+    api.destroy(e);
+    g_failures++;
+    return NULL;
+}
+
 /* The other library's seconds per iteration on this case: from its own row
- * when that ran earlier in this process, else measured now. < 0: none. */
-static double ext_seconds(enum impl im, const struct item *it, const void *x)
+ * when that ran earlier in this process, else measured now. < 0: none.
+ * p: the case's parameters, with normkit's dx for a backward. */
+static double ext_seconds(enum impl im, const struct item *it, const void *x, const struct params *p)
 {
     char key[128];
     ext_key(key, sizeof key, im, it);
@@ -577,9 +669,13 @@ static double ext_seconds(enum impl im, const struct item *it, const void *x)
     if (!ext_of(im, &api))
         return -1;
     char why[256] = "";
-    nkb_ext *e = api.create(&it->cs, x, why, sizeof why);
+    int verdict;
+    nkb_ext *e = ext_open(im, it, x, p, p->dx, why, sizeof why, &verdict);
     if (!e) {
-        ref_store(key, -1, why);
+        if (verdict < 0)
+            ref_fail(key, why);
+        else
+            ref_store(key, -1, why);
         return -1;
     }
     void *ctx[2] = {&api, e};
@@ -641,8 +737,8 @@ static void bm_ours(nkb_state *st)
     /* references first: their timing must not sit inside our loop */
     double ref[2] = {-1, -1};
     if (it->model[0] && g_threads == 1) {
-        ref[0] = ext_seconds(IMPL_ONEDNN, it, x);
-        ref[1] = ext_seconds(IMPL_ATEN, it, x);
+        ref[0] = ext_seconds(IMPL_ONEDNN, it, x, &p);
+        ref[1] = ext_seconds(IMPL_ATEN, it, x, &p);
     }
     (void)memcpy_seconds(case_bytes(&it->cs));
     nk_set_isa(isa);
@@ -678,13 +774,33 @@ static void bm_ext(nkb_state *st)
     }
     void *x, *y;
     buffers((size_t)case_elems(&it->cs), it->cs.dtype, &x, &y);
+    /* a backward's dy and parameters, and normkit's dx on them until the
+     * library's has been found to agree once */
+    struct params p, *pp = NULL;
+    const void *want_dx = NULL;
+    if (it->cs.backward) {
+        pp = &p;
+        params_init(pp, &it->cs);
+        if (api.dx && !it->dx_checked && bwd_prepare(&it->cs, pp, x) == NK_OK &&
+            run_ours(&it->cs, pp, x, y) == NK_OK)
+            want_dx = p.dx;
+    }
     char why[256] = "";
-    nkb_ext *e = api.create(&it->cs, x, why, sizeof why);
+    int verdict;
+    nkb_ext *e = ext_open(it->impl, it, x, pp, want_dx, why, sizeof why, &verdict);
     if (!e) {
-        ref_store(key, -1, why);
-        nkb_skip(st, why);
+        if (pp)
+            params_free(pp);
+        if (verdict < 0) {
+            ref_fail(key, why);
+            nkb_fail(st, why);
+        } else {
+            ref_store(key, -1, why);
+            nkb_skip(st, why);
+        }
         return;
     }
+    it->dx_checked |= verdict > 0;
     (void)memcpy_seconds(case_bytes(&it->cs));
     api.run(e); /* warm */
     double t0 = cpu_seconds();
@@ -692,6 +808,8 @@ static void bm_ext(nkb_state *st)
         api.run(e);
     double sec = loop_seconds(st, t0);
     api.destroy(e);
+    if (pp)
+        params_free(pp);
     /* the last call of this function is the measured one: it wins */
     if (sec > 0)
         ref_store(key, sec, why);
@@ -933,7 +1051,8 @@ static int ext_ref(enum impl im, const nkb_case *cs)
 }
 
 /* "1.23x"; "1.23x*" when the library ran the case its own way (a note
- * under the table); "n/a" when it has no equivalent; "-" when not run */
+ * under the table); "n/a" when it has no equivalent; "FAILED" when its
+ * result disagreed with normkit's; "-" when not run */
 static void ratio_cell(char *buf, size_t len, long row, const char *counter, enum impl im,
                        const struct model *md, const nkb_case *cs)
 {
@@ -943,9 +1062,13 @@ static void ratio_cell(char *buf, size_t len, long row, const char *counter, enu
         snprintf(buf, len, "not built");
         return;
     }
+    int ref = ext_ref(im, cs);
     if (row >= 0 && nkb_result_counter((size_t)row, counter, &v) && v > 0) {
-        int r = ext_ref(im, cs);
-        snprintf(buf, len, "%.2fx%s", v, r >= 0 && g_ref[r].sec > 0 && g_ref[r].why[0] ? "*" : "");
+        snprintf(buf, len, "%.2fx%s", v, ref >= 0 && g_ref[ref].sec > 0 && g_ref[ref].why[0] ? "*" : "");
+        return;
+    }
+    if (ref >= 0 && g_ref[ref].failed) {
+        snprintf(buf, len, "FAILED");
         return;
     }
     char name[96];
@@ -981,7 +1104,7 @@ static void print_table(void)
                nk_version());
     printf("memcpy: of the row's own bytes (16-bit rows: half those of f32)%s\n",
            g_param_x ? "; weight and bias in the row's type" : "; weight and bias fp32");
-    printf("%-22s %-8s %-36s %-7s %8s %7s %10s %9s\n", "model", "dtype", "shape", "best", "GB/s", "memcpy",
+    printf("%-26s %-8s %-36s %-7s %8s %7s %10s %9s\n", "model", "dtype", "shape", "best", "GB/s", "memcpy",
            "vs oneDNN", "vs ATen");
     int any_na = 0, any_note = 0;
     for (int bwd = 0; bwd < 2; bwd++)
@@ -993,6 +1116,9 @@ static void print_table(void)
                 continue;
             nkb_case cs;
             model_case(&cs, md, dt);
+            cs.backward = bwd;
+            char shape[48];
+            snprintf(shape, sizeof shape, "%s%s", md->name, bwd ? ".bwd" : "");
             long best = -1;
             double best_bps = 0;
             int best_impl = -1;
@@ -1011,7 +1137,7 @@ static void print_table(void)
                 }
             }
             if (best < 0) {
-                printf("%-22s %-8s %-36s %-7s\n", md->name, dtype_tag(&cs), md->what, "(not run)");
+                printf("%-26s %-8s %-36s %-7s\n", shape, dtype_tag(&cs), md->what, "(not run)");
                 continue;
             }
             double ratio = 0;
@@ -1019,9 +1145,9 @@ static void print_table(void)
             char dn[32], at[32];
             ratio_cell(dn, sizeof dn, best, "vs_onednn", IMPL_ONEDNN, md, &cs);
             ratio_cell(at, sizeof at, best, "vs_aten", IMPL_ATEN, md, &cs);
-            any_na |= !strcmp(dn, "n/a") || !strcmp(at, "n/a");
+            any_na |= !strcmp(dn, "n/a") || !strcmp(at, "n/a") || !strcmp(dn, "FAILED");
             any_note |= strchr(dn, '*') || strchr(at, '*');
-            printf("%-22s %-8s %-36s %-7s %8.2f %7.2f %10s %9s\n", md->name, dtype_tag(&cs), md->what,
+            printf("%-26s %-8s %-36s %-7s %8.2f %7.2f %10s %9s\n", shape, dtype_tag(&cs), md->what,
                    impl_names[best_impl], best_bps / 1e9, ratio, dn, at);
         }
     if (any_na) {
@@ -1179,5 +1305,9 @@ int main(int argc, char **argv)
     nk_threadpool_destroy(g_pool);
     free(g_buf.x);
     free(g_buf.y);
+    if (g_failures) {
+        fprintf(stderr, "normkit-bench: %d row(s) FAILED the check of their results\n", g_failures);
+        return 1;
+    }
     return 0;
 }

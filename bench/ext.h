@@ -10,7 +10,9 @@
  * When it succeeds but runs the case differently from normkit (a parameter
  * type the library refuses, ...), it says so in why as well: a note printed
  * under the headline table. run() is one forward pass, the work that is
- * timed; create() has run it once, so run() does not throw.
+ * timed; create() has run it once, so run() does not throw. For a backward
+ * case (cs->backward) run() is one backward pass and the setup it needs (the
+ * forward that produces the saved statistics) is part of create().
  */
 #ifndef NKB_EXT_H
 #define NKB_EXT_H
@@ -46,10 +48,25 @@ typedef struct nkb_case {
                              dweight and dbias written, from saved statistics */
 } nkb_case;
 
+/* What a backward case reads besides x, shared by normkit's row and the
+ * library's so that their gradients can be compared: dy (n * c * spatial
+ * elements of cs->dtype, laid out as x), weight and bias (c floats) and,
+ * for BatchNorm eval, the running mean and variance (c floats). */
+typedef struct nkb_bwd_inputs {
+    const void *dy;
+    const float *weight, *bias;
+    const float *running_mean, *running_var;
+} nkb_bwd_inputs;
+
 typedef struct nkb_ext nkb_ext;
 
-nkb_ext *nkb_onednn_create(const nkb_case *cs, const void *x, char *why, size_t why_len);
+/* bwd: the inputs of a backward case (NULL for a forward one) */
+nkb_ext *nkb_onednn_create(const nkb_case *cs, const void *x, const nkb_bwd_inputs *bwd, char *why,
+                           size_t why_len);
 void nkb_onednn_run(nkb_ext *e);
+/* Backward: dx as run() leaves it (elements of cs->dtype, laid out as x);
+ * NULL for a forward case */
+const void *nkb_onednn_dx(const nkb_ext *e);
 void nkb_onednn_destroy(nkb_ext *e);
 const char *nkb_onednn_version(void);
 

@@ -128,6 +128,8 @@ void nkb_skip(nkb_state *st, const char *reason)
 #endif
 }
 
+void nkb_fail(nkb_state *st, const char *reason) { st->s->SkipWithError(reason); }
+
 void nkb_do_not_optimize(const void *p) { benchmark::DoNotOptimize(p); benchmark::ClobberMemory(); }
 
 int nkb_init(int *argc, char **argv)

@@ -69,6 +69,9 @@ void nkb_set_label(nkb_state *st, const char *label);
  * after it and return. SkipWithMessage where Google Benchmark has it,
  * SkipWithError otherwise (1.7). */
 void nkb_skip(nkb_state *st, const char *reason);
+/* Ends the benchmark as failed (SkipWithError): a check of its results did
+ * not pass. The reason is reported as nkb_skip's is. */
+void nkb_fail(nkb_state *st, const char *reason);
 /* Keeps the compiler from dropping a computation whose result is unused. */
 void nkb_do_not_optimize(const void *p);
 
