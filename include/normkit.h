@@ -457,9 +457,9 @@ NK_API nk_status nk_rms_norm_ex(const nk_context *ctx, const nk_tensor_desc *des
  * BatchNorm needs none (its parameter gradients are its sums).
  */
 
-/* Bytes of ctx->workspace with which the backward of `layer` (an nk_layer
- * code) on desc (groups: GroupNorm's, else ignored) runs its fastest path;
- * 0 when it uses none. NK_ERR_NULL_POINTER for a NULL desc or bytes,
+/* Added in 0.4: bytes of ctx->workspace with which the backward of `layer`
+ * (an nk_layer code) on desc (groups: GroupNorm's, else ignored) runs its
+ * fastest path; 0 when it uses none. NK_ERR_NULL_POINTER for a NULL desc or bytes,
  * otherwise the validation of desc (NK_ERR_BAD_SHAPE, ...) and of layer
  * (NK_ERR_BAD_PARAM); *bytes is written on NK_OK only. */
 NK_API nk_status nk_backward_workspace_size(uint32_t layer, const nk_tensor_desc *desc,
