@@ -482,8 +482,10 @@ NK_API nk_status nk_batch_norm_infer_backward_ex(const nk_context *ctx,
 /* Synchronized BatchNorm, the per-shard reduction (PyTorch's
  * batch_norm_backward_reduce): sum_dy[c] = sum of dy and sum_dy_xmu[c] =
  * sum of dy * (x - mean[c]) over the shard (dy after the activation mask),
- * fp64, C values each; dweight / dbias the shard's own (optional). All-reduce
- * the sums across shards, then call nk_batch_norm_backward_elemt_ex. */
+ * fp64, C values each, wanted together (both NULL or neither, else
+ * NK_ERR_NULL_POINTER); dweight / dbias the shard's own (optional).
+ * All-reduce the sums across shards, then call
+ * nk_batch_norm_backward_elemt_ex. */
 NK_API nk_status nk_batch_norm_backward_reduce_ex(const nk_context *ctx,
                                                   const nk_tensor_desc *desc, const void *x,
                                                   const void *y, const void *dy,

@@ -831,9 +831,12 @@ static nk_status bw_weight(nk_call *cl, bw_op *o, const void *weight, nk_params 
     return st;
 }
 
-/* Zeros of an empty tensor's parameter gradients. */
+/* Zeros of an empty tensor's parameter gradients (nothing to do, whatever
+ * n, when neither is wanted). */
 static void bw_zero_params(const nk_call *cl, void *dw, void *db, size_t n)
 {
+    if (!dw && !db)
+        return;
     for (size_t i = 0; i < n; i++) {
         if (dw)
             bw_put(cl->pdt, dw, i, 0.0);
@@ -849,7 +852,9 @@ static nk_status bw_bn(const char *fn, int kind, const nk_context *ctx, const nk
 {
     nk_call cl;
     bw_op o;
-    const bool any = dx || dw || db || sum_dy || sum_dy_xmu;
+    /* the outputs wanted: the sums are the reduction's outputs and the
+     * elementwise step's inputs */
+    const bool any = dx || dw || db || (kind == BW_BN_REDUCE && (sum_dy || sum_dy_xmu));
     nk_status st = bw_begin(&cl, &o, fn, ctx, desc, x, y, dy, dx, any);
     if (st)
         return st;

@@ -1138,6 +1138,23 @@ static void validation(void **state)
     assert_int_equal(nk_batch_norm_backward_ex(NULL, &d, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
                                                NULL, NULL),
                      NK_OK);
+    /* elemt's sums are inputs: without dx nothing is wanted either */
+    sa[0] = sa[1] = sa[2] = sb[0] = sb[1] = sb[2] = 1.0;
+    assert_int_equal(nk_batch_norm_backward_elemt_ex(NULL, &d, NULL, NULL, NULL, NULL, NULL, NULL,
+                                                     NULL, sa, sb, 8),
+                     NK_OK);
+    assert_string_equal(nk_last_error(), "");
+    /* an empty tensor with no output wanted: validation only, whatever C */
+    nk_tensor_desc de = d;
+    de.n = 0;
+    de.c = (int64_t)(PTRDIFF_MAX / sizeof(float));
+    de.spatial = 1;
+    assert_int_equal(nk_batch_norm_backward_ex(NULL, &de, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                                               NULL, NULL),
+                     NK_OK);
+    assert_int_equal(nk_group_norm_backward_ex(NULL, &de, NULL, NULL, NULL, NULL, 1, NULL, NULL,
+                                               NULL, NULL, NULL),
+                     NK_OK);
     /* an empty batch: zero parameter gradients */
     d.n = 0;
     dw[0] = dw[1] = dw[2] = 5.0f;

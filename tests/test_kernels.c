@@ -4,7 +4,8 @@
  * algorithm built against SIMDe so it runs on any AVX2 machine, is compared
  * with the scalar reference kernels over a sweep
  * of lengths, row counts, strides, misaligned pointers, activations and
- * streaming on/off, with guard zones around every output. Moments are also
+ * streaming on/off, with guard zones around every output (and, for the
+ * backward kernels, every array against an inaccessible page). Moments are also
  * checked against a float64 oracle, and the SEMANTICS.md section 4 cases run
  * on every table and, through the public API, on every ISA.
  *
@@ -21,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #if defined(__arm__) && defined(__linux__)
 #  include <sys/auxv.h>
 #endif
@@ -2013,6 +2016,69 @@ static void test_api_semantics(void **state)
 
 /* ---------------------------------------------------------------- backward */
 
+/* n doubles between NKT_GUARD signalling-NaN canaries on each side: a
+ * store and any arithmetic update (which quiets the NaN) change their bits. */
+#define NKT_SNAN64 0x7ff4a5a5a5a5a5a5ull
+typedef struct dbuf {
+    double *base, *p;
+    size_t n;
+} dbuf;
+
+/* in-range entries set to base + i * step */
+static dbuf db_alloc(size_t n, double base, double step)
+{
+    dbuf b;
+    const uint64_t canary = NKT_SNAN64;
+    b.n = n;
+    b.base = malloc((n + 2 * NKT_GUARD) * sizeof(double));
+    assert_non_null(b.base);
+    for (size_t i = 0; i < n + 2 * NKT_GUARD; i++)
+        memcpy(b.base + i, &canary, sizeof canary);
+    b.p = b.base + NKT_GUARD;
+    for (size_t i = 0; i < n; i++)
+        b.p[i] = base + (double)i * step;
+    return b;
+}
+
+/* the first guard entry that changed (NKT_GUARD .. -1 before, n .. after), or
+ * SIZE_MAX */
+static size_t db_guard_hit(const dbuf *b)
+{
+    const uint64_t canary = NKT_SNAN64;
+    for (size_t i = 0; i < NKT_GUARD; i++) {
+        if (memcmp(b->p - 1 - i, &canary, sizeof canary))
+            return (size_t)-1 - i;
+        if (memcmp(b->p + b->n + i, &canary, sizeof canary))
+            return b->n + i;
+    }
+    return SIZE_MAX;
+}
+
+static void db_free(dbuf *b)
+{
+    free(b->base);
+    b->base = b->p = NULL;
+}
+
+/* the guards of a kernel's sums, with the call named on failure */
+static void db_check(const tbl *t, const char *what, const dbuf *b, size_t rows, size_t len)
+{
+    const size_t hit = db_guard_hit(b);
+    if (hit != SIZE_MAX)
+        fail_msg("%s %s rows %zu len %zu: wrote entry %td of %zu", t->name, what, rows, len,
+                 (ptrdiff_t)hit, b->n);
+}
+
+/* elements [len, stride) of every row but the last set to NaN: a kernel
+ * that reads a row past its end (a vector tail lane) and lets the value
+ * reach an output gives NaN there */
+static void poison_padding(xbuf *b, size_t rows, size_t len, size_t stride)
+{
+    for (size_t r = 0; r + 1 < rows; r++)
+        for (size_t i = len; i < stride; i++)
+            dt_set(b->dt, b->p, r * stride + i, NAN);
+}
+
 /* g of element i (the kernels' mask) */
 static float bwd_g_at(const tbl *t, const xbuf *y, const xbuf *dy, size_t i, const nk_epilogue *ep)
 {
@@ -2022,7 +2088,9 @@ static float bwd_g_at(const tbl *t, const xbuf *y, const xbuf *dy, size_t i, con
 /* The four backward kernels of table t against its dtype's scalar kernels
  * on `rows` rows of `len` elements, row strides len + xpad (x, dx) and
  * len + ypad (y, dy), starts `shift` elements past a cache line, guard
- * zones around every buffer and the row padding of dx left as it was:
+ * zones around every buffer (the sums' in their own arrays of exactly rows
+ * or len entries), NaN in the row padding of x, y and dy, and the row
+ * padding of dx left as it was:
  *   sums   within 1e-5 of the sum of the magnitudes of their terms
  *   dx     within 1e-6 of the magnitudes of its three terms plus an ulp of
  *          the dtype (bitwise where the target fuses multiply-adds)
@@ -2038,6 +2106,9 @@ static void run_bwd(tbl *t, nkt_rng *rng, size_t rows, size_t len, size_t xpad, 
     nkt_fill(rng, f, nx + 2 * ny, 0.0, 1.0);
     xbuf x = xb_from(t->dt, f, nx, shift), y = xb_from(t->dt, f + nx, ny, (shift + 1) % 4);
     xbuf dy = xb_from(t->dt, f + nx + ny, ny, (shift + 2) % 4);
+    poison_padding(&x, rows, len, xs);
+    poison_padding(&y, rows, len, ys);
+    poison_padding(&dy, rows, len, ys);
     xbuf d0 = xb_alloc(t->dt, nx, shift), d1 = xb_alloc(t->dt, nx, shift);
     xb_fill(&d0, 7.0f);
     xb_fill(&d1, 7.0f);
@@ -2049,12 +2120,15 @@ static void run_bwd(tbl *t, nkt_rng *rng, size_t rows, size_t len, size_t xpad, 
     /* streaming stores of dx (x86) on half of the shapes */
     const nk_epilogue ep = {act, 0.25f, NKT_STREAMS > 1 ? (int)((len + rows) % 2) : 0};
     /* row sums, and column sums with per-column and per-row statistics */
-    double *s = calloc(4 * np + 4, sizeof(double));
-    double *sg0 = s, *sx0 = s + np, *sg1 = s + 2 * np, *sx1 = s + 3 * np;
     const float *wp = hw ? w : NULL;
     if (rows && len) {
+        dbuf b0 = db_alloc(rows, 0.0, 0.0), b1 = db_alloc(rows, 0.0, 0.0);
+        dbuf b2 = db_alloc(rows, 0.0, 0.0), b3 = db_alloc(rows, 0.0, 0.0);
+        double *sg0 = b0.p, *sx0 = b1.p, *sg1 = b2.p, *sx1 = b3.p;
         t->ref->bwd_sums_rows(x.p, y.p, dy.p, rows, len, xs, ys, m, 1, wp, &ep, sg0, sx0);
         t->k.bwd_sums_rows(x.p, y.p, dy.p, rows, len, xs, ys, m, 1, wp, &ep, sg1, sx1);
+        db_check(t, "bwd_sums_rows sg", &b2, rows, len);
+        db_check(t, "bwd_sums_rows sgx", &b3, rows, len);
         for (size_t r = 0; r < rows; r++) {
             double ag = 0.0, ax = 0.0;
             for (size_t i = 0; i < len; i++) {
@@ -2067,13 +2141,22 @@ static void run_bwd(tbl *t, nkt_rng *rng, size_t rows, size_t len, size_t xpad, 
                          "scalar {%.9g, %.9g}",
                          t->name, rows, len, act, hw, r, sg1[r], sx1[r], sg0[r], sx0[r]);
         }
+        db_free(&b0);
+        db_free(&b1);
+        db_free(&b2);
+        db_free(&b3);
         for (int mode = 0; mode < 3; mode++) {
-            /* 0: per-column m; 1: per-row m and s; 2: no m */
+            /* 0: per-column m; 1: per-row m and s; 2: no m. The column
+             * kernel adds to its sums: they start at other values than 0 */
             const float *mc = mode == 0 ? m : NULL, *mr = mode == 1 ? k1 : NULL;
             const float *sr = mode == 1 ? k2 : NULL;
-            memset(s, 0, (4 * np + 4) * sizeof(double));
+            b0 = db_alloc(len, 0.5, 0.25), b1 = db_alloc(len, -1.0, 0.125);
+            b2 = db_alloc(len, 0.5, 0.25), b3 = db_alloc(len, -1.0, 0.125);
+            sg0 = b0.p, sx0 = b1.p, sg1 = b2.p, sx1 = b3.p;
             t->ref->bwd_sums_cols(x.p, y.p, dy.p, rows, len, xs, ys, mc, mr, sr, &ep, sg0, sx0);
             t->k.bwd_sums_cols(x.p, y.p, dy.p, rows, len, xs, ys, mc, mr, sr, &ep, sg1, sx1);
+            db_check(t, "bwd_sums_cols sg", &b2, rows, len);
+            db_check(t, "bwd_sums_cols sgx", &b3, rows, len);
             for (size_t c = 0; c < len; c++) {
                 double ag = 0.0, ax = 0.0;
                 for (size_t r = 0; r < rows; r++) {
@@ -2088,6 +2171,10 @@ static void run_bwd(tbl *t, nkt_rng *rng, size_t rows, size_t len, size_t xpad, 
                              "%.9g}, scalar {%.9g, %.9g}",
                              t->name, mode, rows, len, act, c, sg1[c], sx1[c], sg0[c], sx0[c]);
             }
+            db_free(&b0);
+            db_free(&b1);
+            db_free(&b2);
+            db_free(&b3);
         }
     }
     /* dx, rows then columns */
@@ -2128,10 +2215,16 @@ static void run_bwd(tbl *t, nkt_rng *rng, size_t rows, size_t len, size_t xpad, 
                 t->k.bwd_dx_rows(x.p, y.p, io.p, io.p, rows, len, xs, ys, m, k1, k2, k3, 1, wp, &ep);
             else
                 t->k.bwd_dx_cols(x.p, y.p, io.p, io.p, rows, len, xs, ys, m, k1, k2, k3, &ep);
-            for (size_t r = 0; r < rows; r++)
+            for (size_t r = 0; r < rows; r++) {
                 if (memcmp((char *)io.p + r * xs * io.es, (char *)d1.p + r * xs * io.es, len * io.es))
                     fail_msg("%s bwd_dx kind %d in place differs (row %zu, len %zu)", t->name, kind,
                              r, len);
+                const size_t pad = r + 1 < rows ? xs - len : 0;
+                if (memcmp((char *)io.p + (r * xs + len) * io.es,
+                           (char *)dy.p + (r * xs + len) * io.es, pad * io.es))
+                    fail_msg("%s bwd_dx kind %d in place wrote the padding of row %zu", t->name,
+                             kind, r);
+            }
             assert_true(xb_guard_ok(&io));
             xb_free(&io);
         }
@@ -2146,7 +2239,6 @@ static void run_bwd(tbl *t, nkt_rng *rng, size_t rows, size_t len, size_t xpad, 
     free(f);
     free(par);
     free(w);
-    free(s);
 }
 
 static void test_backward_kernels(void **state)
@@ -2168,6 +2260,116 @@ static void test_backward_kernels(void **state)
                     run_bwd(&tables[ti], &rng, 2, big[k], k % 2, (k + 1) % 2, k % 4, act, hw);
             }
     }
+}
+
+/* ---------------------------------------- backward kernels at mapped edges */
+
+/*
+ * Every array of a backward kernel call placed against an inaccessible page:
+ * ending where one begins, then starting where one ends. A kernel that reads
+ * or writes one element outside its extents (a vector tail lane loaded or
+ * stored whole, a coefficient vector loaded past the block's columns) faults,
+ * whether or not the value reaches an output; masked loads and stores do not
+ * fault on the lanes they leave out.
+ */
+typedef struct edge {
+    unsigned char *map; /* inaccessible page, data pages, inaccessible page */
+    size_t page, bytes; /* page size; data bytes */
+} edge;
+
+static edge edge_map(size_t bytes)
+{
+    edge e;
+    e.page = (size_t)sysconf(_SC_PAGESIZE);
+    e.bytes = (bytes + e.page - 1) / e.page * e.page;
+    void *m = mmap(NULL, e.bytes + 2 * e.page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+    assert_true(m != MAP_FAILED);
+    e.map = m;
+    assert_int_equal(mprotect(e.map, e.page, PROT_NONE), 0);
+    assert_int_equal(mprotect(e.map + e.page + e.bytes, e.page, PROT_NONE), 0);
+    return e;
+}
+
+/* n elements of es bytes against the page after the data (end) or before */
+static void *edge_at(const edge *e, size_t n, size_t es, int end)
+{
+    unsigned char *lo = e->map + e->page;
+    return end ? lo + e->bytes - n * es : lo;
+}
+
+static void edge_unmap(edge *e) { munmap(e->map, e->bytes + 2 * e->page); }
+
+enum { EG_X, EG_Y, EG_DY, EG_DX, EG_W, EG_M, EG_K1, EG_K2, EG_K3, EG_SG, EG_SGX, EG_COUNT };
+#define EDGE_ROWS 3
+#define EDGE_LEN 70
+
+/* n values of src into an edge placement of dtype dt (floats: dt F32) */
+static void *edge_put(const edge *e, unsigned dt, const float *src, size_t n, int end)
+{
+    void *p = edge_at(e, n, dt_size(dt), end);
+    for (size_t i = 0; i < n; i++)
+        dt_set(dt, p, i, src[i]);
+    return p;
+}
+
+static void test_backward_edges(void **state)
+{
+    (void)state;
+    edge eg[EG_COUNT];
+    for (int i = 0; i < EG_COUNT; i++)
+        eg[i] = edge_map(EDGE_ROWS * EDGE_LEN * sizeof(double));
+    float src[4][EDGE_ROWS * EDGE_LEN], par[4][EDGE_LEN];
+    nkt_rng rng;
+    nkt_seed(&rng, 37);
+    for (int i = 0; i < 4; i++) {
+        nkt_fill(&rng, src[i], EDGE_ROWS * EDGE_LEN, 0.0, 1.0);
+        nkt_fill(&rng, par[i], EDGE_LEN, 0.5, 0.5);
+    }
+    for (int ti = 0; ti < ntables; ti++) {
+        const tbl *t = &tables[ti];
+        for (int end = 0; end < 2; end++)
+            for (size_t rows = 1; rows <= EDGE_ROWS; rows++)
+                for (size_t len = 1; len <= EDGE_LEN; len++)
+                    for (int act = 0; act <= NK_ACT_LEAKY_RELU; act++)
+                        for (int v = 0; v < 4; v++) {
+                            const int hw = v & 1;
+                            const nk_epilogue ep = {act, 0.25f, v >> 1};
+                            const size_t nx = rows * len;
+                            const void *x = edge_put(&eg[EG_X], t->dt, src[0], nx, end);
+                            const void *y = edge_put(&eg[EG_Y], t->dt, src[1], nx, end);
+                            const void *dy = edge_put(&eg[EG_DY], t->dt, src[2], nx, end);
+                            void *dx = edge_at(&eg[EG_DX], nx, dt_size(t->dt), end);
+                            const float *w = hw ? edge_put(&eg[EG_W], 0, par[0], len, end) : NULL;
+                            double *sg = edge_at(&eg[EG_SG], len, sizeof(double), end);
+                            double *sgx = edge_at(&eg[EG_SGX], len, sizeof(double), end);
+                            /* per-row coefficients: rows entries */
+                            const float *m = edge_put(&eg[EG_M], 0, par[0], rows, end);
+                            const float *k1 = edge_put(&eg[EG_K1], 0, par[1], rows, end);
+                            const float *k2 = edge_put(&eg[EG_K2], 0, par[2], rows, end);
+                            const float *k3 = edge_put(&eg[EG_K3], 0, par[3], rows, end);
+                            double *rg = edge_at(&eg[EG_SG], rows, sizeof(double), end);
+                            double *rgx = edge_at(&eg[EG_SGX], rows, sizeof(double), end);
+                            t->k.bwd_sums_rows(x, y, dy, rows, len, len, len, m, 1, w, &ep, rg, rgx);
+                            t->k.bwd_dx_rows(x, y, dy, dx, rows, len, len, len, m, k1, k2, k3, 1, w,
+                                             &ep);
+                            /* per-row statistics of the column sums */
+                            memset(sg, 0, len * sizeof(double));
+                            memset(sgx, 0, len * sizeof(double));
+                            t->k.bwd_sums_cols(x, y, dy, rows, len, len, len, NULL, k1, k2, &ep, sg,
+                                               sgx);
+                            /* per-column coefficients: len entries */
+                            m = edge_put(&eg[EG_M], 0, par[0], len, end);
+                            k1 = edge_put(&eg[EG_K1], 0, par[1], len, end);
+                            k2 = edge_put(&eg[EG_K2], 0, par[2], len, end);
+                            k3 = edge_put(&eg[EG_K3], 0, par[3], len, end);
+                            t->k.bwd_sums_cols(x, y, dy, rows, len, len, len, m, NULL, NULL, &ep, sg,
+                                               sgx);
+                            t->k.bwd_dx_cols(x, y, dy, dx, rows, len, len, len, m, k1, k2, k3, &ep);
+                        }
+    }
+    for (int i = 0; i < EG_COUNT; i++)
+        edge_unmap(&eg[i]);
 }
 
 /* the outputs of 16-bit tables that differ from their reference kernels */
@@ -2210,6 +2412,7 @@ int main(void)
         cmocka_unit_test(test_api_semantics),
         cmocka_unit_test(test_dtype_conversions),
         cmocka_unit_test(test_backward_kernels),
+        cmocka_unit_test(test_backward_edges),
         cmocka_unit_test(test_differ_counts),
     };
     /* the long sweeps over lengths and shapes, left out of the smoke run */

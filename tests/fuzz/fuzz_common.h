@@ -13,6 +13,7 @@
 #define NKF_COMMON_H
 
 #include <float.h>
+#include <stddef.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -20,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cvt.h"
 #include "normkit.h"
 
 #ifndef NKF_SKIP_KNOWN
@@ -345,6 +347,174 @@ static inline int nkf_has_zero(const int64_t *e, int k)
         if (e[i] == 0)
             return 1;
     return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Element types, strides, pools and tensor buffers of the _ex targets       */
+/* ------------------------------------------------------------------------ */
+
+/* bytes of one element of dtype dt (an unknown code counts as fp32) */
+static inline size_t nkf_esize(uint32_t dt)
+{
+    return dt == NK_DTYPE_F16 || dt == NK_DTYPE_BF16 ? 2 : 4;
+}
+
+/* element i of an array of dtype dt, as float (exact) */
+static inline float nkf_widen(uint32_t dt, const void *p, size_t i)
+{
+    if (nkf_esize(dt) == 4)
+        return ((const float *)p)[i];
+    const uint16_t h = ((const uint16_t *)p)[i];
+    return dt == NK_DTYPE_BF16 ? nk_bf16_to_f32(h) : nk_f16_to_f32(h);
+}
+
+/* f rounded to the 16-bit dtype dt */
+static inline uint16_t nkf_narrow(uint32_t dt, float f)
+{
+    return dt == NK_DTYPE_BF16 ? nk_f32_to_bf16(f) : nk_f32_to_f16(f);
+}
+
+/* A descriptor as a caller passes it: the struct and the bytes a newer
+ * header would append. */
+typedef struct nkf_desc {
+    nk_tensor_desc d;
+    uint64_t extra; /* bytes of a newer header */
+} nkf_desc;
+
+/* dd as NK_TENSOR_DESC_INIT with a decoded struct_size (this header's, the
+ * first version's, too small, or with trailing bytes set), dtype (unknown
+ * codes included), param_dtype and reserved2. *dt, *pdt: the element types
+ * of x / y and of the parameters as the library reads them (fp32 for an
+ * unknown dtype). Returns 1 when the library must refuse these fields. */
+static inline int nkf_desc_head(nkf_in *in, nkf_desc *dd, uint32_t *dt, uint32_t *pdt)
+{
+    int must_fail = 0;
+    memset(dd, 0, sizeof *dd);
+    nk_tensor_desc *d = &dd->d;
+    *d = (nk_tensor_desc)NK_TENSOR_DESC_INIT;
+    const size_t v1 = offsetof(nk_tensor_desc, reserved) + sizeof d->reserved;
+    const uint8_t sz = nkf_u8(in);
+    int old = 0;
+    if (sz >= 200 && sz < 220) {
+        d->struct_size = (uint32_t)v1; /* a caller of the first version */
+        old = 1;
+    } else if (sz >= 220 && sz < 228) {
+        d->struct_size = (uint32_t)v1 - 4 * (1 + (sz & 3));
+        must_fail = 1;
+    } else if (sz >= 228) {
+        d->struct_size = sizeof *dd;
+        dd->extra = sz & 1 ? ((uint64_t)1 << (sz & 63)) : 0;
+        must_fail |= dd->extra != 0;
+    }
+    const int dte = nkf_enum(in, 3);
+    d->dtype = (uint32_t)dte;
+    const int dt_ok = dte >= 0 && dte <= 2;
+    must_fail |= !dt_ok;
+    *dt = dt_ok ? d->dtype : NK_DTYPE_F32;
+    const uint8_t pb = nkf_u8(in);
+    d->param_dtype = pb < 160 ? NK_DTYPE_F32 : pb < 240 ? d->dtype : (uint32_t)nkf_enum(in, 3);
+    d->reserved2 = nkf_u8(in) >= 250 ? 1u + nkf_u8(in) : 0u;
+    if (!old) {
+        must_fail |= d->param_dtype != NK_DTYPE_F32 && d->param_dtype != d->dtype;
+        must_fail |= d->reserved2 != 0;
+    }
+    *pdt = old || d->param_dtype != d->dtype || !dt_ok ? NK_DTYPE_F32 : *dt;
+    return must_fail;
+}
+
+/* A descriptor's strides, resolved as the header documents them. */
+typedef struct nkf_strides {
+    uint64_t s0, s1, span; /* resolved strides; elements the addressing spans */
+    int reject;            /* the library must refuse them */
+} nkf_strides;
+
+static inline nkf_strides nkf_resolve(const int64_t st[2], uint64_t n, uint64_t mid, uint64_t inner,
+                                      int nonempty)
+{
+    nkf_strides r = {0};
+    const uint64_t lim = (uint64_t)PTRDIFF_MAX / sizeof(float);
+    for (int i = 0; i < 2; i++)
+        if (st[i] < 0 || (uint64_t)st[i] > lim)
+            return r.reject = 1, r;
+    r.s1 = st[1] ? (uint64_t)st[1] : inner;
+    uint64_t one = 0;
+    if ((mid > 1 && r.s1 < inner) ||
+        (mid && (!nkf_mul(mid - 1, r.s1, &one) || __builtin_add_overflow(one, inner, &one))))
+        return r.reject = 1, r;
+    if (st[0])
+        r.s0 = (uint64_t)st[0];
+    else if (!nkf_mul(mid, r.s1, &r.s0) || r.s0 > (uint64_t)SIZE_MAX)
+        return r.reject = 1, r;
+    if (n > 1 && r.s0 < one)
+        return r.reject = 1, r;
+    if (mid <= 1)
+        r.s1 = inner;
+    if (n <= 1)
+        r.s0 = one;
+    if (!nonempty)
+        return r;
+    uint64_t a;
+    if (!nkf_mul(n - 1, r.s0, &a) || __builtin_add_overflow(a, one, &r.span) || r.span > lim)
+        r.reject = 1;
+    return r;
+}
+
+/* stride choice: dense (0) mostly, padded rows / samples, or raw extents */
+static inline void nkf_decode_strides(nkf_in *in, int64_t out[2], uint64_t mid, uint64_t inner)
+{
+    const uint8_t b = nkf_u8(in);
+    out[0] = out[1] = 0;
+    if (b < 128)
+        return;
+    if (b < 224) {
+        const uint64_t s1 = inner + (b & 3), one = mid ? (mid - 1) * s1 + inner : 0;
+        out[1] = mid > 1 ? (int64_t)s1 : 0;
+        out[0] = b & 4 ? (int64_t)(one + ((b >> 3) & 7)) : 0;
+        return;
+    }
+    out[0] = nkf_extent(in);
+    out[1] = nkf_extent(in);
+}
+
+/* nk_threadpool_create(threads) made once per process (NULL when it fails) */
+static inline nk_threadpool *nkf_pool(int threads)
+{
+    static nk_threadpool *p[4];
+    static int tried[4];
+    if (threads < 1 || threads > 3)
+        return NULL;
+    if (!tried[threads]) {
+        tried[threads] = 1;
+        if (nk_threadpool_create(threads, &p[threads]) != NK_OK)
+            p[threads] = NULL;
+    }
+    return p[threads];
+}
+
+/* A guarded buffer of count elements of elem bytes when present, shifted by
+ * 0 to 3 elements (decoded); absent (p == NULL) otherwise. */
+static inline void nkf_make(nkf_in *in, nkf_buf *b, int present, uint64_t count, size_t elem)
+{
+    memset(b, 0, sizeof *b);
+    if (present)
+        *b = nkf_alloc((size_t)(count * elem), (nkf_u8(in) & 3) * elem);
+}
+
+/* b's elements of dtype dt filled from the input (16-bit: values of the
+ * fp32 grid narrowed, or raw patterns) */
+static inline void nkf_fill(nkf_in *in, nkf_buf *b, uint32_t dt)
+{
+    if (!b->p)
+        return;
+    if (nkf_esize(dt) == 4) {
+        for (size_t i = 0; i < b->bytes / 4; i++)
+            ((float *)b->p)[i] = nkf_value(in, i);
+        return;
+    }
+    for (size_t i = 0; i < b->bytes / 2; i++) {
+        const uint8_t k = nkf_left(in) ? nkf_u8(in) : 0;
+        ((uint16_t *)b->p)[i] = k < 240 ? nkf_narrow(dt, nkf_value(in, i)) : nkf_u16(in);
+    }
 }
 
 /* ------------------------------------------------------------------------ */

@@ -25,98 +25,12 @@
 #include <stddef.h>
 
 #include "fuzz_common.h"
-#include "kernels/cvt.h"
 
 enum { OP_BN_TRAIN, OP_BN_INFER, OP_BN_STATS, OP_BN_APPLY, OP_IN, OP_GN, OP_LN, OP_RMS, OP_COUNT };
 static const char *const op_names[OP_COUNT] = {
     "nk_batch_norm_train_ex", "nk_batch_norm_infer_ex", "nk_batch_norm_stats_ex",
     "nk_batch_norm_apply_moments_ex", "nk_instance_norm_ex", "nk_group_norm_ex",
     "nk_layer_norm_ex", "nk_rms_norm_ex"};
-
-static size_t esize(uint32_t dt) { return dt == NK_DTYPE_F16 || dt == NK_DTYPE_BF16 ? 2 : 4; }
-
-static float widen(uint32_t dt, const void *p, size_t i)
-{
-    if (esize(dt) == 4)
-        return ((const float *)p)[i];
-    const uint16_t h = ((const uint16_t *)p)[i];
-    return dt == NK_DTYPE_BF16 ? nk_bf16_to_f32(h) : nk_f16_to_f32(h);
-}
-
-static uint16_t narrow(uint32_t dt, float f)
-{
-    return dt == NK_DTYPE_BF16 ? nk_f32_to_bf16(f) : nk_f32_to_f16(f);
-}
-
-/* ------------------------------------------------------------------------ */
-/* The descriptor's strides, resolved as the library documents them          */
-/* ------------------------------------------------------------------------ */
-
-typedef struct strides {
-    uint64_t s0, s1, span; /* resolved strides; elements the addressing spans */
-    int reject;            /* the library must refuse them */
-} strides;
-
-static strides resolve(const int64_t st[2], uint64_t n, uint64_t mid, uint64_t inner, int nonempty)
-{
-    strides r = {0};
-    const uint64_t lim = (uint64_t)PTRDIFF_MAX / sizeof(float);
-    for (int i = 0; i < 2; i++)
-        if (st[i] < 0 || (uint64_t)st[i] > lim)
-            return r.reject = 1, r;
-    r.s1 = st[1] ? (uint64_t)st[1] : inner;
-    uint64_t one = 0;
-    if ((mid > 1 && r.s1 < inner) ||
-        (mid && (!nkf_mul(mid - 1, r.s1, &one) || __builtin_add_overflow(one, inner, &one))))
-        return r.reject = 1, r;
-    if (st[0])
-        r.s0 = (uint64_t)st[0];
-    else if (!nkf_mul(mid, r.s1, &r.s0) || r.s0 > (uint64_t)SIZE_MAX)
-        return r.reject = 1, r;
-    if (n > 1 && r.s0 < one)
-        return r.reject = 1, r;
-    if (mid <= 1)
-        r.s1 = inner;
-    if (n <= 1)
-        r.s0 = one;
-    if (!nonempty)
-        return r;
-    uint64_t a;
-    if (!nkf_mul(n - 1, r.s0, &a) || __builtin_add_overflow(a, one, &r.span) || r.span > lim)
-        r.reject = 1;
-    return r;
-}
-
-/* stride choice: dense (0) mostly, padded rows / samples, or raw extents */
-static void decode_strides(nkf_in *in, int64_t out[2], uint64_t mid, uint64_t inner)
-{
-    const uint8_t b = nkf_u8(in);
-    out[0] = out[1] = 0;
-    if (b < 128)
-        return;
-    if (b < 224) {
-        const uint64_t s1 = inner + (b & 3), one = mid ? (mid - 1) * s1 + inner : 0;
-        out[1] = mid > 1 ? (int64_t)s1 : 0;
-        out[0] = b & 4 ? (int64_t)(one + ((b >> 3) & 7)) : 0;
-        return;
-    }
-    out[0] = nkf_extent(in);
-    out[1] = nkf_extent(in);
-}
-
-/* ------------------------------------------------------------------------ */
-
-static nk_threadpool *pool2(void)
-{
-    static nk_threadpool *p;
-    static int tried;
-    if (!tried) {
-        tried = 1;
-        if (nk_threadpool_create(2, &p) != NK_OK)
-            p = NULL;
-    }
-    return p;
-}
 
 typedef struct bufset {
     nkf_buf x, y, w, b, sm, si, rm, rv, mo;
@@ -127,30 +41,6 @@ static void free_set(bufset *s)
     nkf_buf *all[] = {&s->x, &s->y, &s->w, &s->b, &s->sm, &s->si, &s->rm, &s->rv, &s->mo};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         nkf_free(all[i]);
-}
-
-/* count elements of elem bytes, filled from the input (16-bit: values of
- * the fp32 grid narrowed, or raw patterns) */
-static void fill(nkf_in *in, nkf_buf *b, uint32_t dt)
-{
-    if (!b->p)
-        return;
-    if (esize(dt) == 4) {
-        for (size_t i = 0; i < b->bytes / 4; i++)
-            ((float *)b->p)[i] = nkf_value(in, i);
-        return;
-    }
-    for (size_t i = 0; i < b->bytes / 2; i++) {
-        const uint8_t k = nkf_left(in) ? nkf_u8(in) : 0;
-        ((uint16_t *)b->p)[i] = k < 240 ? narrow(dt, nkf_value(in, i)) : nkf_u16(in);
-    }
-}
-
-static void make(nkf_in *in, nkf_buf *b, int present, uint64_t count, size_t elem)
-{
-    memset(b, 0, sizeof *b);
-    if (present)
-        *b = nkf_alloc((size_t)(count * elem), (nkf_u8(in) & 3) * elem);
 }
 
 /* The call itself; every pointer as decoded. */
@@ -197,9 +87,9 @@ static int bytes_equal(const void *a, const void *b, size_t n) { return !n || !m
 /* The fp32 path on the widened x (dense) and parameters: its y rounded to
  * dt must be y, its statistics the call's. xs: x before the call. */
 static void differential(const args *a, const bufset *s, const unsigned char *xs, uint32_t dt,
-                         uint32_t pdt, uint64_t N, uint64_t mid, uint64_t inner, const strides *sx,
-                         const strides *sy, const nk_running_stats *rs0, const float *rm0,
-                         const float *rv0)
+                         uint32_t pdt, uint64_t N, uint64_t mid, uint64_t inner,
+                         const nkf_strides *sx, const nkf_strides *sy,
+                         const nk_running_stats *rs0, const float *rm0, const float *rv0)
 {
     const char *fn = op_names[a->op];
     const uint64_t C = (uint64_t)a->d->c;
@@ -215,10 +105,10 @@ static void differential(const args *a, const bufset *s, const unsigned char *xs
     if (!xf || !yf || !wf || !bf || !sm || !si || !rm || !rv || !mo)
         nkf_die("out of memory");
     for (uint64_t e = 0; e < sx->span; e++)
-        xf[e] = widen(dt, xs, (size_t)e);
+        xf[e] = nkf_widen(dt, xs, (size_t)e);
     for (uint64_t c = 0; c < C; c++) {
-        wf[c] = a->w ? widen(pdt, a->w, (size_t)c) : 0.0f;
-        bf[c] = a->b ? widen(pdt, a->b, (size_t)c) : 0.0f;
+        wf[c] = a->w ? nkf_widen(pdt, a->w, (size_t)c) : 0.0f;
+        bf[c] = a->b ? nkf_widen(pdt, a->b, (size_t)c) : 0.0f;
     }
     if (rm0 && s->rm.p)
         memcpy(rm, rm0, s->rm.bytes);
@@ -267,14 +157,14 @@ static void differential(const args *a, const bufset *s, const unsigned char *xs
                 for (uint64_t i = 0; i < inner; i++) {
                     const float v = ((const float *)r.y)[n * sy->s0 + m * sy->s1 + i];
                     const uint16_t got = ((const uint16_t *)a->y)[n * sy->s0 + m * sy->s1 + i];
-                    const uint16_t want = narrow(dt, v);
+                    const uint16_t want = nkf_narrow(dt, v);
                     /* NaN: which operand's sign and payload an operation
                      * passes on is not specified; NaN-ness is */
-                    const int nan = isnan(v) && isnan(widen(dt, &got, 0));
+                    const int nan = isnan(v) && isnan(nkf_widen(dt, &got, 0));
                     if (got != want && !nan)
                         nkf_die("%s: dtype %u y[%llu, %llu, %llu] = %#06x, fp32 path %a -> %#06x",
                                 fn, (unsigned)dt, (unsigned long long)n, (unsigned long long)m,
-                                (unsigned long long)i, got, (double)v, narrow(dt, v));
+                                (unsigned long long)i, got, (double)v, nkf_narrow(dt, v));
                 }
     }
     if ((a->sm && !bytes_equal(sm, a->sm, s->sm.bytes)) ||
@@ -302,40 +192,10 @@ static void fuzz_call(nkf_in *in)
     int must_fail = 0;
 
     /* descriptor */
-    struct {
-        nk_tensor_desc d;
-        uint64_t extra; /* bytes of a newer header */
-    } dd;
-    memset(&dd, 0, sizeof dd);
+    nkf_desc dd;
+    uint32_t dt, pdt;
+    must_fail |= nkf_desc_head(in, &dd, &dt, &pdt);
     nk_tensor_desc *d = &dd.d;
-    *d = (nk_tensor_desc)NK_TENSOR_DESC_INIT;
-    const size_t v1 = offsetof(nk_tensor_desc, reserved) + sizeof d->reserved;
-    const uint8_t sz = nkf_u8(in);
-    int old = 0;
-    if (sz >= 200 && sz < 220) {
-        d->struct_size = (uint32_t)v1; /* a caller of the first version */
-        old = 1;
-    } else if (sz >= 220 && sz < 228) {
-        d->struct_size = (uint32_t)v1 - 4 * (1 + (sz & 3));
-        must_fail = 1;
-    } else if (sz >= 228) {
-        d->struct_size = sizeof dd;
-        dd.extra = sz & 1 ? ((uint64_t)1 << (sz & 63)) : 0;
-        must_fail |= dd.extra != 0;
-    }
-    const int dte = nkf_enum(in, 3);
-    d->dtype = (uint32_t)dte;
-    const int dt_ok = dte >= 0 && dte <= 2;
-    must_fail |= !dt_ok;
-    const uint32_t dt = dt_ok ? d->dtype : NK_DTYPE_F32;
-    const uint8_t pb = nkf_u8(in);
-    d->param_dtype = pb < 160 ? NK_DTYPE_F32 : pb < 240 ? d->dtype : (uint32_t)nkf_enum(in, 3);
-    d->reserved2 = nkf_u8(in) >= 250 ? 1u + nkf_u8(in) : 0u;
-    if (!old) {
-        must_fail |= d->param_dtype != NK_DTYPE_F32 && d->param_dtype != d->dtype;
-        must_fail |= d->reserved2 != 0;
-    }
-    const uint32_t pdt = old || d->param_dtype != d->dtype || !dt_ok ? NK_DTYPE_F32 : dt;
     d->n = nkf_extent(in);
     d->c = nkf_extent(in);
     d->spatial = a.op >= OP_LN && nkf_u8(in) < 128 ? 1 : nkf_extent(in);
@@ -369,31 +229,31 @@ static void fuzz_call(nkf_in *in)
     }
     const uint64_t mid = d->layout == NK_CHANNELS_LAST ? S : C;
     const uint64_t inner = d->layout == NK_CHANNELS_LAST ? C : S;
-    decode_strides(in, d->x_stride, mid, inner);
+    nkf_decode_strides(in, d->x_stride, mid, inner);
     const uint8_t ip = nkf_u8(in);
     const int in_place = has_y && ip >= 224;
     if (in_place) {
         d->y_stride[0] = d->x_stride[0];
         d->y_stride[1] = d->x_stride[1];
     } else {
-        decode_strides(in, d->y_stride, mid, inner);
+        nkf_decode_strides(in, d->y_stride, mid, inner);
     }
-    strides sx = {0}, sy = {0};
+    nkf_strides sx = {0}, sy = {0};
     if (!shape_bad) {
-        sx = resolve(d->x_stride, N, mid, inner, total != 0);
-        sy = has_y ? resolve(d->y_stride, N, mid, inner, total != 0) : sx;
+        sx = nkf_resolve(d->x_stride, N, mid, inner, total != 0);
+        sy = has_y ? nkf_resolve(d->y_stride, N, mid, inner, total != 0) : sx;
         must_fail |= sx.reject || sy.reject;
         if ((!sx.reject && !nkf_small_enough(sx.span, 4)) || (!sy.reject && !nkf_small_enough(sy.span, 4)))
             return;
     }
-    const size_t ex = esize(dt);
+    const size_t ex = nkf_esize(dt);
 
     /* context */
     nk_context ctx = NK_CONTEXT_INIT;
     const uint8_t cb = nkf_u8(in);
     a.ctx = cb < 64 ? NULL : &ctx;
     if (cb >= 128 && cb < 240)
-        ctx.pool = pool2();
+        ctx.pool = nkf_pool(2);
     else if (cb >= 240 && cb < 248)
         ctx.flags = 1u + (cb & 7), must_fail = 1;
     else if (cb >= 248)
@@ -404,16 +264,16 @@ static void fuzz_call(nkf_in *in)
     memset(&s, 0, sizeof s);
     const uint8_t pres = nkf_u8(in);
     const uint64_t xn = shape_bad || sx.reject ? NKF_SMALL : sx.span;
-    make(in, &s.x, pres >= 2, xn, ex);
-    fill(in, &s.x, dt);
+    nkf_make(in, &s.x, pres >= 2, xn, ex);
+    nkf_fill(in, &s.x, dt);
     must_fail |= !s.x.p && total;
     if (has_y) {
         if (in_place && s.x.p) {
             a.y = s.x.p;
         } else {
             const uint64_t yn = shape_bad || sy.reject ? NKF_SMALL : sy.span;
-            make(in, &s.y, (pres & 3) != 1, yn, ex);
-            fill(in, &s.y, dt);
+            nkf_make(in, &s.y, (pres & 3) != 1, yn, ex);
+            nkf_fill(in, &s.y, dt);
             a.y = s.y.p;
             must_fail |= !s.y.p && total;
         }
@@ -422,10 +282,10 @@ static void fuzz_call(nkf_in *in)
     const uint64_t CP = shape_bad ? NKF_SMALL : C;
     const uint8_t f = nkf_u8(in);
     if (a.op != OP_BN_STATS) {
-        make(in, &s.w, f & 1, CP, esize(pdt));
-        make(in, &s.b, (f & 2) && a.op != OP_RMS, CP, esize(pdt));
-        fill(in, &s.w, pdt);
-        fill(in, &s.b, pdt);
+        nkf_make(in, &s.w, f & 1, CP, nkf_esize(pdt));
+        nkf_make(in, &s.b, (f & 2) && a.op != OP_RMS, CP, nkf_esize(pdt));
+        nkf_fill(in, &s.w, pdt);
+        nkf_fill(in, &s.b, pdt);
         a.w = s.w.p;
         a.b = s.b.p;
     }
@@ -450,16 +310,16 @@ static void fuzz_call(nkf_in *in)
             nsave = N * S;
     }
     if (a.op != OP_BN_INFER && a.op != OP_BN_STATS) {
-        make(in, &s.sm, (f & 4) && a.op != OP_RMS, nsave, 4);
-        make(in, &s.si, f & 8, nsave, 4);
+        nkf_make(in, &s.sm, (f & 4) && a.op != OP_RMS, nsave, 4);
+        nkf_make(in, &s.si, f & 8, nsave, 4);
         a.sm = s.sm.p;
         a.si = s.si.p;
     }
     nk_running_stats rs;
     const int wants_rs = a.op == OP_BN_TRAIN || a.op == OP_BN_APPLY || a.op == OP_IN;
     if (a.op == OP_BN_INFER || (wants_rs && (f & 32))) {
-        make(in, &s.rm, 1, CP, 4);
-        make(in, &s.rv, 1, CP, 4);
+        nkf_make(in, &s.rm, 1, CP, 4);
+        nkf_make(in, &s.rv, 1, CP, 4);
         for (size_t i = 0; i < s.rm.bytes / 4; i++) {
             ((float *)s.rm.p)[i] = nkf_value(in, i);
             ((float *)s.rv.p)[i] = fabsf(nkf_value(in, i));
@@ -478,7 +338,7 @@ static void fuzz_call(nkf_in *in)
             must_fail = 1;
     }
     if (a.op == OP_BN_STATS || a.op == OP_BN_APPLY) {
-        make(in, &s.mo, nkf_u8(in) >= 8, CP, sizeof(nk_moments));
+        nkf_make(in, &s.mo, nkf_u8(in) >= 8, CP, sizeof(nk_moments));
         a.mo = s.mo.p;
         must_fail |= !a.mo;
         if (a.op == OP_BN_APPLY && a.mo) {

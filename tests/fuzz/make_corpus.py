@@ -25,9 +25,14 @@ SPECIAL_DATA = bytes([0xE0, 0xE2, 0xE4, 0xE9, 0xEA, 0xF3, 0x10, 0xE8])  # NaN, I
 
 
 def extent(v):
-    """Encoding of a small extent (0 .. 15) or, as ('s', i), special extent i."""
+    """Encoding of an extent: 0 .. 15 in one byte, 16 .. 110 in two, or, as
+    ('s', i), special extent i."""
     if isinstance(v, tuple):
         return bytes([0xC0, v[1]])
+    if v >= 16:
+        a = min(v - 16, 31)
+        assert v - 16 - a < 64
+        return bytes([0x80 | a, v - 16 - a])
     assert 0 <= v < 16
     return bytes([v])
 
@@ -138,7 +143,64 @@ def ex():
     return seeds
 
 
+def backward():
+    """fuzz_backward: op, struct_size choice, dtype, param_dtype, reserved2,
+    extents (elemt: the empty-shard byte), layout, activation, alias, strides
+    of x and y, context, eps / groups, the presence bits, elemt's count."""
+    seeds = []
+    shapes = [(2, 3, 5), (4, 8, 1), (1, 13, 9), (3, 2, 7), (0, 4, 3), (5, 17, 3)]
+    # none, ReLU, LeakyReLU 0.2, LeakyReLU with a decoded alpha, SiLU (unsupported)
+    acts = [bytes([0]), bytes([4]), bytes([2]), bytes([5, 0x78]), bytes([165, 0x70])]
+    k = 0
+    for op in range(8):
+        rows = op >= 6
+        for dt in range(3):
+            n, c, sp = shapes[(op + dt) % len(shapes)]
+            pb = 200 if (op + dt) % 2 else 0  # param_dtype = dtype, or fp32
+            head = bytes([op, 0, dt, pb, 0]) + extent(n)
+            if op == 3:
+                head += bytes([0x80 if k % 2 else 0])  # an empty shard, or n as decoded
+            head += extent(c)
+            if rows:
+                head += bytes([0x90]) + extent(sp) + bytes([1, 0])  # spatial extent, kept
+            else:
+                head += extent(sp) + bytes([(op + dt) & 1])
+            head += acts[k % len(acts)]
+            alias = b"" if op == 2 else bytes([210 if k % 4 == 3 else 0])
+            xs = 0 if k % 2 else 0x80 | (k & 7)  # dense, or padded rows / samples
+            strides = bytes([xs]) if alias == bytes([210]) else bytes([xs, 0x80 | ((k + 3) & 7)])
+            ctx = (48, 0, 98, 96)[k % 4]  # serial, none, pools of 3 and 1 threads
+            tail = bytes([0]) if op == 1 else bytes([3, 1]) if op == 5 else b""
+            count = bytes([2]) if op == 3 else b""
+            seeds.append(head + alias + strides + bytes([ctx]) + tail + bytes([0xFF] * 4) + count +
+                         filler(k, 240))
+            k += 1
+    # large enough for the pools (a serial call against 1, 2 and 3 threads)
+    for op, (n, c, sp), lay, ctx in ((0, (8, 64, 64), 0, 98), (4, (4, 64, 96), 1, 97),
+                                     (5, (4, 64, 100), 0, 112), (6, (90, 100, 1), 1, 96),
+                                     (3, (6, 64, 90), 1, 98)):
+        head = bytes([op, 0, 0, 0, 0]) + extent(n) + (bytes([0x80]) if op == 3 else b"") + extent(c)
+        head += (bytes([0x10, 1, 0]) if op >= 6 else extent(sp) + bytes([lay]))
+        tail = bytes([3, 3]) if op == 5 else b""
+        seeds.append(head + bytes([4, 0, 0, 0, ctx]) + tail + bytes([0xFF] * 4) +
+                     (bytes([2]) if op == 3 else b"") + filler(op, 240))
+    # special data, an old struct_size, special extents, a bad dtype, missing arrays
+    seeds.append(bytes([0, 0, 2, 200, 0]) + extent(2) + extent(3) + extent(4) +
+                 bytes([0, 0, 0, 0, 0, 48]) + bytes([0xFF] * 4) + SPECIAL_DATA * 6 + filler(1, 60))
+    seeds.append(bytes([4, 205, 1, 0, 0]) + extent(2) + extent(3) + extent(5) +
+                 bytes([1, 2, 0, 0, 0, 100]) + bytes([0xFF] * 4) + filler(0, 200))
+    for op, sp in ((0, 5), (2, 6), (5, 3), (7, 0), (3, 19)):
+        seeds.append(bytes([op, 0, 0, 0, 0]) + extent(2) + (bytes([0x80]) if op == 3 else b"") +
+                     extent(("s", sp)) + (bytes([0x90]) if op >= 6 else b"") + extent(3) +
+                     bytes([1, 1, 0, 0x40]) + filler(op, 40))
+    seeds.append(bytes([1, 0, 3]) + filler(1, 80))
+    seeds.append(bytes([3, 0, 0, 0, 0]) + extent(0) + bytes([0]) + extent(5) + extent(4) +
+                 bytes([0, 0, 0, 0, 0, 48, 0xFF, 0x01, 0xFF, 0x07, 0]) + filler(2, 100))
+    return seeds
+
+
 if __name__ == "__main__":
     write("fuzz_functional", functional())
     write("fuzz_module", module())
     write("fuzz_ex", ex())
+    write("fuzz_backward", backward())
