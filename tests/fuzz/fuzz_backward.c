@@ -260,7 +260,21 @@ static void fill_stats(nkf_in *in, const args *a, bufset *s)
 /* The determinism check: the call again from the outputs' starting bytes
  * with the other kind of context (serial if the first had a pool, else a
  * pool); every output bitwise equal. */
-static void rerun(args a, bufset *s, const nk_context *first, nk_threadpool *other)
+static uint32_t op_layer(int op)
+{
+    switch (op) {
+    case OP_IN: return NK_LAYER_INSTANCE_NORM;
+    case OP_GN: return NK_LAYER_GROUP_NORM;
+    case OP_LN: return NK_LAYER_LAYER_NORM;
+    case OP_RMS: return NK_LAYER_RMS_NORM;
+    default: return NK_LAYER_BATCH_NORM;
+    }
+}
+
+/* With ws, the second call also gets the workspace nk_backward_workspace_size
+ * asks for, at an odd address between guards: the same bits (the parameter
+ * gradients from the dx pass), nothing written outside it. */
+static void rerun(args a, bufset *s, const nk_context *first, nk_threadpool *other, int ws)
 {
     const char *fn = op_names[a.op];
     nk_context ctx = NK_CONTEXT_INIT;
@@ -269,6 +283,18 @@ static void rerun(args a, bufset *s, const nk_context *first, nk_threadpool *oth
         return;
     ctx.pool = pooled ? NULL : other;
     a.ctx = &ctx;
+    enum { WG = 64 };
+    size_t wbytes = 0;
+    unsigned char *wsb = NULL;
+    if (ws && nk_backward_workspace_size(op_layer(a.op), a.d, a.groups, &wbytes) == NK_OK &&
+        wbytes && wbytes <= ((size_t)64 << 20)) {
+        wsb = malloc(wbytes + 2 * WG);
+        if (!wsb)
+            nkf_die("out of memory");
+        memset(wsb, 0x5A, wbytes + 2 * WG);
+        ctx.workspace = wsb + WG - 1;
+        ctx.workspace_size = wbytes;
+    }
     unsigned char *got[NBUF] = {0};
     for (int i = 0; i < NBUF; i++) {
         nkf_buf *b = buf_at(s, i);
@@ -284,6 +310,11 @@ static void rerun(args a, bufset *s, const nk_context *first, nk_threadpool *oth
     if (st != NK_OK)
         nkf_die("%s: %s refused what %s accepted: %s", fn, pooled ? "a serial call" : "a pool",
                 pooled ? "a pool" : "a serial call", nk_last_error());
+    for (size_t i = 0; wsb && i < wbytes + 2 * WG; i++)
+        if ((i < WG - 1 || i >= WG - 1 + wbytes) && wsb[i] != 0x5A)
+            nkf_die("%s wrote byte %zd outside its workspace of %zu bytes", fn,
+                    (ptrdiff_t)i - (WG - 1), wbytes);
+    free(wsb);
     for (int i = 0; i < NBUF; i++) {
         nkf_buf *b = buf_at(s, i);
         nkf_check_guard(b, fn);
@@ -578,7 +609,7 @@ static void fuzz_call(nkf_in *in)
                (a.op != OP_BN_ELEMT || (a.sdy && a.sdyx))) {
         check_finite(&a, &s, &md, (size_t)nstat);
     }
-    rerun(a, &s, a.ctx, other);
+    rerun(a, &s, a.ctx, other, cb & 1);
     free_bufs(&s);
 }
 
