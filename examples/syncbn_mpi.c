@@ -23,12 +23,19 @@
  *                                          and the global count
  *     8. dweight = invstd * sum(dy * (x - mean)), dbias = sum(dy), global
  *
+ * normkit.torch.SyncBatchNorm, as PyTorch's, returns each rank's own
+ * dweight / dbias (nk_batch_norm_backward_reduce_ex gives those) and leaves
+ * their reduction to DistributedDataParallel; here step 8 makes the whole
+ * batch's from the global sums, the same on every rank, with no further
+ * collective.
+ *
  * Steps 3 and 6 fix the order of every floating-point operation across
  * ranks: an MPI_Allreduce would also add the sums, but the order in which
  * it adds them is up to the MPI implementation (it may depend on the number
  * of ranks, the message size and the network), so its result need not be
- * the same bits on every rank or in every run. An all-gather of C moments or
- * 2 C sums per rank costs the same as an all-reduce at these sizes.
+ * the same bits on every rank or in every run. The price is volume: each
+ * rank receives world * 2 C doubles where an all-reduce returns 2 C, small
+ * for the channels of one layer and a few ranks.
  *
  * The program checks itself. Every rank generates the whole batch (the same
  * counter-based generator and seed on every rank) and runs single-process
@@ -154,8 +161,9 @@ static float uniform(uint64_t stream, uint64_t i)
     return (float)((double)(mix64(mix64(stream) ^ i) >> 11) * 0x1p-52 - 1.0);
 }
 
-/* count values of a tensor whose element i belongs to channel
- * (i / per_channel_run) % c: offset[c] + scale[c] * uniform. */
+/* count values of a tensor of c channels whose element i belongs to channel
+ * ch = (i / run) % c: offset + offset_step * ch + (scale + scale_step * ch)
+ * times a uniform value in [-1, 1). */
 static void fill(float *v, size_t count, uint64_t stream, int64_t c, int64_t run, double offset,
                  double offset_step, double scale, double scale_step)
 {
