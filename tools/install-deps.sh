@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Debian packages a job needs. Usage: install-deps.sh test|bench|cross|golden|fuzz|torch
-#   test    native build and cmocka tests (SLEEF, SIMDe for the emulated AVX-512 table)
+# Installs the Debian packages a job needs. Usage: install-deps.sh test|bench|cross|golden|fuzz|torch|mpi
+#   test    native build and cmocka tests (SLEEF, SIMDe for the emulated AVX-512 table),
+#           and Open MPI for examples/syncbn_mpi.c and its tests (the jobs below that
+#           add to test leave Open MPI out)
 #   bench   test + Google Benchmark, oneDNN, libtorch, matplotlib
 #   cross   aarch64 and armhf cross toolchains, qemu-user and the arm64/armhf
 #           -dev packages (adds those foreign architectures): tools/cross-test.sh
@@ -9,6 +11,7 @@
 #           (python/, meson -Dtorch=enabled): tools/test-torch.sh
 #   fuzz    test + clang 14, its libFuzzer/ASan/UBSan runtimes (libclang-rt-14-dev) and
 #           llvm-symbolizer (llvm-14): tools/fuzz.sh; tools/tsan.sh uses gcc's libtsan2
+#   mpi     native build and Open MPI (mpicc, mpiexec): examples/syncbn_mpi.c alone
 # Idempotent: nothing is fetched when every package is already installed.
 set -euo pipefail
 what=${1:-test}
@@ -17,10 +20,11 @@ SUDO=""
 export DEBIAN_FRONTEND=noninteractive
 
 base="meson ninja-build pkg-config"
+mpi="openmpi-bin libopenmpi-dev"
 native="$base build-essential g++ libcmocka-dev libsleef-dev libsimde-dev"
 foreign_archs=""
 case "$what" in
-  test) pkgs="$native" ;;
+  test) pkgs="$native $mpi" ;;
   bench) pkgs="$native libbenchmark-dev libdnnl-dev libtorch-dev python3-matplotlib python3-numpy" ;;
   golden) pkgs="$native python3-torch python3-numpy" ;;
   torch) pkgs="$native libtorch-dev python3-torch python3-torchvision python3-numpy" ;;
@@ -31,7 +35,8 @@ case "$what" in
       gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf libc6-dev-armhf-cross binutils-arm-linux-gnueabihf
       libcmocka-dev:arm64 libcmocka-dev:armhf libsleef-dev:arm64 libsleef-dev:armhf" ;;
   fuzz) pkgs="$native clang libclang-rt-14-dev llvm-14" ;;
-  *) echo "unknown job $what (test, bench, cross, golden, fuzz or torch)" >&2; exit 2 ;;
+  mpi) pkgs="$base build-essential $mpi" ;;
+  *) echo "unknown job $what (test, bench, cross, golden, fuzz, torch or mpi)" >&2; exit 2 ;;
 esac
 
 for arch in $foreign_archs; do
