@@ -25,12 +25,15 @@
  *            their set in channel order.
  *
  * dweight / dbias of InstanceNorm, GroupNorm, LayerNorm and RMSNorm sum over
- * samples (rows) with each sample's own statistics. They are owned by blocks
- * of 64 channels (256 columns): one task per block walks every sample in order,
- * so the result does not depend on the pool, and no partial array outlives
- * a task. The cost is one more read of x and dy (and y with an activation)
- * than dx alone: 2 reads + 1 write for dx, 2 more reads for the parameter
- * gradients.
+ * samples (rows) with each sample's own statistics, in an order the shape
+ * alone fixes. Asked for together with dx and given scratch (the caller's
+ * workspace, or the stack for small shapes) they come from the dx pass:
+ * LayerNorm / RMSNorm strips of rows add their fp32 column partials in the
+ * dx kernel (bw_rows_fused), channels-first InstanceNorm / GroupNorm keep
+ * phase 1's per-(sample, channel) sums (bw_per_sample). Otherwise a pass of
+ * their own (bw_params: blocks of 64 channels or 256 columns, one task per
+ * block walking every sample in order) reads x and dy once more, with the
+ * same arithmetic, so the bits do not depend on the path.
  */
 #include <math.h>
 #include <stdint.h>
@@ -458,6 +461,17 @@ static size_t bw_strip_rows(size_t rows)
     return r < 16 ? 16 : r > NK_BWD_CHUNK_ROWS ? NK_BWD_CHUNK_ROWS : r;
 }
 
+/* dweight / dbias [c0, c0 + nc) from their fp64 sums aw, ab. */
+static void bw_put_grads(const bw_op *o, size_t c0, size_t nc, const double *aw, const double *ab)
+{
+    for (size_t i = 0; i < nc; i++) {
+        if (o->dw)
+            bw_put(o->cl->pdt, o->dw, c0 + i, aw[i]);
+        if (o->db)
+            bw_put(o->cl->pdt, o->db, c0 + i, ab[i]);
+    }
+}
+
 /* Channels [c0, c0 + nc) (columns of LayerNorm / RMSNorm), every sample in
  * order: task t owns block t. */
 static void bw_params_task(void *arg, size_t t)
@@ -507,12 +521,7 @@ static void bw_params_task(void *arg, size_t t)
             }
         }
     }
-    for (size_t i = 0; i < nc; i++) {
-        if (o->dw)
-            bw_put(cl->pdt, o->dw, c0 + i, aw[i]);
-        if (o->db)
-            bw_put(cl->pdt, o->db, c0 + i, ab[i]);
-    }
+    bw_put_grads(o, c0, nc, aw, ab);
 }
 
 /* dweight / dbias of channel block t from phase 1's kept sums, samples in
@@ -529,12 +538,7 @@ static void bw_kept_task(void *arg, size_t t)
             ab[i] += p[0];
             aw[i] += (double)o->inv[n * o->gps + (c0 + i) / o->cpg] * p[1];
         }
-    for (size_t i = 0; i < nc; i++) {
-        if (o->dw)
-            bw_put(cl->pdt, o->dw, c0 + i, aw[i]);
-        if (o->db)
-            bw_put(cl->pdt, o->db, c0 + i, ab[i]);
-    }
+    bw_put_grads(o, c0, nc, aw, ab);
 }
 
 static void bw_params(nk_call *cl, bw_op *o)
@@ -560,17 +564,27 @@ typedef struct bw_strips {
     size_t rows, sr, strips, cp, gb, xs, ys;
 } bw_strips;
 
+/* The strips of an op of rows x c: rows per strip, strips, and the floats
+ * of each of a strip's two arrays (c rounded up to 64 bytes). */
+static void bw_strips_geom(bw_strips *st, size_t rows, size_t c)
+{
+    st->rows = rows;
+    st->sr = bw_strip_rows(rows);
+    st->strips = (rows + st->sr - 1) / st->sr;
+    st->cp = (c + 15) & ~(size_t)15;
+}
+
 /* Bytes of workspace the fused pass of an op of rows x c needs (0: none,
  * rows too long for one block). */
 static size_t bw_strips_bytes(size_t rows, size_t c)
 {
     if (c > NK_FUSE_FLOATS || !rows)
         return 0;
-    const size_t strips = (rows + bw_strip_rows(rows) - 1) / bw_strip_rows(rows);
-    const size_t cp = (c + 15) & ~(size_t)15;
-    if (strips > SIZE_MAX / (2 * cp * sizeof(float)))
+    bw_strips st;
+    bw_strips_geom(&st, rows, c);
+    if (st.strips > SIZE_MAX / (2 * st.cp * sizeof(float)))
         return 0;
-    return strips * 2 * cp * sizeof(float);
+    return st.strips * 2 * st.cp * sizeof(float);
 }
 
 static void bw_strip_task(void *arg, size_t t)
@@ -620,12 +634,7 @@ static void bw_strip_reduce(void *arg, size_t t)
             aw[i] += fb[i];
         }
     }
-    for (size_t i = 0; i < nc; i++) {
-        if (o->dw)
-            bw_put(o->cl->pdt, o->dw, c0 + i, aw[i]);
-        if (o->db)
-            bw_put(o->cl->pdt, o->db, c0 + i, ab[i]);
-    }
+    bw_put_grads(o, c0, nc, aw, ab);
 }
 
 /* The fused pass where it applies (dx and a parameter gradient wanted, rows
@@ -635,7 +644,8 @@ static __attribute__((noinline)) bool bw_rows_fused(nk_call *cl, bw_op *o)
 {
     const size_t rows = cl->n * cl->s, bytes = bw_strips_bytes(rows, cl->c);
     _Alignas(64) unsigned char stack[NK_STACK_SCRATCH];
-    bw_strips st = {o, NULL, rows, bw_strip_rows(rows), 0, (cl->c + 15) & ~(size_t)15, 0, 0, 0};
+    bw_strips st = {.o = o};
+    bw_strips_geom(&st, rows, cl->c);
     if (!o->dx || !(o->dw || o->db) || !bytes || nk_grid_run(&o->g, 0, rows, &st.xs, &st.ys) != rows)
         return false;
     if (bytes <= cl->ex.ws_size)
@@ -645,7 +655,6 @@ static __attribute__((noinline)) bool bw_rows_fused(nk_call *cl, bw_op *o)
     else
         return false;
     o->len = cl->c;
-    st.strips = (rows + st.sr - 1) / st.sr;
     st.gb = NK_BLOCK_FLOATS / cl->c;
     st.gb = st.gb < 1 ? 1 : st.gb > BW_SETS ? BW_SETS : st.gb;
     nk_par_run(&cl->ex, st.strips, 3 * cl->total, bw_strip_task, &st);
