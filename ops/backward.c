@@ -1073,8 +1073,9 @@ nk_status nk_backward_workspace_size(uint32_t layer, const nk_tensor_desc *desc,
         b = bw_kept_bytes(cl.n, cl.c, 1, cl.s, cl.layout);
     if (layer == NK_LAYER_GROUP_NORM && groups >= 1 && cl.c % (size_t)groups == 0)
         b = bw_kept_bytes(cl.n, cl.c, cl.c / (size_t)groups, cl.s, cl.layout);
-    /* the 64-byte alignment the call gives the caller's pointer */
-    *bytes = b ? b + 63 : 0;
+    /* the 64-byte alignment the call gives the caller's pointer; no
+     * workspace where that would not fit a size_t */
+    *bytes = b && b <= SIZE_MAX - 63 ? b + 63 : 0;
     nk_clear_error();
     return NK_OK;
 }

@@ -1031,6 +1031,19 @@ static void fused_param_grads(void **state)
     d.n = -1;
     assert_int_equal(nk_backward_workspace_size(NK_LAYER_LAYER_NORM, &d, 1, &bytes), NK_ERR_BAD_SHAPE);
     assert_int_equal(bytes, 7);
+    /* sizes near SIZE_MAX: 0 (no workspace), never a wrapped small size.
+     * InstanceNorm of n x 1 x 1 keeps 16 bytes per sample: with n =
+     * SIZE_MAX / 16 they are SIZE_MAX - 15 bytes (32-bit targets: a bf16
+     * tensor of 512 MiB, a valid descriptor) */
+    nk_tensor_desc dn = NK_TENSOR_DESC_INIT;
+    dn.n = (int64_t)(SIZE_MAX / 16 < (size_t)INT64_MAX ? SIZE_MAX / 16 : INT64_MAX);
+    dn.c = 1;
+    dn.spatial = 1;
+    dn.dtype = NK_DTYPE_BF16;
+    bytes = 7;
+    const nk_status sn = nk_backward_workspace_size(NK_LAYER_INSTANCE_NORM, &dn, 1, &bytes);
+    if (sn == NK_OK)
+        assert_true(bytes == 0 || bytes >= (size_t)dn.n * 16);
     /* a NULL workspace with a size */
     nk_context ctx = NK_CONTEXT_INIT;
     ctx.workspace_size = 16;
