@@ -399,6 +399,94 @@ NK_API nk_status nk_rms_norm_ex(const nk_context *ctx, const nk_tensor_desc *des
                                 void *y, const void *weight, double eps, float *save_rstd);
 
 /* ------------------------------------------------------------------------ */
+/* Fused LayerNorm / RMSNorm: residual add and quantized output (0.5)        */
+/* ------------------------------------------------------------------------ */
+/*
+ * One pass of a transformer block's normalization:
+ *
+ *   s = (x + skip) + skip_bias                        (residual; else s = x)
+ *   v = act(LayerNorm(s) * weight + bias)  or  act(RMSNorm(s) * weight)
+ *   y = v in desc->dtype, or quantized (below)
+ *
+ * Residual (skip != NULL), ONNX Runtime's SkipLayerNormalization and
+ * SkipSimplifiedLayerNormalization (com.microsoft): s is computed in fp32
+ * from the widened elements, (x + skip) first, then + skip_bias (NULL:
+ * none, c values of desc->param_dtype), and the normalization, the saved
+ * statistics and `sum` all see that fp32 s. skip has desc->dtype and x's
+ * extents at strides skip_stride (rules of nk_tensor_desc's x_stride), or
+ * with NK_FUSION_SKIP_BROADCAST one sample (spatial x c, as ONNX's
+ * (S, H) / (1, S, H) skip of a (B, S, H) input) added to each of the n
+ * samples (skip_stride[0] ignored). sum (NULL: not wanted) receives s
+ * rounded once to desc->dtype at sum_stride: ONNX Runtime's fourth output,
+ * the residual stream of the next block; it needs skip. sum may be x or
+ * skip (without broadcast) with their strides (an in-place residual
+ * update), never y; y may be x with equal strides (not with quantization).
+ * No other overlap is allowed.
+ *
+ * Quantized output (quant != NK_QUANT_NONE): y holds bytes, y_stride counts
+ * them, and v is the fp32 value the unquantized call writes (bit for bit):
+ *   NK_QUANT_TENSOR  ONNX QuantizeLinear with a per-tensor y_scale (finite,
+ *                    > 0) and y_zero_point: y = saturate(round(v / y_scale)
+ *                    + y_zero_point), y_dtype NK_DTYPE_S8 ([-128, 127],
+ *                    zero point in that range) or NK_DTYPE_U8 ([0, 255]).
+ *   NK_QUANT_ROW     dynamic per row (per token), symmetric int8:
+ *                    row_scale[r] = absmax_r / 127 (fp32 division; absmax_r
+ *                    the largest |v| of row r), y = saturate(round(v /
+ *                    row_scale[r])); y_dtype NK_DTYPE_S8, y_scale and
+ *                    y_zero_point unused (1 and 0); row_scale holds
+ *                    n * spatial floats.
+ * round is to nearest, ties to even, of the exact quotient (as if divided
+ * in fp64; never a double rounding). NaN quantizes to the zero point;
+ * infinities saturate. NK_QUANT_ROW ignores NaN in the absmax, and a row
+ * whose scale is 0 (or not finite) quantizes every element to 0.
+ *
+ * fusion NULL (or NK_NORM_FUSION_INIT) is the plain nk_layer_norm_ex /
+ * nk_rms_norm_ex. Fusions need desc->layout NK_CHANNELS_LAST. Errors name
+ * the field: NK_ERR_NULL_POINTER (sum without skip, NK_QUANT_ROW without
+ * row_scale), NK_ERR_BAD_PARAM (flags, quant, y_dtype, y_scale,
+ * y_zero_point, reserved, aliasing), NK_ERR_BAD_SHAPE (strides).
+ */
+#define NK_DTYPE_S8 3u /* int8: quantized outputs only */
+#define NK_DTYPE_U8 4u /* uint8: quantized outputs only */
+
+#define NK_QUANT_NONE 0u
+#define NK_QUANT_TENSOR 1u
+#define NK_QUANT_ROW 2u
+
+/* nk_norm_fusion.flags */
+#define NK_FUSION_SKIP_BROADCAST 1u
+
+typedef struct nk_norm_fusion {
+    uint32_t struct_size;    /* sizeof(nk_norm_fusion) */
+    uint32_t flags;          /* NK_FUSION_* */
+    const void *skip;        /* NULL: no residual */
+    const void *skip_bias;   /* c values of desc->param_dtype, or NULL */
+    void *sum;               /* x + skip + skip_bias in desc->dtype, or NULL */
+    int64_t skip_stride[2];  /* 0: dense */
+    int64_t sum_stride[2];   /* 0: dense */
+    uint32_t quant;          /* NK_QUANT_* */
+    uint32_t y_dtype;        /* with quant: NK_DTYPE_S8 or NK_DTYPE_U8 */
+    float y_scale;           /* NK_QUANT_TENSOR */
+    int32_t y_zero_point;    /* NK_QUANT_TENSOR */
+    float *row_scale;        /* NK_QUANT_ROW: one per row */
+    uint64_t reserved[4];    /* 0 */
+} nk_norm_fusion;
+#define NK_NORM_FUSION_INIT                                                                        \
+    {sizeof(nk_norm_fusion), 0, NULL, NULL, NULL, {0, 0}, {0, 0}, NK_QUANT_NONE, NK_DTYPE_S8,     \
+     1.0f, 0, NULL, {0, 0, 0, 0}}
+
+/* Added in 0.5: LayerNorm / RMSNorm with the fusions of `fusion` (may be
+ * NULL). Every other argument and rule is nk_layer_norm_ex's /
+ * nk_rms_norm_ex's; save_mean / save_invstd / save_rstd are those of s. */
+NK_API nk_status nk_layer_norm_fused_ex(const nk_context *ctx, const nk_tensor_desc *desc,
+                                        const nk_norm_fusion *fusion, const void *x, void *y,
+                                        const void *weight, const void *bias, double eps,
+                                        float *save_mean, float *save_invstd);
+NK_API nk_status nk_rms_norm_fused_ex(const nk_context *ctx, const nk_tensor_desc *desc,
+                                      const nk_norm_fusion *fusion, const void *x, void *y,
+                                      const void *weight, double eps, float *save_rstd);
+
+/* ------------------------------------------------------------------------ */
 /* Backward passes                                                            */
 /* ------------------------------------------------------------------------ */
 /*
