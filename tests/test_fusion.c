@@ -594,7 +594,7 @@ static void test_broadcast(void **state)
                     idx++;
                     k.skip = 2;
                     k.act = (int)(idx % 6);
-                    k.sb = idx % 2;
+                    k.sb = (ci + dt + (unsigned)rms) % 2;
                     if (idx % 3 == 1)
                         k.xpad = 2, k.ypad = 5, k.kpad = 3, k.spad = 1;
                     k.seed = 0xF05E2000u + idx;
@@ -653,7 +653,7 @@ static void same_elems(const unsigned char *a, geo ga, const unsigned char *b, g
         for (int64_t s = 0; s < k->S; s++)
             if (memcmp(a + (size_t)at(ga, i, s) * es, b + (size_t)at(gb, i, s) * es,
                        (size_t)k->c * es)) {
-                print_error("%s: %s row %lld differs from the out-of-place call\n", what, name,
+                print_error("%s: %s row %lld differs from the reference call's\n", what, name,
                             (long long)(i * k->S + s));
                 fail();
             }
@@ -663,7 +663,7 @@ static void same_stats(const prob *A, const prob *B, const char *what)
 {
     const size_t nb = (size_t)A->rows * 4;
     if (memcmp(A->si.p, B->si.p, nb) || (!A->k.rms && memcmp(A->sm.p, B->sm.p, nb))) {
-        print_error("%s: saved statistics differ from the out-of-place call\n", what);
+        print_error("%s: saved statistics differ from the reference call's\n", what);
         fail();
     }
 }
@@ -1063,6 +1063,66 @@ static void test_quant_row(void **state)
     set_isa(orig);
 }
 
+/* NK_QUANT_ROW leaves y_scale and y_zero_point unused: other values give the
+ * same bytes and scales; and an empty tensor (n = 0 or spatial = 0) with
+ * every fusion writes nothing */
+static void test_row_unused_and_empty(void **state)
+{
+    (void)state;
+    for (unsigned dt = NK_DTYPE_F32; dt <= NK_DTYPE_BF16; dt++) {
+        cfg k = base_cfg(dt == NK_DTYPE_F16, dt, NK_DTYPE_F32, 5, 1, 65);
+        k.quant = NK_QUANT_ROW;
+        k.act = NK_ACT_GELU_TANH;
+        prob A, B;
+        prob_init(&A, &k);
+        prob_init(&B, &k);
+        B.f.y_scale = 0.0f, B.f.y_zero_point = 99;
+        char what[320];
+        describe(what, sizeof what, &k);
+        assert_int_equal(prob_call(&A, NULL), NK_OK);
+        const nk_status st2 = prob_call(&B, NULL);
+        if (st2 != NK_OK) {
+            print_error("%s: y_scale 0 and y_zero_point 99 with NK_QUANT_ROW: status %d: %s\n",
+                        what, (int)st2, nk_last_error());
+            fail();
+        }
+        same_elems(B.y.p, B.gy, A.y.p, A.gy, &k, 1, "y", what);
+        if (memcmp(A.rs.p, B.rs.p, (size_t)A.rows * 4)) {
+            print_error("%s: row_scale depends on y_scale / y_zero_point\n", what);
+            fail();
+        }
+        prob_free(&A);
+        prob_free(&B);
+    }
+    for (int e = 0; e < 2; e++)
+        for (unsigned q = NK_QUANT_NONE; q <= NK_QUANT_ROW; q++) {
+            cfg k = base_cfg(e, NK_DTYPE_BF16, NK_DTYPE_F32, 3, 2, 17);
+            k.quant = q, k.yscale = 0.5f;
+            k.skip = 1 + (int)(q % 2);
+            prob P;
+            prob_init(&P, &k);
+            if (e)
+                P.d.spatial = 0;
+            else
+                P.d.n = 0;
+            memset(P.y.mask, 0, P.y.total);
+            memset(P.sum.mask, 0, P.sum.total);
+            memset(P.sm.mask, 0, P.sm.total);
+            memset(P.si.mask, 0, P.si.total);
+            memset(P.rs.mask, 0, P.rs.total);
+            prob_snap(&P);
+            char what[320];
+            describe(what, sizeof what, &k);
+            const nk_status s = prob_call(&P, NULL);
+            if (s != NK_OK) {
+                print_error("%s, empty: status %d: %s\n", what, (int)s, nk_last_error());
+                fail();
+            }
+            prob_guards(&P, what);
+            prob_free(&P);
+        }
+}
+
 /* 16-bit dtypes quantize the fp32 value, not the rounded 16-bit one: bias
  * 2.50390625 (weight 0) is written as the bf16 2.5, a tie that would go to 2,
  * but quantizes (scale 1) from 2.50390625 to 3 */
@@ -1192,6 +1252,9 @@ static void test_bad_input(void **state)
         {"struct_size 0", NK_ERR_BAD_PARAM, "struct_size"},
         {"sum_stride overlapping", NK_ERR_BAD_SHAPE, "sum_stride"},
         {"skip_stride overlapping", NK_ERR_BAD_SHAPE, "skip_stride"},
+        {"sum == skip broadcast", NK_ERR_BAD_PARAM, "sum"},
+        {"sum == x other strides", NK_ERR_BAD_PARAM, "sum"},
+        {"y == skip", NK_ERR_BAD_PARAM, "skip"},
     };
     for (int rms = 0; rms < 2; rms++)
         for (size_t ci = 0; ci < COUNT(cases); ci++) {
@@ -1203,8 +1266,11 @@ static void test_bad_input(void **state)
             if (!strncmp(bc->name, "u8", 2))
                 k.ydt = NK_DTYPE_U8;
             if (!strcmp(bc->name, "sum == y") || !strcmp(bc->name, "sum_stride overlapping") ||
-                !strcmp(bc->name, "skip_stride overlapping"))
+                !strcmp(bc->name, "skip_stride overlapping") || !strncmp(bc->name, "sum ", 4) ||
+                !strcmp(bc->name, "y == skip"))
                 k.quant = NK_QUANT_NONE;
+            if (!strcmp(bc->name, "sum == skip broadcast"))
+                k.n = 2, k.S = 2, k.skip = 2;
             prob P;
             prob_init(&P, &k);
             nk_tensor_desc d = P.d;
@@ -1263,7 +1329,13 @@ static void test_bad_input(void **state)
                 f.sum_stride[0] = 16, f.sum_stride[1] = 33; /* rows of 33 every 16 */
             else if (!strcmp(bc->name, "skip_stride overlapping"))
                 f.skip_stride[0] = 20, f.skip_stride[1] = 33;
-            /* every output holds its pattern; x too (y == x) */
+            else if (!strcmp(bc->name, "sum == skip broadcast"))
+                f.sum = (void *)(uintptr_t)f.skip;
+            else if (!strcmp(bc->name, "sum == x other strides"))
+                f.sum = P.x.p, f.sum_stride[0] = 40, f.sum_stride[1] = 33;
+            else if (!strcmp(bc->name, "y == skip"))
+                y = (void *)(uintptr_t)f.skip;
+            /* every output holds its pattern; x and skip too (aliases) */
             prob_snap(&P);
             memset(P.y.mask, 0, P.y.total);
             memset(P.sum.mask, 0, P.sum.total);
@@ -1278,6 +1350,8 @@ static void test_bad_input(void **state)
                 print_error("%s: status %d, expected %d (%s)\n", what, (int)s, (int)bc->status, msg);
                 fail();
             }
+            if (getenv("NKT_VERBOSE"))
+                printf("%s: %s\n", what, msg);
             if (!strstr(msg, bc->field)) {
                 print_error("%s: the message does not name %s: \"%s\"\n", what, bc->field, msg);
                 fail();
@@ -1311,10 +1385,12 @@ static void test_plain(void **state)
                             continue;
                         cfg k = base_cfg(rms, dt, dt, 7, 1, cols[ci]);
                         idx++;
-                        k.act = (int)(idx % 6);
-                        k.skip = mode == 3, k.sum = 0, k.sb = mode == 3 && idx % 2;
-                        k.w = idx % 3 != 1, k.b = idx % 3 == 0;
-                        if (idx % 2)
+                        /* every mode sees every activation, affine and padding */
+                        const unsigned h = (unsigned)(ci + 5 * (size_t)rms + 3 * dt);
+                        k.act = (int)(h % 6);
+                        k.skip = mode == 3, k.sum = 0, k.sb = mode == 3 && (ci + rms) % 2;
+                        k.w = h % 3 != 1, k.b = h % 3 == 0;
+                        if ((ci + mode + rms) % 2)
                             k.xpad = 2, k.ypad = 3, k.kpad = 4;
                         k.seed = 0xF05E8000u + idx;
                         char what[320], w2[360];
@@ -1361,6 +1437,7 @@ int main(void)
         cmocka_unit_test(test_quant_tensor),
         cmocka_unit_test(test_quant_row),
         cmocka_unit_test(test_quant_from_fp32),
+        cmocka_unit_test(test_row_unused_and_empty),
 #ifndef NKT_EMULATED
         cmocka_unit_test(test_threads),
 #endif
