@@ -16,9 +16,12 @@
  *               and the inputs are not written at all;
  *   in place    sum == x, sum == skip, y == x: the out-of-place bits;
  *   quantized   NK_QUANT_TENSOR (s8, u8) and NK_QUANT_ROW against the
- *               quantization, in double with ties to even, of the output of
- *               the same call without quantization: exact ties, saturation,
- *               NaN, infinities, rows of scale 0;
+ *               quantization, in double with ties to even, of v, the fp32
+ *               output of the same call without quantization (fp16 / bf16:
+ *               the fp32 value that call rounds, the output of the fp32 call
+ *               on the widened inputs, whose rounding the 16-bit call's
+ *               output is checked to be): exact ties, saturation, NaN,
+ *               infinities, rows of scale 0, rows of NaN;
  *   threads     one thread against a pool of three, bitwise;
  *   bad input   the documented status, a message naming the field, every
  *               output untouched;
@@ -1019,8 +1022,12 @@ static void prep_rows(prob *P, void *arg)
         for (int64_t c = 0; c < k->c; c++)
             st(k->pdt, P->b.p, c, 0.0f);
     if (a->kind == 3) {
-        /* a NaN column (ignored in the absmax) */
+        /* a NaN column (ignored in the absmax), and a row of NaN (LayerNorm
+         * and RMSNorm: a NaN in x makes the whole row NaN; the absmax of no
+         * values is 0, so the row is 0) */
         st(k->pdt, P->b.p, k->c / 2, NAN);
+        if (k->n > 3)
+            st(k->dt, P->x.p + (size_t)at(P->gx, 3, 0) * ex, 1, NAN);
     }
     if (a->kind == 4) /* an infinite column: scale Inf, every row 0 */
         st(k->pdt, P->b.p, k->c / 2, INFINITY);
