@@ -1182,14 +1182,35 @@ static void test_quant_from_fp32(void **state)
 /* ------------------------------------------------------------- threads */
 
 #ifndef NKT_EMULATED
-/* 8 */
+/* a pool that counts the parallel_for calls it passes on to another */
+typedef struct counting_pool {
+    const nk_threadpool *inner;
+    size_t calls;
+} counting_pool;
+
+static size_t cp_num_threads(void *c)
+{
+    const counting_pool *cp = c;
+    return cp->inner->num_threads(cp->inner->ctx);
+}
+
+static void cp_parallel_for(void *c, void (*task)(void *arg, size_t i), void *arg, size_t n)
+{
+    counting_pool *cp = c;
+    cp->calls++;
+    cp->inner->parallel_for(cp->inner->ctx, task, arg, n);
+}
+
+/* 8: the calling thread alone against a pool of three, which the calls use */
 static void test_threads(void **state)
 {
     (void)state;
     nk_threadpool *pool = NULL;
     assert_int_equal(nk_threadpool_create(3, &pool), NK_OK);
+    counting_pool cp = {pool, 0};
+    const nk_threadpool counted = {&cp, cp_num_threads, cp_parallel_for};
     nk_context ctx = NK_CONTEXT_INIT;
-    ctx.pool = pool;
+    ctx.pool = &counted;
     for (int rms = 0; rms < 2; rms++)
         for (unsigned dt = NK_DTYPE_F32; dt <= NK_DTYPE_BF16; dt++)
             for (unsigned q = NK_QUANT_NONE; q <= NK_QUANT_ROW; q++) {
@@ -1204,7 +1225,12 @@ static void test_threads(void **state)
                 char what[320];
                 describe(what, sizeof what, &k);
                 assert_int_equal(prob_call(&A, NULL), NK_OK);
+                const size_t before = cp.calls;
                 assert_int_equal(prob_call(&B, &ctx), NK_OK);
+                if (cp.calls == before) {
+                    print_error("%s: the pool was not used\n", what);
+                    fail();
+                }
                 const size_t ey = esz(ydt_of(&k));
                 same_elems(B.y.p, B.gy, A.y.p, A.gy, &k, ey, "y (3 threads)", what);
                 same_elems(B.sum.p, B.gs, A.sum.p, A.gs, &k, esz(dt), "sum (3 threads)", what);
