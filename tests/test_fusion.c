@@ -770,7 +770,6 @@ static int32_t qload(unsigned ydt, const unsigned char *p, int64_t i)
 static long check_quant(const prob *V, const prob *Q, const char *what)
 {
     const cfg *k = &Q->k;
-    const prob *A = V;
     const size_t ex = 4;
     const int lo = k->ydt == NK_DTYPE_S8 ? -128 : 0, hi = k->ydt == NK_DTYPE_S8 ? 127 : 255;
     const float *rs = (const float *)(const void *)Q->rs.p;
@@ -778,7 +777,7 @@ static long check_quant(const prob *V, const prob *Q, const char *what)
     for (int64_t i = 0; i < k->n; i++)
         for (int64_t s = 0; s < k->S; s++) {
             const int64_t row = i * k->S + s;
-            const unsigned char *vr = A->y.p + (size_t)at(A->gy, i, s) * ex;
+            const unsigned char *vr = V->y.p + (size_t)at(V->gy, i, s) * ex;
             const unsigned char *qr = Q->y.p + (size_t)at(Q->gy, i, s);
             double scale = k->yscale;
             int32_t zp = k->zp;
