@@ -265,6 +265,12 @@ typedef void (*nk_bwd_dx_cols_fn)(const void *x, const void *y, const void *dy, 
 typedef void (*nk_add_rows_fn)(const void *x, const void *skip, const float *bias, float *s,
                                void *sum, size_t rows, size_t len, size_t xstride, size_t kstride,
                                size_t sumstride);
+/* norm_affine (above) from fp32 rows s (dense, len floats each) into y of
+ * the table's dtype: the values of the fp32 table's norm_affine into fp32,
+ * rounded once. */
+typedef void (*nk_norm_affine_s_fn)(const float *s, void *y, size_t rows, size_t len,
+                                    size_t ystride, const float *m, const float *sc,
+                                    const float *g, const float *b, const nk_epilogue *ep);
 /* y[r][i] = s[r * len + i] rounded to the table's dtype (rows at ystride). */
 typedef void (*nk_narrow_rows_fn)(const float *s, void *y, size_t rows, size_t len,
                                   size_t ystride);
@@ -327,6 +333,7 @@ typedef struct nk_kernels {
     nk_bwd_dx_cols_fn bwd_dx_cols;
     nk_add_rows_fn add_rows;
     nk_narrow_rows_fn narrow_rows;
+    nk_norm_affine_s_fn norm_affine_s;
     nk_quant_rows_fn quant_rows;
     nk_absmax_rows_fn absmax_rows;
 } nk_kernels;

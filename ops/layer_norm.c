@@ -334,8 +334,8 @@ static void fz_store(const fz_op *o, size_t r0, size_t r1, size_t j, size_t w, c
     }
 }
 
-/* y is written straight from s by the normalize kernel: fp32, not quantized */
-static bool fz_direct(const fz_op *o) { return !o->quant && o->ln.cl->k->dtype == NK_DTYPE_F32; }
+/* y is written straight from s by the normalize kernel (not quantized) */
+static bool fz_direct(const fz_op *o) { return !o->quant; }
 
 /* Rows [r0, r1), columns [j, j + w), staged in s: normalized with the rows'
  * m and s (pp); in place unless `direct` (the output then goes to y). */
@@ -353,14 +353,19 @@ static void fz_normalize(const fz_op *o, size_t r0, size_t r1, size_t j, size_t 
     for (size_t r = r0; r < r1;) {
         size_t xs, ys, e = nk_grid_run(&o->ln.g, r, r1, &xs, &ys);
         const size_t i = r - r0;
-        o->k32->norm_affine(s + i * w, (float *)cl->y + nk_grid_y(&o->ln.g, r) + j, e - r, w, w, ys,
-                            m ? m + i : NULL, pp->s + i, g, b, &cl->ep);
+        void *y = nk_yat(cl->k, cl->y, nk_grid_y(&o->ln.g, r) + j);
+        if (cl->k->dtype == NK_DTYPE_F32)
+            o->k32->norm_affine(s + i * w, y, e - r, w, w, ys, m ? m + i : NULL, pp->s + i, g, b,
+                                &cl->ep);
+        else
+            cl->k->norm_affine_s(s + i * w, y, e - r, w, ys, m ? m + i : NULL, pp->s + i, g, b,
+                                 &cl->ep);
         r = e;
     }
 }
 
 /* Statistics and output of short rows [r0, r1) staged in s: norm_short,
- * into y (direct) or in place. */
+ * into y (direct: fp32 y) or in place. */
 static void fz_short(const fz_op *o, size_t r0, size_t r1, float *s, bool direct)
 {
     const nk_call *cl = o->ln.cl;
@@ -425,14 +430,18 @@ static void fz_task(void *arg, size_t b)
         /* the whole block at once: staged (and sum written) once */
         fz_stage(o, r0, r1, 0, D, s, true);
         if (o->shortr) {
-            fz_short(o, r0, r1, s, direct);
+            /* into y only when fp32; else in place, then narrowed */
+            const bool d32 = direct && o->ln.cl->k->dtype == NK_DTYPE_F32;
+            fz_short(o, r0, r1, s, d32);
+            if (d32)
+                return;
         } else {
             fz_stats(o, s, n, D, mo);
             fz_finalize(o, r0, n, mo, &pp);
             fz_normalize(o, r0, r1, 0, D, s, &pp, direct);
+            if (direct)
+                return;
         }
-        if (direct)
-            return;
         if (o->quant == NK_QUANT_ROW) {
             o->k32->absmax_rows(s, n, D, amax);
             fz_row_scales(o, r0, n, amax, qs);

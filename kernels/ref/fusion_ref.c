@@ -39,6 +39,21 @@ static void narrow_rows_ref(const float *s, void *yv, size_t rows, size_t len, s
             nk_xstore(&y[r * ystride + i], s[r * len + i]);
 }
 
+static void norm_affine_s_ref(const float *s, void *yv, size_t rows, size_t len, size_t ystride,
+                              const float *m, const float *sc, const float *g, const float *b,
+                              const nk_epilogue *ep)
+{
+    xt *y = yv;
+    for (size_t r = 0; r < rows; r++) {
+        const float mr = m ? m[r] : 0.0f, sr = sc[r];
+        for (size_t i = 0; i < len; i++) {
+            float v = (s[r * len + i] - mr) * sr;
+            nk_xstore(&y[r * ystride + i],
+                      nk_act_ref(fmaf(v, g ? g[i] : 1.0f, b ? b[i] : 0.0f), ep));
+        }
+    }
+}
+
 #if NK_DT == NK_DTYPE_F32
 static void quant_rows_ref(const float *s, uint8_t *q, size_t rows, size_t len, size_t qstride,
                            const float *scale, size_t ps, int zp, int lo, int hi)
@@ -66,6 +81,7 @@ void NK_DT_NAME(nk_kernels_init_ref_fusion)(nk_kernels *k)
 {
     k->add_rows = add_rows_ref;
     k->narrow_rows = narrow_rows_ref;
+    k->norm_affine_s = norm_affine_s_ref;
 #if NK_DT == NK_DTYPE_F32
     k->quant_rows = quant_rows_ref;
     k->absmax_rows = absmax_rows_ref;

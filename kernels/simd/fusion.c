@@ -8,6 +8,10 @@
 
 /* ---- add_rows: s = (x + skip) + bias in fp32, sum = s in the dtype ---- */
 
+#ifndef ADD_PF
+#  define ADD_PF 1024
+#endif
+
 NK_INLINE vf add_vec(const xt *x, const xt *k, const float *b, size_t i, size_t n, const int HK,
                      const int HB)
 {
@@ -29,6 +33,13 @@ NK_INLINE void add_body(const xt *x, const xt *k, const float *b, float *s, xt *
         xt *qr = HS ? sum + r * sumstride : NULL;
         size_t i = 0;
         for (; i + NK_VL <= len; i += NK_VL) {
+            /* x and skip come from memory: one prefetch a line, ADD_PF ahead
+             * (past the row's end: harmless) */
+            if ((i * sizeof(xt)) % 64 == 0) {
+                nk_prefetch(xr + i + ADD_PF);
+                if (HK)
+                    nk_prefetch(kr + i + ADD_PF);
+            }
             const vf v = add_vec(xr, kr, b, i, 0, HK, HB);
             vf_storeu(sr + i, v);
             if (HS)
@@ -82,6 +93,65 @@ static void NK_FN(narrow_rows)(const float *s, void *y, size_t rows, size_t len,
         if (i < len)
             vx_store_n(yr + i, vf_load_n(sr + i, len - i), len - i);
     }
+}
+
+/* ---- norm_affine_s: fp32 rows normalized into the dtype ---- */
+
+/* act(((v - m) * s) * g + b) on a full vector or the first n lanes at i */
+#define AFS(i, n)                                                                                  \
+    act_apply(vf_fma(vf_mul(vf_sub((n) ? vf_load_n(sr + (i), (n)) : vf_loadu(sr + (i)), vm), vs),   \
+                     HG ? ((n) ? vf_load_n(g + (i), (n)) : vf_loadu(g + (i))) : one,               \
+                     HB ? ((n) ? vf_load_n(b + (i), (n)) : vf_loadu(b + (i))) : vf_zero()),        \
+              act, alpha)
+
+NK_INLINE void afs_body(const float *s, xt *y, size_t rows, size_t len, size_t ystride,
+                        const float *m, const float *sc, const float *g, const float *b,
+                        const int act, const int HG, const int HB, const nk_epilogue *ep)
+{
+    const vf alpha = vf_set1(ep->alpha), one = vf_set1(1.0f);
+    for (size_t r = 0; r < rows; r++) {
+        const float *sr = s + r * len;
+        xt *yr = y + r * ystride;
+        const vf vm = vf_set1(m ? m[r] : 0.0f), vs = vf_set1(sc[r]);
+        size_t i = 0;
+        if (NK_STREAM(ep)) {
+            size_t h = nk_head(yr);
+            h = h < len ? h : len;
+            if (h)
+                vx_store_n(yr, AFS(0, h), h);
+            for (i = h; i + NK_VL <= len; i += NK_VL)
+                vx_stream(yr + i, AFS(i, 0));
+        } else {
+            for (; i + 2 * NK_VL <= len; i += 2 * NK_VL)
+                vx_storeu2(yr + i, AFS(i, 0), AFS(i + NK_VL, 0));
+            for (; i + NK_VL <= len; i += NK_VL)
+                vx_storeu(yr + i, AFS(i, 0));
+        }
+        if (i < len)
+            vx_store_n(yr + i, AFS(i, len - i), len - i);
+    }
+}
+#undef AFS
+
+static void NK_FN(norm_affine_s)(const float *s, void *y, size_t rows, size_t len,
+                                 size_t ystride, const float *m, const float *sc, const float *g,
+                                 const float *b, const nk_epilogue *ep)
+{
+#define AFFS(ACT)                                                                                  \
+    do {                                                                                           \
+        if (g && b)                                                                                \
+            afs_body(s, (xt *)y, rows, len, ystride, m, sc, g, b, ACT, 1, 1, ep);                  \
+        else if (g)                                                                                \
+            afs_body(s, (xt *)y, rows, len, ystride, m, sc, g, b, ACT, 1, 0, ep);                  \
+        else if (b)                                                                                \
+            afs_body(s, (xt *)y, rows, len, ystride, m, sc, g, b, ACT, 0, 1, ep);                  \
+        else                                                                                       \
+            afs_body(s, (xt *)y, rows, len, ystride, m, sc, g, b, ACT, 0, 0, ep);                  \
+    } while (0)
+    NK_ACT_SWITCH(AFFS)
+#undef AFFS
+    if (NK_STREAM(ep))
+        nk_stream_fence();
 }
 
 /* ---- quant_rows, absmax_rows (fp32 arrays: the fp32 unit only) ---- */
@@ -174,6 +244,7 @@ void NK_FN(kernels_init_fusion)(nk_kernels *k)
 {
     k->add_rows = NK_FN(add_rows);
     k->narrow_rows = NK_FN(narrow_rows);
+    k->norm_affine_s = NK_FN(norm_affine_s);
 #if NK_DT == NK_DTYPE_F32 && NK_IEEE_VDIV
     k->quant_rows = NK_FN(quant_rows);
     k->absmax_rows = NK_FN(absmax_rows);
