@@ -192,8 +192,10 @@ static void full_skip(void **state)
             if (st)
                 print_error("%s\n", nk_last_error());
             assert_int_equal(st, NK_OK);
-            oracle(x, k, R, sbias, R, H, nk_module_weight(m), nk_module_bias(m),
-                   nk_default_eps(NK_FW_ONNX, (nk_layer)layer), rms,
+            /* the default epsilon, ONNX Runtime's 1e-12 */
+            const double eps = nk_default_eps(NK_FW_ONNX, (nk_layer)layer);
+            assert_true(eps == 1e-12 && nk_module_eps(m) == eps);
+            oracle(x, k, R, sbias, R, H, nk_module_weight(m), nk_module_bias(m), eps, rms,
                    variant == 3 ? &cfg.options : NULL, ref, rmean, rinv);
             nkt_assert_close(y, ref, T, 2e-5, 2e-5, rms ? "SkipRMSNorm y" : "SkipLayerNorm y");
             sum_f32(x, k, R, sbias, R, H, sref);
