@@ -423,6 +423,9 @@ static void bad_inputs(void **state)
                    "nk_module_forward_skip: skip of size [2, 1, 8] does not fit the input of size "
                    "[2, 3, 8]: skip_dims must equal dims, or be (1, S, H) or (S, H) for an input "
                    "(B, S, H)");
+    const int64_t bad6[3] = {B + 1, S, H}; /* a batch of neither B nor 1 */
+    expect_refused(nk_module_forward_skip(m, x, 3, dims, k, 3, bad6, NULL, y, sum, &o),
+                   NK_ERR_BAD_SHAPE, "skip of size [3, 3, 8] does not fit");
     expect_refused(nk_module_forward_skip(m, x, 3, dims, k, 2, bad2, NULL, y, sum, &o),
                    NK_ERR_BAD_SHAPE, "skip of size [2, 8]");
     expect_refused(nk_module_forward_skip(m, x, 3, dims, k, 3, bad3, NULL, y, sum, &o),
