@@ -549,7 +549,10 @@ NK_API nk_status nk_rms_norm_fused_ex(const nk_context *ctx, const nk_tensor_des
 
 /* Added in 0.4: bytes of ctx->workspace with which the backward of `layer`
  * (an nk_layer code) on desc (groups: GroupNorm's, else ignored) runs its
- * fastest path; 0 when it uses none. NK_ERR_NULL_POINTER for a NULL desc or bytes,
+ * fastest path; 0 when it uses none. NK_LAYER_SKIP_LAYER_NORM and
+ * NK_LAYER_SKIP_RMS_NORM (0.5) give LayerNorm's and RMSNorm's: their
+ * gradients are those backwards run on the sum s (dx = dskip, dskip_bias
+ * the column sums of ds). NK_ERR_NULL_POINTER for a NULL desc or bytes,
  * otherwise the validation of desc (NK_ERR_BAD_SHAPE, ...) and of layer
  * (NK_ERR_BAD_PARAM); *bytes is written on NK_OK only. */
 NK_API nk_status nk_backward_workspace_size(uint32_t layer, const nk_tensor_desc *desc,
@@ -656,7 +659,14 @@ typedef enum nk_layer {
     NK_LAYER_INSTANCE_NORM = 1, /* InstanceNorm1d/2d/3d, MegEngine InstanceNorm, ONNX InstanceNormalization */
     NK_LAYER_GROUP_NORM = 2,
     NK_LAYER_LAYER_NORM = 3,
-    NK_LAYER_RMS_NORM = 4
+    NK_LAYER_RMS_NORM = 4,
+    /* Added in 0.5, NK_FW_ONNX only (other frameworks: NK_ERR_UNSUPPORTED at
+     * creation); run with nk_module_forward_skip. num_features is the hidden
+     * size H, the input's last dim; epsilon defaults to 1e-12 (ONNX Runtime's
+     * default for both); weight is gamma (init 1). */
+    NK_LAYER_SKIP_LAYER_NORM = 5, /* com.microsoft SkipLayerNormalization: bias is beta (init
+                                     0; cfg->bias = 0 leaves it out, as an absent beta input) */
+    NK_LAYER_SKIP_RMS_NORM = 6    /* com.microsoft SkipSimplifiedLayerNormalization: no bias */
 } nk_layer;
 
 /* Every field -1 (NK_DEFAULT) means "this framework's default"; set the fields
@@ -758,7 +768,9 @@ typedef struct nk_module_outputs {
     float *running_var;
 } nk_module_outputs;
 
-/* nk_module_forward plus the optional outputs (outputs may be NULL). */
+/* nk_module_forward plus the optional outputs (outputs may be NULL).
+ * Neither runs a SkipLayerNorm / SkipRMSNorm module: NK_ERR_NULL_POINTER,
+ * skip is required (nk_module_forward_skip). */
 NK_API nk_status nk_module_forward_ex(nk_module *m, const void *x, int ndim, const int64_t *dims,
                                       void *y, const nk_module_outputs *outputs);
 
@@ -775,6 +787,42 @@ NK_API uint32_t nk_module_dtype(const nk_module *m);
 /* Later calls of m run with ctx's pool (NULL: the calling thread only). The
  * context is copied; the pool it points to must stay valid while m runs. */
 NK_API nk_status nk_module_set_context(nk_module *m, const nk_context *ctx);
+
+/*
+ * Added in 0.5: runs an NK_LAYER_SKIP_LAYER_NORM or NK_LAYER_SKIP_RMS_NORM
+ * module (ONNX Runtime's SkipLayerNormalization / SkipSimplifiedLayer-
+ * Normalization) through nk_layer_norm_fused_ex / nk_rms_norm_fused_ex:
+ *
+ *   s = (x + skip) + skip_bias,   y = act(LayerNorm(s) * weight + bias)
+ *                                 or act(RMSNorm(s) * weight)
+ *
+ * over the last dim, with the module's eps, activation, dtype and context.
+ *   x, y       the input and output, ndim >= 2 dims, the last one
+ *              num_features (H); y may be x (in place).
+ *   skip       the residual, module dtype: skip_ndim / skip_dims equal to
+ *              ndim / dims, or, for a 3D input (B, S, H), (1, S, H) or (S, H):
+ *              one (S, H) sample added to every batch entry. Required (NULL
+ *              only for an empty input); never y.
+ *   skip_bias  ONNX Runtime's optional `bias` input: H fp32 values (like
+ *              every module parameter) or NULL.
+ *   sum        ONNX Runtime's optional fourth output input_skip_bias_sum: s
+ *              rounded once to the module dtype (exactly (x + skip) +
+ *              skip_bias in fp32), input's size; NULL: not wanted. It may be
+ *              x, or skip of the input's size; never y.
+ *   outputs    as nk_module_forward_ex: mean / invstd one per row (B * S
+ *              rows) of s (SkipRMSNorm writes 1 / rms to invstd and leaves
+ *              mean); running_mean / running_var must be NULL.
+ * NK_ERR_UNSUPPORTED on a module of another layer; NK_ERR_NULL_POINTER for a
+ * NULL module, dims or skip_dims, and a NULL x, skip or y of a non-empty
+ * input; NK_ERR_BAD_SHAPE for a rank outside [2, 16], negative extents, a
+ * last dim other than num_features and a skip that fits neither rule;
+ * NK_ERR_BAD_PARAM for sum == y, skip == y, sum == a broadcast skip. An
+ * empty input (any extent 0) writes nothing. Nothing is written on error.
+ */
+NK_API nk_status nk_module_forward_skip(nk_module *m, const void *x, int ndim, const int64_t *dims,
+                                        const void *skip, int skip_ndim,
+                                        const int64_t *skip_dims, const float *skip_bias, void *y,
+                                        void *sum, const nk_module_outputs *outputs);
 
 /* Parameter and buffer access (NULL when the module has none). Writable, for
  * loading checkpoints. */

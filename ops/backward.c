@@ -1058,9 +1058,14 @@ nk_status nk_backward_workspace_size(uint32_t layer, const nk_tensor_desc *desc,
     static const char stand_in[2];
     if (!bytes)
         return nk_fail(NK_ERR_NULL_POINTER, "%s: bytes is NULL", fn);
-    if (layer > NK_LAYER_RMS_NORM)
+    if (layer > NK_LAYER_SKIP_RMS_NORM)
         return nk_fail(NK_ERR_BAD_PARAM, "%s: layer must be an nk_layer code (0 to %d), got %u", fn,
-                       (int)NK_LAYER_RMS_NORM, (unsigned)layer);
+                       (int)NK_LAYER_SKIP_RMS_NORM, (unsigned)layer);
+    /* the skip layers' gradients are LayerNorm's / RMSNorm's on the sum s */
+    if (layer == NK_LAYER_SKIP_LAYER_NORM)
+        layer = NK_LAYER_LAYER_NORM;
+    else if (layer == NK_LAYER_SKIP_RMS_NORM)
+        layer = NK_LAYER_RMS_NORM;
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, fn, NULL, desc, &stand_in[0], &stand_in[1], 0.0, true);
     if (st)

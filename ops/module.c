@@ -144,7 +144,7 @@ typedef struct module_row {
     unsigned args;    /* A(...) */
 } module_row;
 
-#define LAYER_COUNT (NK_LAYER_RMS_NORM + 1)
+#define LAYER_COUNT (NK_LAYER_SKIP_RMS_NORM + 1)
 
 /* SEMANTICS.md section 2. */
 static const module_row table[][LAYER_COUNT] = {
@@ -224,6 +224,15 @@ static const module_row table[][LAYER_COUNT] = {
         [NK_LAYER_RMS_NORM] = {
             .name = "ONNX", .convention = MOM_OLD_WEIGHT, .axis = AXIS_NORM, .affine = AFFINE_ALWAYS,
             .eps = 1e-5, .weight_only = 1, .args = A(AXIS) | A(NORMALIZED_SHAPE)},
+        /* com.microsoft SkipLayerNormalization / SkipSimplifiedLayerNormalization: over
+         * the last axis (no axis attribute); epsilon defaults to 1e-12 in both schemas;
+         * beta is an optional input (bias=False leaves it out) */
+        [NK_LAYER_SKIP_LAYER_NORM] = {
+            .name = "ONNX", .convention = MOM_OLD_WEIGHT, .axis = AXIS_NORM, .affine = AFFINE_ALWAYS,
+            .eps = 1e-12, .args = A(BIAS)},
+        [NK_LAYER_SKIP_RMS_NORM] = {
+            .name = "ONNX", .convention = MOM_OLD_WEIGHT, .axis = AXIS_NORM, .affine = AFFINE_ALWAYS,
+            .eps = 1e-12, .weight_only = 1},
     },
     [NK_FW_KERAS] = {
         [NK_LAYER_BATCH_NORM] = {
@@ -268,7 +277,15 @@ static const char *const layer_names[LAYER_COUNT] = {
     [NK_LAYER_GROUP_NORM] = "GroupNorm",
     [NK_LAYER_LAYER_NORM] = "LayerNorm",
     [NK_LAYER_RMS_NORM] = "RMSNorm",
+    [NK_LAYER_SKIP_LAYER_NORM] = "SkipLayerNorm",
+    [NK_LAYER_SKIP_RMS_NORM] = "SkipRMSNorm",
 };
+
+/* The layers that take a residual input (nk_module_forward_skip). */
+static int skip_layer(nk_layer layer)
+{
+    return layer == NK_LAYER_SKIP_LAYER_NORM || layer == NK_LAYER_SKIP_RMS_NORM;
+}
 
 /* The row of (fw, layer); NULL when the framework has no such layer. */
 static const module_row *find_row(nk_framework fw, nk_layer layer)
@@ -765,8 +782,8 @@ static nk_status channel_shape(const nk_module *m, int ndim, const int64_t *dims
 }
 
 /* Re-words the message of an operator the module called so it names the
- * module's layer, not the internal entry point. */
-static nk_status module_error(const nk_module *m, nk_status st)
+ * module's entry point fn and layer, not the internal entry point. */
+static nk_status module_error_in(const char *fn, const nk_module *m, nk_status st)
 {
     if (st == NK_OK)
         return st;
@@ -782,8 +799,12 @@ static nk_status module_error(const nk_module *m, nk_status st)
             i = 0;
     }
     snprintf(copy, sizeof copy, "%s", msg + i);
-    return nk_fail(st, "nk_module_forward: %s %s: %s", m->row->name, layer_names[m->layer],
-                   copy);
+    return nk_fail(st, "%s: %s %s: %s", fn, m->row->name, layer_names[m->layer], copy);
+}
+
+static nk_status module_error(const nk_module *m, nk_status st)
+{
+    return module_error_in("nk_module_forward", m, st);
 }
 
 /* The descriptor of a dense call on s with the module's activation. */
@@ -1037,52 +1058,85 @@ nk_status nk_module_forward(nk_module *m, const void *x, int ndim, const int64_t
 /* Size of the first version of nk_module_outputs. */
 #define OUTPUTS_V1_SIZE (offsetof(nk_module_outputs, running_var) + sizeof(float *))
 
-nk_status nk_module_forward_ex(nk_module *m, const void *x, int ndim, const int64_t *dims, void *y,
-                               const nk_module_outputs *outputs)
+/* The checks of extents dims that come before any layer's: rank in
+ * [min_rank, 16], no negative extent, the size rule; *total the number of
+ * elements. what: NULL for the input, else the argument ("skip"), whose
+ * rank and extents the messages name as what_ndim and what_dims. */
+static nk_status check_extents(const char *fn, const char *what, int min_rank, int ndim,
+                               const int64_t *dims, int64_t *total)
 {
-    if (!m || !dims)
-        return nk_fail(NK_ERR_NULL_POINTER, "nk_module_forward: %s is NULL", m ? "dims" : "module");
-    if (ndim < 1 || ndim > 16)
-        return nk_fail(NK_ERR_BAD_SHAPE, "nk_module_forward: rank must be in [1, 16], got %d", ndim);
+    if (ndim < min_rank || ndim > 16)
+        return what ? nk_fail(NK_ERR_BAD_SHAPE, "%s: %s_ndim must be in [%d, 16], got %d", fn, what,
+                              min_rank, ndim)
+                    : nk_fail(NK_ERR_BAD_SHAPE, "%s: rank must be in [%d, 16], got %d", fn, min_rank,
+                              ndim);
     for (int i = 0; i < ndim; i++)
         if (dims[i] < 0)
-            return nk_fail(NK_ERR_BAD_SHAPE, "nk_module_forward: negative extent %lld at dim %d",
-                           (long long)dims[i], i);
+            return what ? nk_fail(NK_ERR_BAD_SHAPE, "%s: negative extent %lld at %s_dims[%d]", fn,
+                                  (long long)dims[i], what, i)
+                        : nk_fail(NK_ERR_BAD_SHAPE, "%s: negative extent %lld at dim %d", fn,
+                                  (long long)dims[i], i);
     /* the size rule of every entry point, over all dims (zeros counted as 1) */
     if (!nk_extents_fit(dims, ndim, sizeof(float))) {
         char sz[200];
         format_dims(sz, sizeof sz, ndim, dims);
         return nk_fail(NK_ERR_BAD_SHAPE,
-                       "nk_module_forward: input of size %s is too large: the product of its non-zero "
+                       "%s: %s of size %s is too large: the product of its non-zero "
                        "extents must be at most %lld elements",
-                       sz, (long long)(PTRDIFF_MAX / sizeof(float)));
+                       fn, what ? what : "input", sz, (long long)(PTRDIFF_MAX / sizeof(float)));
     }
+    return dims_product(dims, 0, ndim, total);
+}
+
+/* Copies the caller's outputs (may be NULL) into *o after checking them. */
+static nk_status read_outputs(const nk_module *m, const nk_module_outputs *outputs,
+                              nk_module_outputs *o)
+{
+    const char *fn = skip_layer(m->layer) ? "nk_module_forward_skip" : "nk_module_forward_ex";
+    *o = (nk_module_outputs){sizeof *o, 0, NULL, NULL, NULL, NULL};
+    if (!outputs)
+        return NK_OK;
+    if (outputs->struct_size < OUTPUTS_V1_SIZE)
+        return nk_fail(NK_ERR_BAD_PARAM,
+                       "%s: outputs->struct_size must be at least %zu "
+                       "(sizeof(nk_module_outputs) of the header you compiled with), got %u",
+                       fn, (size_t)OUTPUTS_V1_SIZE, (unsigned)outputs->struct_size);
+    /* fields past the caller's struct_size stay NULL */
+    memcpy(o, outputs, outputs->struct_size < sizeof *o ? outputs->struct_size : sizeof *o);
+    if ((o->running_mean || o->running_var) && m->layer != NK_LAYER_BATCH_NORM)
+        return nk_fail(NK_ERR_BAD_PARAM,
+                       "%s: %s %s has no running statistics to return "
+                       "(outputs->running_mean / running_var must be NULL)",
+                       fn, m->row->name, layer_names[m->layer]);
+    if ((o->running_mean || o->running_var) && !m->rmean)
+        return nk_fail(NK_ERR_BAD_PARAM,
+                       "%s: this %s BatchNorm tracks no running statistics "
+                       "(outputs->running_mean / running_var must be NULL)",
+                       fn, m->row->name);
+    return NK_OK;
+}
+
+nk_status nk_module_forward_ex(nk_module *m, const void *x, int ndim, const int64_t *dims, void *y,
+                               const nk_module_outputs *outputs)
+{
+    if (!m)
+        return nk_fail(NK_ERR_NULL_POINTER, "nk_module_forward: module is NULL");
+    if (skip_layer(m->layer))
+        return nk_fail(NK_ERR_NULL_POINTER,
+                       "nk_module_forward: %s %s requires a skip input: run it with "
+                       "nk_module_forward_skip",
+                       m->row->name, layer_names[m->layer]);
+    if (!dims)
+        return nk_fail(NK_ERR_NULL_POINTER, "nk_module_forward: dims is NULL");
     int64_t total = 0;
-    nk_status st = dims_product(dims, 0, ndim, &total);
+    nk_status st = check_extents("nk_module_forward", NULL, 1, ndim, dims, &total);
     if (st)
         return st;
     if (total && (!x || !y))
         return nk_fail(NK_ERR_NULL_POINTER, "nk_module_forward: %s is NULL", x ? "output" : "input");
-    nk_module_outputs o = {sizeof o, 0, NULL, NULL, NULL, NULL};
-    if (outputs) {
-        if (outputs->struct_size < OUTPUTS_V1_SIZE)
-            return nk_fail(NK_ERR_BAD_PARAM,
-                           "nk_module_forward_ex: outputs->struct_size must be at least %zu "
-                           "(sizeof(nk_module_outputs) of the header you compiled with), got %u",
-                           (size_t)OUTPUTS_V1_SIZE, (unsigned)outputs->struct_size);
-        /* fields past the caller's struct_size stay NULL */
-        memcpy(&o, outputs, outputs->struct_size < sizeof o ? outputs->struct_size : sizeof o);
-        if ((o.running_mean || o.running_var) && m->layer != NK_LAYER_BATCH_NORM)
-            return nk_fail(NK_ERR_BAD_PARAM,
-                           "nk_module_forward_ex: %s %s has no running statistics to return "
-                           "(outputs->running_mean / running_var must be NULL)",
-                           m->row->name, layer_names[m->layer]);
-        if ((o.running_mean || o.running_var) && !m->rmean)
-            return nk_fail(NK_ERR_BAD_PARAM,
-                           "nk_module_forward_ex: this %s BatchNorm tracks no running statistics "
-                           "(outputs->running_mean / running_var must be NULL)",
-                           m->row->name);
-    }
+    nk_module_outputs o;
+    if ((st = read_outputs(m, outputs, &o)))
+        return st;
     switch (m->layer) {
     case NK_LAYER_BATCH_NORM: st = forward_bn(m, x, ndim, dims, y, &o); break;
     case NK_LAYER_INSTANCE_NORM: st = forward_in(m, x, ndim, dims, y, &o); break;
@@ -1099,4 +1153,98 @@ nk_status nk_module_forward_ex(nk_module *m, const void *x, int ndim, const int6
         nk_clear_error();
     }
     return st;
+}
+
+/* How skip (extents kd, rank kn) lies against an input of extents dims: 0
+ * with the input's own extents, 1 as one (S, H) sample added to every
+ * sample of a (B, S, H) input (skip (1, S, H) or (S, H)), -1 neither. */
+static int skip_fit(int ndim, const int64_t *dims, int kn, const int64_t *kd)
+{
+    int same = kn == ndim;
+    for (int i = 0; same && i < ndim; i++)
+        same = kd[i] == dims[i];
+    if (same)
+        return 0;
+    if (ndim == 3 && ((kn == 3 && kd[0] == 1 && kd[1] == dims[1] && kd[2] == dims[2]) ||
+                      (kn == 2 && kd[0] == dims[1] && kd[1] == dims[2])))
+        return 1;
+    return -1;
+}
+
+nk_status nk_module_forward_skip(nk_module *m, const void *x, int ndim, const int64_t *dims,
+                                 const void *skip, int skip_ndim, const int64_t *skip_dims,
+                                 const float *skip_bias, void *y, void *sum,
+                                 const nk_module_outputs *outputs)
+{
+    static const char fn[] = "nk_module_forward_skip";
+    if (!m)
+        return nk_fail(NK_ERR_NULL_POINTER, "%s: module is NULL", fn);
+    if (!skip_layer(m->layer))
+        return nk_fail(NK_ERR_UNSUPPORTED,
+                       "%s: %s %s takes no skip input; nk_module_forward_skip runs ONNX "
+                       "SkipLayerNorm and SkipRMSNorm modules (NK_LAYER_SKIP_LAYER_NORM, "
+                       "NK_LAYER_SKIP_RMS_NORM), nk_module_forward the others",
+                       fn, m->row->name, layer_names[m->layer]);
+    if (!dims || !skip_dims)
+        return nk_fail(NK_ERR_NULL_POINTER, "%s: %s is NULL", fn, dims ? "skip_dims" : "dims");
+    int64_t total = 0, ktotal = 0;
+    nk_status st = check_extents(fn, NULL, 2, ndim, dims, &total);
+    if (st || (st = check_extents(fn, "skip", 2, skip_ndim, skip_dims, &ktotal)))
+        return st;
+    char got[200], want[200];
+    format_dims(got, sizeof got, ndim, dims);
+    const int64_t H = dims[ndim - 1];
+    if (H != m->C)
+        return nk_fail(NK_ERR_BAD_SHAPE,
+                       "%s: %s %s: the input's last dim (hidden size) must be num_features = "
+                       "%lld, got input of size %s",
+                       fn, m->row->name, layer_names[m->layer], (long long)m->C, got);
+    const int bc = skip_fit(ndim, dims, skip_ndim, skip_dims);
+    if (bc < 0) {
+        format_dims(want, sizeof want, skip_ndim, skip_dims);
+        return nk_fail(NK_ERR_BAD_SHAPE,
+                       "%s: skip of size %s does not fit the input of size %s: skip_dims must "
+                       "equal dims%s",
+                       fn, want, got,
+                       ndim == 3 ? ", or be (1, S, H) or (S, H) for an input (B, S, H)" : "");
+    }
+    if (total) {
+        if (!x || !skip || !y)
+            return nk_fail(NK_ERR_NULL_POINTER, "%s: %s is NULL", fn,
+                           !x ? "input" : !skip ? "skip" : "output");
+        if (sum == y)
+            return nk_fail(NK_ERR_BAD_PARAM, "%s: sum and y are the same array", fn);
+        if (skip == y)
+            return nk_fail(NK_ERR_BAD_PARAM, "%s: y and skip are the same array", fn);
+        if (bc && sum == skip)
+            return nk_fail(NK_ERR_BAD_PARAM,
+                           "%s: sum == skip needs a skip of the input's size, got skip of size %s "
+                           "broadcast over the batch",
+                           fn, (format_dims(want, sizeof want, skip_ndim, skip_dims), want));
+    }
+    nk_module_outputs o;
+    if ((st = read_outputs(m, outputs, &o)))
+        return st;
+    if (!total) {
+        nk_clear_error();
+        return NK_OK;
+    }
+    /* broadcast: n = B samples of spatial = S rows each share the skip
+     * sample; else one row per H elements */
+    const nk_shape s = {bc ? dims[0] : total / H, H, bc ? dims[1] : 1, NK_CHANNELS_LAST};
+    const nk_tensor_desc d = module_desc(m, &s);
+    nk_norm_fusion f = NK_NORM_FUSION_INIT;
+    f.flags = bc ? NK_FUSION_SKIP_BROADCAST : 0;
+    f.skip = skip;
+    f.skip_bias = skip_bias;
+    f.sum = sum;
+    if (m->layer == NK_LAYER_SKIP_RMS_NORM)
+        st = nk_rms_norm_fused_ex(&m->ctx, &d, &f, x, y, m->weight, m->eps, o.invstd);
+    else
+        st = nk_layer_norm_fused_ex(&m->ctx, &d, &f, x, y, m->weight, m->bias, m->eps, o.mean,
+                                    o.invstd);
+    if (st)
+        return module_error_in(fn, m, st);
+    nk_clear_error();
+    return NK_OK;
 }

@@ -361,7 +361,7 @@ static void module_messages(void **state)
     expect_fail(nk_module_create((nk_framework)6, NK_LAYER_BATCH_NORM, 1, 3, NULL, &m), NK_ERR_BAD_PARAM,
                 "fw must be an nk_framework in [0, 5], got 6");
     expect_fail(nk_module_create(NK_FW_ONNX, (nk_layer)9, 1, 3, NULL, &m), NK_ERR_BAD_PARAM,
-                "layer must be an nk_layer in [0, 4], got 9");
+                "layer must be an nk_layer in [0, 6], got 9");
     nk_module_config_init(&cfg);
     cfg.affine = 7;
     expect_fail(nk_module_create(NK_FW_PYTORCH, NK_LAYER_BATCH_NORM, 1, 3, &cfg, &m), NK_ERR_BAD_PARAM,

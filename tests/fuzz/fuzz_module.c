@@ -205,6 +205,9 @@ static int well_formed(nkf_in *in, const made *md, int64_t *dims)
     case NK_LAYER_GROUP_NORM:
         nsp = nkf_u8(in) % 4;
         break;
+    case NK_LAYER_SKIP_LAYER_NORM:
+    case NK_LAYER_SKIP_RMS_NORM:
+        return 0; /* nk_module_forward refuses them (no skip input) */
     default: {
         /* leading row dims, then the normalized shape */
         if (c->begin_norm_axis != NK_DEFAULT || c->begin_params_axis != NK_DEFAULT ||
@@ -456,7 +459,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     made md;
     memset(&md, 0, sizeof md);
     md.fw = nkf_enum(&in, 6);
-    md.layer = nkf_enum(&in, 5);
+    md.layer = nkf_enum(&in, 7);
     {
         uint8_t b = nkf_u8(&in);
         static const int odd[] = {0, -1, 4, 7, INT32_MIN, INT32_MAX};
