@@ -214,11 +214,13 @@ static void check_fp32(const char *fn, const args *a, const bufset *s, const mod
     const float *v = a->y, *vsm = a->sm, *vsi = a->si;
     if (f->quant) {
         /* v: the unquantized call's output, from the starting bytes */
-        nk_norm_fusion g = *f;
-        g.quant = NK_QUANT_NONE;
-        g.sum = NULL;
-        g.row_scale = NULL;
-        g.skip = f->skip ? k0 : NULL;
+        /* the whole caller struct: struct_size may cover the appended bytes */
+        fusion_in gi = *(const fusion_in *)(const void *)f;
+        nk_norm_fusion *g = &gi.f;
+        g->quant = NK_QUANT_NONE;
+        g->sum = NULL;
+        g->row_scale = NULL;
+        g->skip = f->skip ? k0 : NULL;
         yq = malloc(ny * sizeof(float));
         smq = malloc(nr * sizeof(float));
         siq = malloc(nr * sizeof(float));
@@ -226,7 +228,7 @@ static void check_fp32(const char *fn, const args *a, const bufset *s, const mod
             nkf_die("out of memory");
         args b = *a;
         b.ctx = NULL;
-        b.f = &g;
+        b.f = g;
         b.x = x0;
         b.y = yq;
         b.sm = a->sm ? smq : NULL;
