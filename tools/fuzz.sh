@@ -7,7 +7,7 @@
 #   bash tools/fuzz.sh [seconds-per-target-and-ISA]   (default 15)
 #
 # Environment: FUZZ_TARGETS (default "fuzz_functional fuzz_module fuzz_ex
-# fuzz_backward"), FUZZ_ISAS (default: every supported ISA), FUZZ_BUILD
+# fuzz_backward fuzz_fused"), FUZZ_ISAS (default: every supported ISA), FUZZ_BUILD
 # (default build-fuzz).
 # A crash replays with: NORMKIT_ISA=<isa> build-fuzz/tests/fuzz/<target> <file>
 # (NKF_TRACE=1 prints the decoded calls).
@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-15}
 build=${FUZZ_BUILD:-build-fuzz}
-targets=${FUZZ_TARGETS:-"fuzz_functional fuzz_module fuzz_ex fuzz_backward"}
+targets=${FUZZ_TARGETS:-"fuzz_functional fuzz_module fuzz_ex fuzz_backward fuzz_fused"}
 
 if [ ! -f "$build/build.ninja" ]; then
   CC=clang meson setup "$build" -Dfuzz=enabled -Db_sanitize=address,undefined -Db_lundef=false \

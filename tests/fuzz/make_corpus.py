@@ -199,8 +199,122 @@ def backward():
     return seeds
 
 
+def fused():
+    """fuzz_fused: op (bit 0: RMSNorm), struct_size choice, dtype, param_dtype,
+    reserved2, extents (cols >= 4000 as 0xF8 + 16 bits), spatial, layout,
+    activation, strides of x, in place, strides of y, context, the fusion
+    (present, struct_size, flags, reserved, skip and its strides, skip_bias,
+    sum and its strides, quant, y_dtype, y_scale, y_zero_point, row_scale),
+    eps, which arrays are given."""
+
+    def cols(c):
+        if c >= 4000:
+            v = c - 4000
+            return bytes([0xF8, v & 0xFF, v >> 8])
+        if c > 110:
+            return bytes([0xA0, c & 0xFF, c >> 8])  # 16 bits, 10 of them kept
+        return extent(c)
+
+    def head(op, dt, pb, n, c, sp, act=0, xs=0, inplace=False, ys=0, ctx=0):
+        h = bytes([op, 0, dt, pb, 0]) + extent(n) + cols(c)
+        h += bytes([0]) if sp == 1 else bytes([0x90]) + extent(sp)
+        h += bytes([1, 0, act])
+        if act & 1:
+            h += bytes([0x78])  # alpha from the value grid
+        h += bytes([xs, 0xF0 if inplace else 0])
+        if not inplace:
+            h += bytes([ys])
+        return h + bytes([ctx])
+
+    def fusion(skip=True, bc=False, kb=False, sum_=0, quant=0, ydt=0, scale=0, zp=0, rsc=True,
+               skip_st=0, sum_st=0, size=0, flags=None, reserved=0):
+        """sum_: 0 none, 128 own buffer, 190 x, 205 skip, 220 y; quant: 0 none,
+        120 TENSOR, 200 ROW; scale: index into the harness's table."""
+        f = bytes([0x40, size])
+        f += bytes([flags if flags is not None else (0xA0 if bc else 0), reserved])
+        f += bytes([0x80 if skip else 0])
+        if skip:
+            f += bytes([skip_st])
+            if bc:
+                f += bytes([0])
+        f += bytes([1 if kb else 0, sum_])
+        if not skip and sum_:
+            f += bytes([0])
+        if sum_ == 128:
+            f += bytes([sum_st])
+        elif sum_:
+            f += bytes([0])
+        f += bytes([quant, ydt, scale, zp, 0xFF if rsc else 0])
+        return f
+
+    tail = bytes([0, 0xFF, 0x0F])  # eps 1e-5, x and y given, weight, bias, both saves
+    seeds = []
+    k = 0
+    shapes = [(3, 8, 1), (2, 13, 5), (4, 70, 1), (1, 100, 3), (0, 16, 1), (5, 33, 2)]
+    configs = [
+        dict(),  # residual
+        dict(kb=True, sum_=128),  # residual, bias, sum output
+        dict(bc=True, kb=True),  # broadcast skip
+        dict(skip=False, quant=120, scale=4),  # per-tensor int8 without residual
+        dict(kb=True, sum_=190, quant=120, ydt=1, scale=1, zp=100),  # uint8, sum over x
+        dict(sum_=205, quant=200),  # per-row, sum over skip
+        dict(skip=False, quant=200),  # per-row
+        dict(kb=True, sum_=128, sum_st=0x86, skip_st=0x85, quant=120, scale=2, zp=3),
+    ]
+    for op in (0, 1):
+        for dt in range(3):
+            for ci, cfg in enumerate(configs):
+                if (ci + dt + op) % 2 and dt:
+                    continue
+                n, c, sp = shapes[(k + dt) % len(shapes)]
+                pb = 200 if (op + dt + ci) % 3 == 0 else 0
+                act = (0, 2, 4, 3, 5)[k % 5]
+                xs = 0 if k % 3 else 0x80 | (k & 7)
+                ys = 0x80 | ((k + 3) & 7) if k % 4 == 0 else 0
+                ctx = (48, 0, 98, 96, 97)[k % 5]
+                seeds.append(head(op, dt, pb, n, c, sp, act, xs, False, ys, ctx) + fusion(**cfg) +
+                             tail + filler(k, 240))
+                k += 1
+    # long rows: around the 4096-float column chunks, with pools
+    for op, c, cfg in ((0, 4096, dict(kb=True, sum_=128)), (1, 4097, dict(quant=200)),
+                       (0, 5000, dict(kb=True, sum_=190, quant=200)),
+                       (1, 8300, dict(quant=120, scale=3, zp=5)), (0, 4500, dict(bc=True))):
+        seeds.append(head(op, 0, 0, 3, c, 1, 0, 0, False, 0, 98) + fusion(**cfg) + tail +
+                     filler(op, 200))
+    # enough rows for the pools (a serial call against 1, 2 and 3 threads)
+    for op, (n, c, sp), cfg in ((0, (64, 256, 1), dict(kb=True, sum_=128)),
+                                (1, (8, 96, 40), dict(quant=200, sum_=205)),
+                                (0, (90, 100, 1), dict(quant=120, scale=1)),
+                                (1, (30, 64, 10), dict(bc=True, kb=True, sum_=128))):
+        seeds.append(head(op, 0, 0, n, c, sp, 0, 0, False, 0, 98) + fusion(**cfg) + tail +
+                     filler(op, 240))
+    # in place (y == x) with a residual, NULL fusion, fp16 / bf16 residuals
+    seeds.append(head(0, 0, 0, 3, 24, 1, 0, 0, True) + fusion(kb=True) + tail + filler(1, 200))
+    seeds.append(head(1, 1, 0, 3, 24, 1) + bytes([0]) + tail + filler(2, 200))
+    seeds.append(head(0, 2, 200, 4, 40, 1, 0, 0x85, False, 0x83, 97) +
+                 fusion(kb=True, sum_=128, sum_st=0x84) + tail + filler(0, 240))
+    # special data through a quantized output
+    seeds.append(head(0, 0, 0, 4, 9, 1) + fusion(kb=True, sum_=128, quant=120, scale=0) + tail +
+                 SPECIAL_DATA * 8 + filler(1, 60))
+    seeds.append(head(1, 0, 0, 4, 9, 1) + fusion(quant=200) + tail + SPECIAL_DATA * 8 +
+                 filler(2, 60))
+    # fields the library must refuse: y_scale 0 / NaN / denormal, zero point out
+    # of range, unknown flags, reserved, struct_size too small or with a tail,
+    # quant and y_dtype garbage, ROW without row_scale, sum == y, sum without
+    # skip, broadcast sum over skip
+    bad = [dict(quant=120, scale=6), dict(quant=120, scale=8), dict(quant=120, scale=11),
+           dict(quant=120, zp=220), dict(flags=0xF0), dict(reserved=0xFB), dict(size=220),
+           dict(size=249), dict(quant=0xF0), dict(quant=120, ydt=0xF0), dict(quant=200, rsc=False),
+           dict(sum_=220), dict(skip=False, sum_=128), dict(bc=True, sum_=205),
+           dict(quant=200, ydt=201)]
+    for i, cfg in enumerate(bad):
+        seeds.append(head(i & 1, 0, 0, 2, 5 + i, 1) + fusion(**cfg) + tail + filler(i, 80))
+    return seeds
+
+
 if __name__ == "__main__":
     write("fuzz_functional", functional())
     write("fuzz_module", module())
     write("fuzz_ex", ex())
     write("fuzz_backward", backward())
+    write("fuzz_fused", fused())
