@@ -1068,8 +1068,8 @@ static struct spec spec_at(size_t i)
  * a fused row: "add+LayerNorm 4096x768", "add+bias+LayerNorm 4096x768 +sum" */
 static void spec_what(char *buf, size_t len, const struct spec *sp)
 {
-    snprintf(buf, len, "%s%s%s", sp->fuse == NKB_FUSE_ADD ? "add+" : sp->fuse == NKB_FUSE_ADDSUM ? "add+bias+" : "",
-             sp->md->what, sp->fuse == NKB_FUSE_ADDSUM ? " +sum" : "");
+    const char *pre = sp->fuse == NKB_FUSE_ADD ? "add+" : sp->fuse == NKB_FUSE_ADDSUM ? "add+bias+" : "";
+    snprintf(buf, len, "%s%s%s", pre, sp->md->what, sp->fuse == NKB_FUSE_ADDSUM ? " +sum" : "");
 }
 
 static const int64_t sweep_c[] = {3, 16, 64, 256, 1024};

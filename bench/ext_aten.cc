@@ -252,7 +252,8 @@ nkb_ext *nkb_aten_create(const nkb_case *cs, const void *x, const nkb_fuse_input
         }
         if (cs->fuse != NKB_FUSE_NONE) {
             if (!fuse || cs->backward || (cs->op != NKB_OP_LN && cs->op != NKB_OP_RMS)) {
-                say(why, why_len, "fused case without skip and parameters, or not LayerNorm / RMSNorm forward");
+                say(why, why_len,
+                    "fused case without skip and parameters, or not LayerNorm / RMSNorm forward");
                 return nullptr;
             }
             at::TensorOptions fo = at::TensorOptions().dtype(at::kFloat);
