@@ -751,16 +751,23 @@ static nkb_ext *ext_open(enum impl im, const struct item *it, const void *x, con
     /* 16-bit results: each element rounded once by each library (the
      * composites' sums and the sum they normalize: once more) */
     const double tol = cs->dtype == NK_DTYPE_F32 ? 5e-3 : 3e-2;
-    double err = 0;
+    double err = 0, errs[2] = {0, 0};
     int k;
     for (k = 0; k < 2 && got[k]; k++) {
-        err = rel_diff(cs->dtype, got[k], ours[k], (size_t)case_elems(cs));
+        err = errs[k] = rel_diff(cs->dtype, got[k], ours[k], (size_t)case_elems(cs));
         if (!(err <= tol))
             break;
     }
     *verdict = k == 2 || !got[k] ? 1 : -1;
-    if (*verdict > 0)
+    if (*verdict > 0) {
+        /* the agreement, on stderr beside the rows */
+        fprintf(stderr, "normkit-bench: %s/%s/%s: %s agrees with normkit's, ||diff|| / ||%s|| = %.3g",
+                it->model, dtype_tag(cs), impl_names[im], what[0], what[0], errs[0]);
+        if (got[1])
+            fprintf(stderr, ", %s %.3g", what[1], errs[1]);
+        fprintf(stderr, " (<= %.0e)\n", tol);
         return e;
+    }
     snprintf(why, why_len,
              "FAILED: %s/%s/%s: %s differs from normkit's, ||diff|| / ||%s|| = %.3g > %.0e",
              it->model, dtype_tag(cs), impl_names[im], what[k], what[k], err, tol);
