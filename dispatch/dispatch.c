@@ -37,7 +37,8 @@ static nk_isa best_isa(void)
 
 /* Table (isa, dt): the table (base, dt) overwritten by fill and then fill2
  * (either may be NULL); the parameter kernels (inv_scale, inv_std,
- * bn_finalize: fp32 and fp64 arrays only) from (isa, fp32), built first. */
+ * bn_finalize, quant_rows, absmax_rows: fp32 and fp64 arrays only) from
+ * (isa, fp32), built first. */
 static void add_table(nk_isa isa, unsigned dt, nk_isa base, nk_filler fill, nk_filler fill2)
 {
     nk_kernels t = nk_tables[base][dt];
@@ -51,6 +52,8 @@ static void add_table(nk_isa isa, unsigned dt, nk_isa base, nk_filler fill, nk_f
         t.inv_scale = nk_tables[isa][NK_DTYPE_F32].inv_scale;
         t.inv_std = nk_tables[isa][NK_DTYPE_F32].inv_std;
         t.bn_finalize = nk_tables[isa][NK_DTYPE_F32].bn_finalize;
+        t.quant_rows = nk_tables[isa][NK_DTYPE_F32].quant_rows;
+        t.absmax_rows = nk_tables[isa][NK_DTYPE_F32].absmax_rows;
     }
     nk_tables[isa][dt] = t;
     nk_avail[isa][dt] = 1;

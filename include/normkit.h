@@ -424,7 +424,9 @@ NK_API nk_status nk_rms_norm_ex(const nk_context *ctx, const nk_tensor_desc *des
  * No other overlap is allowed.
  *
  * Quantized output (quant != NK_QUANT_NONE): y holds bytes, y_stride counts
- * them, and v is the fp32 value the unquantized call writes (bit for bit):
+ * them, and v is the fp32 value of the unquantized call before its store:
+ * for fp32 what that call writes, bit for bit; for fp16 / bf16 the value
+ * it would round (the quantization rounds once, from fp32):
  *   NK_QUANT_TENSOR  ONNX QuantizeLinear with a per-tensor y_scale (finite,
  *                    > 0) and y_zero_point: y = saturate(round(v / y_scale)
  *                    + y_zero_point), y_dtype NK_DTYPE_S8 ([-128, 127],

@@ -249,6 +249,53 @@ typedef void (*nk_bwd_dx_cols_fn)(const void *x, const void *y, const void *dy, 
                                   const float *m, const float *k1, const float *k2,
                                   const float *k3, const nk_epilogue *ep);
 
+/*
+ * The fused LayerNorm / RMSNorm (nk_layer_norm_fused_ex) stages each block
+ * of rows through an fp32 buffer s (dense, rows of len floats): add_rows
+ * fills it, the fp32 table's statistics and normalize kernels run on it,
+ * and narrow_rows or quant_rows store it.
+ *
+ * add_rows: for r < rows, i < len (x rows at xstride, skip rows at kstride,
+ * sum rows at sumstride, elements of the table's dtype):
+ *   s[r * len + i] = (x[r][i] + skip[r][i]) + bias[i]   (fp32, in that order)
+ * skip NULL: s = x (+ bias); bias NULL: no bias; sum != NULL receives s
+ * rounded to the dtype. sum may be x or skip with the same stride: every
+ * element is read before it is written.
+ */
+typedef void (*nk_add_rows_fn)(const void *x, const void *skip, const float *bias, float *s,
+                               void *sum, size_t rows, size_t len, size_t xstride, size_t kstride,
+                               size_t sumstride);
+/* y[r][i] = s[r * len + i] rounded to the table's dtype (rows at ystride). */
+typedef void (*nk_narrow_rows_fn)(const float *s, void *y, size_t rows, size_t len,
+                                  size_t ystride);
+/*
+ * Quantize rows (fp32 table; the other dtypes' tables share it): for
+ * r < rows, i < len, with c = scale[r * ps] (ps 0 or 1):
+ *   q[r * qstride + i] = clamp(rne(s[r * len + i] / c) + zp, lo, hi)
+ * as a byte (int8 or uint8 by lo, hi), where rne rounds the exact quotient
+ * to nearest, ties to even (never a double rounding), NaN gives zp and
+ * +-Inf saturate. A scale that is not finite and > 0 gives zp everywhere.
+ * -128 <= lo <= zp <= hi <= 255, hi - lo <= 255.
+ */
+typedef void (*nk_quant_rows_fn)(const float *s, uint8_t *q, size_t rows, size_t len,
+                                 size_t qstride, const float *scale, size_t ps, int zp, int lo,
+                                 int hi);
+/* out[r] = the largest |s[r * len + i]|, i < len, NaN ignored (0 when every
+ * element is NaN); exact, so every ISA gives the same value. */
+typedef void (*nk_absmax_rows_fn)(const float *s, size_t rows, size_t len, float *out);
+
+/* One element of nk_quant_rows_fn, exactly (fp64 quotient: a quotient of two
+ * floats is either a tie of the exact one or at least 2^-25 of its
+ * magnitude away from one, far beyond fp64's rounding). */
+static inline uint8_t nk_quant1(float v, float scale, int zp, int lo, int hi)
+{
+    if (!(scale > 0.0f) || !isfinite(scale) || isnan(v))
+        return (uint8_t)zp;
+    double q = rint((double)v / (double)scale) + (double)zp;
+    q = q < (double)lo ? (double)lo : q > (double)hi ? (double)hi : q;
+    return (uint8_t)(int)q;
+}
+
 /* g of one element (the scalar kernels and the vector kernels' tails) */
 static inline float nk_bwd_g(float dy, float y, const nk_epilogue *ep)
 {
@@ -278,6 +325,10 @@ typedef struct nk_kernels {
     nk_bwd_dx_rows_fn bwd_dx_rows;
     nk_bwd_dx_rows_acc_fn bwd_dx_rows_acc;
     nk_bwd_dx_cols_fn bwd_dx_cols;
+    nk_add_rows_fn add_rows;
+    nk_narrow_rows_fn narrow_rows;
+    nk_quant_rows_fn quant_rows;
+    nk_absmax_rows_fn absmax_rows;
 } nk_kernels;
 
 /* Per-ISA table fillers, one per element type (no suffix: fp32), called in

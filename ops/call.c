@@ -65,7 +65,7 @@ nk_status nk_call_from_rows(nk_call *cl, const char *fn, const float *x, int64_t
 
 /* The bytes of a caller's struct past the ones this build knows must be 0:
  * they are fields of a newer header that this library cannot honour. */
-static bool tail_zero(const void *p, size_t caller, size_t known)
+bool nk_tail_zero(const void *p, size_t caller, size_t known)
 {
     const unsigned char *b = p;
     for (size_t i = known; i < caller; i++)
@@ -84,7 +84,7 @@ nk_status nk_check_context(const char *fn, const nk_context *ctx, nk_context *ou
         return nk_fail(NK_ERR_BAD_PARAM,
                        "%s: ctx->struct_size must be at least %zu (sizeof(nk_context)), got %u", fn,
                        v1, (unsigned)ctx->struct_size);
-    if (!tail_zero(ctx, ctx->struct_size, sizeof *ctx))
+    if (!nk_tail_zero(ctx, ctx->struct_size, sizeof *ctx))
         return nk_fail(NK_ERR_UNSUPPORTED,
                        "%s: ctx sets fields past the %zu bytes of nk_context this normkit %s knows",
                        fn, sizeof *ctx, NK_VERSION_STRING);
@@ -105,38 +105,36 @@ nk_status nk_check_context(const char *fn, const nk_context *ctx, nk_context *ou
     return NK_OK;
 }
 
-/* One tensor's strides: 0 = dense; else no two rows overlap and the last
- * element is addressable. */
-static nk_status check_strides(const char *fn, const char *name, const int64_t in[2], size_t n,
+nk_status nk_check_strides(const char *fn, const char *name, const int64_t in[2], size_t n,
                                size_t mid, size_t inner, size_t total, size_t out[2])
 {
     for (int i = 0; i < 2; i++) {
         if (in[i] < 0)
-            return nk_fail(NK_ERR_BAD_SHAPE, "%s: desc->%s_stride[%d] = %lld must be >= 0", fn,
+            return nk_fail(NK_ERR_BAD_SHAPE, "%s: %s_stride[%d] = %lld must be >= 0", fn,
                            name, i, (long long)in[i]);
         if ((uint64_t)in[i] > PTRDIFF_MAX / sizeof(float))
             return nk_fail(NK_ERR_BAD_SHAPE,
-                           "%s: desc->%s_stride[%d] = %lld: a stride above %lld floats cannot be "
+                           "%s: %s_stride[%d] = %lld: a stride above %lld floats cannot be "
                            "addressed",
                            fn, name, i, (long long)in[i], (long long)(PTRDIFF_MAX / sizeof(float)));
     }
     out[1] = in[1] ? (size_t)in[1] : inner;
     if (mid > 1 && out[1] < inner)
         return nk_fail(NK_ERR_BAD_SHAPE,
-                       "%s: desc->%s_stride[1] = %lld is below the innermost extent %zu (rows "
+                       "%s: %s_stride[1] = %lld is below the innermost extent %zu (rows "
                        "would overlap)",
                        fn, name, (long long)in[1], inner);
     /* one sample's span: (mid - 1) * stride[1] + inner */
     uint64_t need0 = 0;
     if (mid && (__builtin_mul_overflow((uint64_t)(mid - 1), (uint64_t)out[1], &need0) ||
                 __builtin_add_overflow(need0, (uint64_t)inner, &need0)))
-        return nk_fail(NK_ERR_BAD_SHAPE, "%s: desc->%s_stride[1] = %lld is too large", fn, name,
+        return nk_fail(NK_ERR_BAD_SHAPE, "%s: %s_stride[1] = %lld is too large", fn, name,
                        (long long)in[1]);
     if (!in[0]) {
         /* dense: mid * stride[1], the span itself when stride[1] is dense */
         uint64_t d;
         if (__builtin_mul_overflow((uint64_t)mid, (uint64_t)out[1], &d) || d > (uint64_t)SIZE_MAX)
-            return nk_fail(NK_ERR_BAD_SHAPE, "%s: desc->%s_stride[1] = %lld is too large", fn, name,
+            return nk_fail(NK_ERR_BAD_SHAPE, "%s: %s_stride[1] = %lld is too large", fn, name,
                            (long long)in[1]);
         out[0] = (size_t)d;
     } else {
@@ -144,7 +142,7 @@ static nk_status check_strides(const char *fn, const char *name, const int64_t i
     }
     if (n > 1 && (uint64_t)out[0] < need0)
         return nk_fail(NK_ERR_BAD_SHAPE,
-                       "%s: desc->%s_stride[0] = %lld is below one sample's span %llu "
+                       "%s: %s_stride[0] = %lld is below one sample's span %llu "
                        "((middle extent - 1) * stride[1] + innermost extent): samples would overlap",
                        fn, name, (long long)in[0], (unsigned long long)need0);
     /* strides of an extent of 1 are never stepped: dense values, so no
@@ -162,7 +160,7 @@ static nk_status check_strides(const char *fn, const char *name, const int64_t i
         __builtin_add_overflow(a, b, &end) || __builtin_add_overflow(end, (uint64_t)inner, &end) ||
         end > (uint64_t)(PTRDIFF_MAX / sizeof(float)))
         return nk_fail(NK_ERR_BAD_SHAPE,
-                       "%s: desc->%s_stride = {%lld, %lld} addresses elements past %lld floats", fn,
+                       "%s: %s_stride = {%lld, %lld} addresses elements past %lld floats", fn,
                        name, (long long)in[0], (long long)in[1],
                        (long long)(PTRDIFF_MAX / sizeof(float)));
     return NK_OK;
@@ -183,7 +181,7 @@ nk_status nk_call_from_desc(nk_call *cl, const char *fn, const nk_context *ctx,
         return nk_fail(NK_ERR_BAD_PARAM,
                        "%s: desc->struct_size must be at least %zu (sizeof(nk_tensor_desc)), got %u",
                        fn, v1, (unsigned)d->struct_size);
-    if (!tail_zero(d, d->struct_size, sizeof *d))
+    if (!nk_tail_zero(d, d->struct_size, sizeof *d))
         return nk_fail(NK_ERR_UNSUPPORTED,
                        "%s: desc sets fields past the %zu bytes of nk_tensor_desc this normkit %s "
                        "knows",
@@ -223,9 +221,9 @@ nk_status nk_call_from_desc(nk_call *cl, const char *fn, const nk_context *ctx,
     const size_t inner = cl->layout == NK_CHANNELS_FIRST ? cl->s : cl->c;
     const size_t mid = cl->layout == NK_CHANNELS_FIRST ? cl->c : cl->s;
     size_t xs[2], ys[2];
-    if ((st = check_strides(fn, "x", d->x_stride, cl->n, mid, inner, cl->total, xs)))
+    if ((st = nk_check_strides(fn, "desc->x", d->x_stride, cl->n, mid, inner, cl->total, xs)))
         return st;
-    if (has_y && (st = check_strides(fn, "y", d->y_stride, cl->n, mid, inner, cl->total, ys)))
+    if (has_y && (st = nk_check_strides(fn, "desc->y", d->y_stride, cl->n, mid, inner, cl->total, ys)))
         return st;
     if (!has_y)
         ys[0] = xs[0], ys[1] = xs[1];

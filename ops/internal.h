@@ -99,6 +99,14 @@ nk_status nk_call_from_rows(nk_call *cl, const char *fn, const float *x, int64_t
 nk_status nk_call_from_desc(nk_call *cl, const char *fn, const nk_context *ctx,
                             const nk_tensor_desc *d, const void *x, const void *y, double eps,
                             bool has_y);
+/* The bytes of a caller's struct from `known` to `caller` (its struct_size)
+ * are 0: fields of a newer header that this library cannot honour are not set. */
+bool nk_tail_zero(const void *p, size_t caller, size_t known);
+/* One tensor's strides (name: "desc->x", "fusion->skip", ...): 0 = dense;
+ * else no two rows overlap and the last element is addressable. n samples
+ * of mid rows of inner elements; out: the strides in elements. */
+nk_status nk_check_strides(const char *fn, const char *name, const int64_t in[2], size_t n,
+                           size_t mid, size_t inner, size_t total, size_t out[2]);
 /* A caller's context (NULL: the calling thread), checked and copied with the
  * fields past the caller's struct_size zero. */
 nk_status nk_check_context(const char *fn, const nk_context *ctx, nk_context *out);

@@ -267,6 +267,16 @@ NK_INLINE unsigned vf_nonfinite(vf v)
 #endif
 }
 
+/* lanes below n (n <= 4) of v, integral values in [-128, 255], as bytes
+ * (the low 8 bits of each) */
+NK_INLINE void vf_store_b(uint8_t *p, vf v, size_t n)
+{
+    const int16x4_t h = vmovn_s32(vcvtq_s32_f32(v));
+    uint8_t t[8];
+    vst1_u8(t, vreinterpret_u8_s8(vmovn_s16(vcombine_s16(h, h))));
+    memcpy(p, t, n);
+}
+
 /* exp / erf / tanh, u10 (1.0 ulp) like libm's float versions */
 #if NK_USE_SLEEF
 #  if defined(__aarch64__)

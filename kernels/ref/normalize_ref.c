@@ -121,6 +121,7 @@ static void bn_finalize_ref(const nk_moments *mo, size_t n, const nk_bn_fin *f, 
 void NK_DT_NAME(nk_kernels_init_ref_moments)(nk_kernels *k);
 void NK_DT_NAME(nk_kernels_init_ref_short)(nk_kernels *k);
 void NK_DT_NAME(nk_kernels_init_ref_backward)(nk_kernels *k);
+void NK_DT_NAME(nk_kernels_init_ref_fusion)(nk_kernels *k);
 
 void NK_DT_NAME(nk_kernels_init_ref)(nk_kernels *k)
 {
@@ -138,4 +139,5 @@ void NK_DT_NAME(nk_kernels_init_ref)(nk_kernels *k)
     k->widen = widen_ref;
     NK_DT_NAME(nk_kernels_init_ref_short)(k);
     NK_DT_NAME(nk_kernels_init_ref_backward)(k);
+    NK_DT_NAME(nk_kernels_init_ref_fusion)(k);
 }

@@ -26,6 +26,8 @@
  *   vf_fold_p / vf_fold_q / vf_sum_folded
  *                          transposing row sums (see vf_fold_rows below)
  *   vf_nonfinite           bit r set where lane r is infinite or NaN
+ *   vf_store_b(p, v, n)    the first n (1..NK_VL) lanes, integral values in
+ *                          [-128, 255], as bytes (their low 8 bits)
  *   vf_rcp_sqrt            1 / sqrt(v), both operations correctly rounded
  *   vf_exp / vf_erf / vf_tanh
  *                          SLEEF's 1.0-ulp functions (NK_HAVE_SLEEF), or
@@ -214,11 +216,13 @@ NK_INLINE size_t nk_head(const xt *p)
 }
 
 /* moments.c fills the moments entries, short.c norm_short, backward.c the
- * bwd_* entries, normalize.c the rest and calls the others from NK_INIT. */
+ * bwd_* entries, fusion.c those of the fused LayerNorm / RMSNorm,
+ * normalize.c the rest and calls the others from NK_INIT. */
 void NK_INIT(nk_kernels *k);
 void NK_FN(kernels_init_moments)(nk_kernels *k);
 void NK_FN(kernels_init_short)(nk_kernels *k);
 void NK_FN(kernels_init_backward)(nk_kernels *k);
+void NK_FN(kernels_init_fusion)(nk_kernels *k);
 #if NK_HAVE_INV_STD
 void NK_FN(kernels_init_inv_std)(nk_kernels *k);
 #endif

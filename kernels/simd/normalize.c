@@ -489,6 +489,7 @@ void NK_INIT(nk_kernels *k)
     NK_FN(kernels_init_moments)(k);
     NK_FN(kernels_init_short)(k);
     NK_FN(kernels_init_backward)(k);
+    NK_FN(kernels_init_fusion)(k);
     k->norm_rows = NK_FN(norm_rows);
     k->norm_cols = NK_FN(norm_cols);
     k->norm_affine = NK_FN(norm_affine);

@@ -369,6 +369,22 @@ NK_INLINE unsigned vf_nonfinite(vf v)
     return (unsigned)_mm512_cmp_ps_mask(_mm512_mul_ps(v, _mm512_setzero_ps()), _mm512_setzero_ps(),
                                         _CMP_NEQ_UQ);
 }
+/* lanes below n (n <= 16) of v, integral values in [-128, 255], as bytes
+ * (the low 8 bits of each) */
+#  if defined(NK_SIMDE)
+NK_INLINE void vf_store_b(uint8_t *p, vf v, size_t n)
+{
+    float t[16];
+    _mm512_storeu_ps(t, v);
+    for (size_t i = 0; i < n; i++)
+        p[i] = (uint8_t)(int)t[i];
+}
+#  else
+NK_INLINE void vf_store_b(uint8_t *p, vf v, size_t n)
+{
+    _mm_mask_storeu_epi8(p, (__mmask16)((1u << n) - 1u), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)));
+}
+#  endif
 
 /* exp / erf / tanh, u10 (1.0 ulp) like libm's float versions */
 #  if NK_USE_SLEEF && !defined(NK_SIMDE)
@@ -529,6 +545,19 @@ NK_INLINE unsigned vf_nonfinite(vf v)
 {
     return (unsigned)_mm256_movemask_ps(
         _mm256_cmp_ps(_mm256_mul_ps(v, _mm256_setzero_ps()), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+}
+NK_INLINE void vf_store_b(uint8_t *p, vf v, size_t n)
+{
+    const __m256i i = _mm256_and_si256(_mm256_cvtps_epi32(v), _mm256_set1_epi32(0xff));
+    const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    const __m128i b = _mm_packus_epi16(w, w);
+    if (n == 8) {
+        _mm_storel_epi64((__m128i *)(void *)p, b);
+    } else {
+        uint8_t t[16];
+        _mm_storeu_si128((__m128i *)(void *)t, b);
+        memcpy(p, t, n);
+    }
 }
 
 #  if NK_USE_SLEEF
