@@ -32,6 +32,15 @@
  * run made outside the timed loop) on the same dy, weight and bias as
  * normkit's row. Its dx is checked against normkit's once per row before it
  * is timed; a disagreement fails the row (FAILED in the table, exit status 1).
+ * Residual add before LayerNorm / RMSNorm, model/<shape>.add/... and
+ * model/<shape>.addsum/... on the transformer shapes of fused_models[]:
+ * normkit's nk_layer_norm_fused_ex / nk_rms_norm_fused_ex with
+ * y = norm(x + skip) (.add), or y = norm(x + skip + skip_bias) and that sum
+ * written too (.addsum); ATen's at::add (+ add_ of the bias) then the
+ * normalization; oneDNN's binary add (the bias a post-op) then layer
+ * normalization; memcpy of half the bytes moved (x and skip read, y and for
+ * .addsum the sum written). The libraries' y and sum are checked against
+ * normkit's once per row, as a backward's dx is.
  *
  * Counters of every row
  *   bytes_per_second  input read once + output written once (memcpy traffic),
@@ -307,11 +316,25 @@ static int64_t case_elems(const nkb_case *cs) { return cs->n * cs->c * cs->spati
 
 /* bytes of x (and of y) */
 static size_t tensor_bytes(const nkb_case *cs) { return (size_t)case_elems(cs) * dtype_size(cs->dtype); }
-/* what memcpy copies: the bytes of x (read once, y written once), and for
- * a backward half the bytes moved (x and dy read, dx written) */
+/* what memcpy copies: half the bytes moved, (read + written) / 2: the
+ * bytes of x (read once, y written once); for a backward x and dy read, dx
+ * written; for a residual add x and skip read, y (.add) or y and the sum
+ * (.addsum) written */
 static size_t case_bytes(const nkb_case *cs)
 {
+    if (cs->fuse == NKB_FUSE_ADD)
+        return 3 * tensor_bytes(cs) / 2;
+    if (cs->fuse == NKB_FUSE_ADDSUM)
+        return 2 * tensor_bytes(cs);
     return cs->backward ? 3 * tensor_bytes(cs) / 2 : tensor_bytes(cs);
+}
+
+/* ".bwd", ".add", ".addsum" or "": appended to a model shape's name */
+static const char *case_suffix(const nkb_case *cs)
+{
+    if (cs->backward)
+        return ".bwd";
+    return cs->fuse == NKB_FUSE_ADD ? ".add" : cs->fuse == NKB_FUSE_ADDSUM ? ".addsum" : "";
 }
 
 /* "bf16", or "bf16_w16" when weight and bias are 16-bit too */
@@ -335,6 +358,13 @@ struct params {
     void *y0, *dy, *dx, *dw, *db;
     void *ws;
     size_t ws_size;
+    /* fused: skip (laid out as x), the sum output (NKB_FUSE_ADDSUM), the
+     * skip_bias (c floats, sb16 its 16-bit copy with a 16-bit param_dtype;
+     * sbp as the call takes it) */
+    void *skip, *sum;
+    float *sb;
+    uint16_t *sb16;
+    const void *sbp;
 };
 
 static void params_init(struct params *p, const nkb_case *cs)
@@ -395,6 +425,39 @@ static void params_init(struct params *p, const nkb_case *cs)
         }
         memset(p->dx, 0, bytes);
     }
+    p->skip = p->sum = NULL;
+    p->sb = NULL;
+    p->sb16 = NULL;
+    p->sbp = NULL;
+    if (cs->fuse != NKB_FUSE_NONE) {
+        const size_t bytes = tensor_bytes(cs), elems = (size_t)case_elems(cs);
+        p->skip = xalloc(bytes);
+        for (size_t i = 0; i < elems; i++) {
+            float v = rnd();
+            if (cs->dtype == NK_DTYPE_F32)
+                ((float *)p->skip)[i] = v;
+            else
+                ((uint16_t *)p->skip)[i] = to_16(cs->dtype, v);
+        }
+        if (cs->fuse == NKB_FUSE_ADDSUM) {
+            p->sum = xalloc(bytes);
+            memset(p->sum, 0, bytes);
+            /* as large as x's values: a bias added wrongly (or not at all)
+             * moves every output by about its own size */
+            p->sb = xalloc(c * sizeof(float));
+            for (size_t i = 0; i < c; i++)
+                p->sb[i] = rnd();
+            p->sbp = p->sb;
+            if (cs->param_dtype != NK_DTYPE_F32) {
+                p->sb16 = xalloc(c * sizeof(uint16_t));
+                for (size_t i = 0; i < c; i++) {
+                    p->sb16[i] = to_16(cs->param_dtype, p->sb[i]);
+                    p->sb[i] = from_16(cs->param_dtype, p->sb16[i]);
+                }
+                p->sbp = p->sb16;
+            }
+        }
+    }
 }
 
 static void params_free(struct params *p)
@@ -413,6 +476,10 @@ static void params_free(struct params *p)
     free(p->dw);
     free(p->db);
     free(p->ws);
+    free(p->skip);
+    free(p->sum);
+    free(p->sb);
+    free(p->sb16);
 }
 
 /* The backward of cs on x with the forward's output and statistics in p
@@ -520,6 +587,17 @@ static nk_status run_ours(const nkb_case *cs, struct params *p, const void *x, v
         d.n = cs->n * cs->spatial;
         d.spatial = 1;
         d.layout = NK_CHANNELS_LAST;
+        if (cs->fuse != NKB_FUSE_NONE) {
+            nk_norm_fusion f = NK_NORM_FUSION_INIT;
+            f.skip = p->skip;
+            if (cs->fuse == NKB_FUSE_ADDSUM) {
+                f.skip_bias = p->sbp;
+                f.sum = p->sum;
+            }
+            if (cs->op == NKB_OP_LN)
+                return nk_layer_norm_fused_ex(ctx, &d, &f, x, y, p->wp, p->bp, cs->eps, NULL, NULL);
+            return nk_rms_norm_fused_ex(ctx, &d, &f, x, y, p->wp, cs->eps, NULL);
+        }
         if (cs->op == NKB_OP_LN)
             return nk_layer_norm_ex(ctx, &d, x, y, p->wp, p->bp, cs->eps, NULL, NULL);
         return nk_rms_norm_ex(ctx, &d, x, y, p->wp, cs->eps, NULL);
@@ -536,19 +614,22 @@ static const char *const impl_names[IMPL_COUNT] = {"scalar", "avx2", "avx512", "
 static const nk_isa impl_isa[4] = {NK_ISA_SCALAR, NK_ISA_AVX2, NK_ISA_AVX512, NK_ISA_NEON};
 
 typedef struct ext_api {
-    nkb_ext *(*create)(const nkb_case *, const void *, const nkb_bwd_inputs *, char *, size_t);
+    nkb_ext *(*create)(const nkb_case *, const void *, const nkb_bwd_inputs *, const nkb_fuse_inputs *,
+                       char *, size_t);
     void (*run)(nkb_ext *);
     const void *(*dx)(const nkb_ext *); /* a backward's dx; NULL: the adapter keeps it */
+    const void *(*y)(const nkb_ext *);   /* a fused case's y and sum (ext.h) */
+    const void *(*sum)(const nkb_ext *);
     void (*destroy)(nkb_ext *);
 } ext_api;
 
 #if NKB_HAVE_ATEN
 /* ATen's backward draws its own dy and runs on unit weights */
-static nkb_ext *aten_create(const nkb_case *cs, const void *x, const nkb_bwd_inputs *bwd, char *why,
-                            size_t why_len)
+static nkb_ext *aten_create(const nkb_case *cs, const void *x, const nkb_bwd_inputs *bwd,
+                            const nkb_fuse_inputs *fuse, char *why, size_t why_len)
 {
     (void)bwd;
-    return nkb_aten_create(cs, x, why, why_len);
+    return nkb_aten_create(cs, x, fuse, why, why_len);
 }
 #endif
 
@@ -559,6 +640,8 @@ static int ext_of(enum impl im, ext_api *api)
         api->create = nkb_onednn_create;
         api->run = nkb_onednn_run;
         api->dx = nkb_onednn_dx;
+        api->y = nkb_onednn_y;
+        api->sum = nkb_onednn_sum;
         api->destroy = nkb_onednn_destroy;
         return 1;
     }
@@ -568,6 +651,8 @@ static int ext_of(enum impl im, ext_api *api)
         api->create = aten_create;
         api->run = nkb_aten_run;
         api->dx = NULL;
+        api->y = nkb_aten_y;
+        api->sum = nkb_aten_sum;
         api->destroy = nkb_aten_destroy;
         return 1;
     }
@@ -583,15 +668,16 @@ struct item {
     enum impl impl;
     char model[48]; /* "" for sweep rows */
     char label[96];
-    int dx_checked; /* a library's backward row: its dx was found to agree with normkit's */
+    int checked; /* a library's backward or fused row: its dx (y and sum) was found to
+                    agree with normkit's */
 };
 
 static void ext_key(char *key, size_t len, enum impl im, const struct item *it)
 {
     const nkb_case *cs = &it->cs;
-    snprintf(key, len, "%s:%d:%d:%lld:%lld:%lld:%lld:%d:%s:%d", impl_names[im], (int)cs->op,
+    snprintf(key, len, "%s:%d:%d:%lld:%lld:%lld:%lld:%d:%s:%d:%d", impl_names[im], (int)cs->op,
              (int)cs->layout, (long long)cs->n, (long long)cs->c, (long long)cs->spatial,
-             (long long)cs->groups, (int)cs->act, dtype_tag(cs), cs->backward);
+             (long long)cs->groups, (int)cs->act, dtype_tag(cs), cs->backward, (int)cs->fuse);
 }
 
 static void run_ext_adapter(void *p)
@@ -620,13 +706,15 @@ static double rel_diff(uint32_t dt, const void *a, const void *b, size_t n)
 }
 
 /* The other library's adapter for it on x, or NULL with the reason in why.
- * A backward case runs on p's dy and parameters; when want_dx (normkit's dx
- * on the same inputs) is given and the adapter shows its dx, the two are
- * compared to a tolerance of the element type: *verdict = 1 when they agree,
- * -1 when they do not (the adapter is wired wrong: NULL, the reason in why
- * and on stderr), 0 when not compared. */
+ * A backward case runs on p's dy and parameters, a fused case on p's skip,
+ * skip_bias and parameters; when want (normkit's result on the same inputs:
+ * dx of a backward, y of a fused case, whose sum is p->sum) is given and
+ * the adapter shows its own, the two are compared to a tolerance of the
+ * element type: *verdict = 1 when they agree, -1 when they do not (the
+ * adapter is wired wrong: NULL, the reason in why and on stderr), 0 when
+ * not compared. */
 static nkb_ext *ext_open(enum impl im, const struct item *it, const void *x, const struct params *p,
-                         const void *want_dx, char *why, size_t why_len, int *verdict)
+                         const void *want, char *why, size_t why_len, int *verdict)
 {
     ext_api api;
     *verdict = 0;
@@ -634,21 +722,55 @@ static nkb_ext *ext_open(enum impl im, const struct item *it, const void *x, con
         snprintf(why, why_len, "not built (library not found at configure time)");
         return NULL;
     }
+    const nkb_case *cs = &it->cs;
     nkb_bwd_inputs in = {0};
-    if (it->cs.backward)
+    nkb_fuse_inputs fin = {0};
+    if (cs->backward)
         in = (nkb_bwd_inputs){p->dy, p->w, p->b, p->rmean, p->rvar};
-    nkb_ext *e = api.create(&it->cs, x, it->cs.backward ? &in : NULL, why, why_len);
-    if (!e || !it->cs.backward || !want_dx || !api.dx || !api.dx(e))
+    if (cs->fuse != NKB_FUSE_NONE)
+        fin = (nkb_fuse_inputs){p->skip, p->sb, p->w, p->b};
+    nkb_ext *e = api.create(cs, x, cs->backward ? &in : NULL, cs->fuse != NKB_FUSE_NONE ? &fin : NULL,
+                            why, why_len);
+    if (!e || !want)
         return e;
-    /* 16-bit dx: each element rounded once by each library */
-    const double tol = it->cs.dtype == NK_DTYPE_F32 ? 5e-3 : 3e-2;
-    double err = rel_diff(it->cs.dtype, api.dx(e), want_dx, (size_t)case_elems(&it->cs));
-    *verdict = err <= tol ? 1 : -1;
-    if (*verdict > 0)
+    /* what to compare: dx; y, then the sum */
+    const void *got[2] = {NULL, NULL}, *ours[2] = {want, NULL};
+    const char *what[2] = {"dx", "sum"};
+    if (cs->backward) {
+        got[0] = api.dx ? api.dx(e) : NULL;
+    } else if (cs->fuse != NKB_FUSE_NONE) {
+        got[0] = api.y(e);
+        what[0] = "y";
+        if (cs->fuse == NKB_FUSE_ADDSUM) {
+            got[1] = api.sum(e);
+            ours[1] = p->sum;
+        }
+    }
+    if (!got[0])
         return e;
+    /* 16-bit results: each element rounded once by each library (the
+     * composites' sums and the sum they normalize: once more) */
+    const double tol = cs->dtype == NK_DTYPE_F32 ? 5e-3 : 3e-2;
+    double err = 0, errs[2] = {0, 0};
+    int k;
+    for (k = 0; k < 2 && got[k]; k++) {
+        err = errs[k] = rel_diff(cs->dtype, got[k], ours[k], (size_t)case_elems(cs));
+        if (!(err <= tol))
+            break;
+    }
+    *verdict = k == 2 || !got[k] ? 1 : -1;
+    if (*verdict > 0) {
+        /* the agreement, on stderr beside the rows */
+        fprintf(stderr, "normkit-bench: %s/%s/%s: %s agrees with normkit's, ||diff|| / ||%s|| = %.3g",
+                it->model, dtype_tag(cs), impl_names[im], what[0], what[0], errs[0]);
+        if (got[1])
+            fprintf(stderr, ", %s %.3g", what[1], errs[1]);
+        fprintf(stderr, " (<= %.0e)\n", tol);
+        return e;
+    }
     snprintf(why, why_len,
-             "FAILED: %s/%s/%s: dx differs from normkit's, ||diff|| / ||dx|| = %.3g > %.0e",
-             it->model, dtype_tag(&it->cs), impl_names[im], err, tol);
+             "FAILED: %s/%s/%s: %s differs from normkit's, ||diff|| / ||%s|| = %.3g > %.0e",
+             it->model, dtype_tag(cs), impl_names[im], what[k], what[k], err, tol);
     fprintf(stderr, "normkit-bench: %s\n", why);
     api.destroy(e);
     g_failures++;
@@ -657,8 +779,10 @@ static nkb_ext *ext_open(enum impl im, const struct item *it, const void *x, con
 
 /* The other library's seconds per iteration on this case: from its own row
  * when that ran earlier in this process, else measured now. < 0: none.
- * p: the case's parameters, with normkit's dx for a backward. */
-static double ext_seconds(enum impl im, const struct item *it, const void *x, const struct params *p)
+ * p: the case's parameters, with normkit's dx for a backward and its sum for
+ * a fused case; want: what ext_open compares (normkit's dx, or y). */
+static double ext_seconds(enum impl im, const struct item *it, const void *x, const struct params *p,
+                          const void *want)
 {
     char key[128];
     ext_key(key, sizeof key, im, it);
@@ -670,7 +794,7 @@ static double ext_seconds(enum impl im, const struct item *it, const void *x, co
         return -1;
     char why[256] = "";
     int verdict;
-    nkb_ext *e = ext_open(im, it, x, p, p->dx, why, sizeof why, &verdict);
+    nkb_ext *e = ext_open(im, it, x, p, want, why, sizeof why, &verdict);
     if (!e) {
         if (verdict < 0)
             ref_fail(key, why);
@@ -737,8 +861,9 @@ static void bm_ours(nkb_state *st)
     /* references first: their timing must not sit inside our loop */
     double ref[2] = {-1, -1};
     if (it->model[0] && g_threads == 1) {
-        ref[0] = ext_seconds(IMPL_ONEDNN, it, x, &p);
-        ref[1] = ext_seconds(IMPL_ATEN, it, x, &p);
+        const void *want = it->cs.backward ? p.dx : it->cs.fuse != NKB_FUSE_NONE ? y : NULL;
+        ref[0] = ext_seconds(IMPL_ONEDNN, it, x, &p, want);
+        ref[1] = ext_seconds(IMPL_ATEN, it, x, &p, want);
     }
     (void)memcpy_seconds(case_bytes(&it->cs));
     nk_set_isa(isa);
@@ -774,20 +899,26 @@ static void bm_ext(nkb_state *st)
     }
     void *x, *y;
     buffers((size_t)case_elems(&it->cs), it->cs.dtype, &x, &y);
-    /* a backward's dy and parameters, and normkit's dx on them until the
-     * library's has been found to agree once */
+    /* a backward's dy and parameters (a fused case's skip, skip_bias and
+     * parameters), and normkit's dx (y and sum) on them until the library's
+     * have been found to agree once */
     struct params p, *pp = NULL;
-    const void *want_dx = NULL;
+    const void *want = NULL;
     if (it->cs.backward) {
         pp = &p;
         params_init(pp, &it->cs);
-        if (api.dx && !it->dx_checked && bwd_prepare(&it->cs, pp, x) == NK_OK &&
+        if (api.dx && !it->checked && bwd_prepare(&it->cs, pp, x) == NK_OK &&
             run_ours(&it->cs, pp, x, y) == NK_OK)
-            want_dx = p.dx;
+            want = p.dx;
+    } else if (it->cs.fuse != NKB_FUSE_NONE) {
+        pp = &p;
+        params_init(pp, &it->cs);
+        if (!it->checked && run_ours(&it->cs, pp, x, y) == NK_OK)
+            want = y;
     }
     char why[256] = "";
     int verdict;
-    nkb_ext *e = ext_open(it->impl, it, x, pp, want_dx, why, sizeof why, &verdict);
+    nkb_ext *e = ext_open(it->impl, it, x, pp, want, why, sizeof why, &verdict);
     if (!e) {
         if (pp)
             params_free(pp);
@@ -800,7 +931,7 @@ static void bm_ext(nkb_state *st)
         }
         return;
     }
-    it->dx_checked |= verdict > 0;
+    it->checked |= verdict > 0;
     (void)memcpy_seconds(case_bytes(&it->cs));
     api.run(e); /* warm */
     double t0 = cpu_seconds();
@@ -903,6 +1034,51 @@ static const struct model models[] = {
 };
 #define N_MODELS (sizeof models / sizeof models[0])
 
+/* Residual add + LayerNorm / RMSNorm of a transformer block: rows .add
+ * (x + skip, y written) and .addsum (x + skip + skip_bias, y and the sum
+ * written) of each shape, forward only */
+static const struct model fused_models[] = {
+    {"bert_ln", "LayerNorm 4096x768", NKB_OP_LN, CL, 4096, 768, 1, 0, NK_ACT_NONE},
+    {"bert_rms", "RMSNorm 4096x768", NKB_OP_RMS, CL, 4096, 768, 1, 0, NK_ACT_NONE},
+    {"llama_ln", "LayerNorm 512x4096", NKB_OP_LN, CL, 512, 4096, 1, 0, NK_ACT_NONE},
+    {"llama_rms", "RMSNorm 512x4096", NKB_OP_RMS, CL, 512, 4096, 1, 0, NK_ACT_NONE},
+    {"ln_2048x768", "LayerNorm 2048x768", NKB_OP_LN, CL, 2048, 768, 1, 0, NK_ACT_NONE},
+    {"rms_2048x768", "RMSNorm 2048x768", NKB_OP_RMS, CL, 2048, 768, 1, 0, NK_ACT_NONE},
+};
+#define N_FUSED (sizeof fused_models / sizeof fused_models[0])
+
+/* One line of the headline table: a model shape, forward or backward, or a
+ * fused shape with its residual add. Forward rows first, then backward,
+ * then fused, in the order of models[] and fused_models[]. */
+struct spec {
+    const struct model *md;
+    int backward;
+    nkb_fuse fuse;
+};
+#define N_SPECS (2 * N_MODELS + 2 * N_FUSED)
+
+static struct spec spec_at(size_t i)
+{
+    struct spec sp = {NULL, 0, NKB_FUSE_NONE};
+    if (i < 2 * N_MODELS) {
+        sp.md = &models[i % N_MODELS];
+        sp.backward = i >= N_MODELS;
+    } else {
+        i -= 2 * N_MODELS;
+        sp.md = &fused_models[i / 2];
+        sp.fuse = i % 2 ? NKB_FUSE_ADDSUM : NKB_FUSE_ADD;
+    }
+    return sp;
+}
+
+/* The table's shape column: "LayerNorm 4096x768", with the residual add of
+ * a fused row: "add+LayerNorm 4096x768", "add+bias+LayerNorm 4096x768 +sum" */
+static void spec_what(char *buf, size_t len, const struct spec *sp)
+{
+    const char *pre = sp->fuse == NKB_FUSE_ADD ? "add+" : sp->fuse == NKB_FUSE_ADDSUM ? "add+bias+" : "";
+    snprintf(buf, len, "%s%s%s", pre, sp->md->what, sp->fuse == NKB_FUSE_ADDSUM ? " +sum" : "");
+}
+
 static const int64_t sweep_c[] = {3, 16, 64, 256, 1024};
 static const int64_t sweep_s[] = {1, 49, 196, 3136, 12544, 50176};
 static const int64_t quick_c[] = {16, 256};
@@ -967,11 +1143,10 @@ static void register_sweep(int quick)
         }
 }
 
-/* "model/<shape>/<dtype>/<impl>" */
+/* "model/<shape>[.bwd|.add|.addsum]/<dtype>/<impl>" */
 static void model_row_name(char *name, size_t len, const struct model *md, const nkb_case *cs, enum impl im)
 {
-    snprintf(name, len, "model/%s%s/%s/%s", md->name, cs->backward ? ".bwd" : "", dtype_tag(cs),
-             impl_names[im]);
+    snprintf(name, len, "model/%s%s/%s/%s", md->name, case_suffix(cs), dtype_tag(cs), impl_names[im]);
 }
 
 static void model_case(nkb_case *cs, const struct model *md, uint32_t dt)
@@ -996,10 +1171,10 @@ static void register_models(void)
     /* memcpy and the other libraries first: our rows reuse their times */
     static const int order[IMPL_COUNT] = {IMPL_MEMCPY, IMPL_ONEDNN, IMPL_ATEN, IMPL_SCALAR,
                                           IMPL_AVX2,   IMPL_AVX512, IMPL_NEON};
-    for (int bwd = 0; bwd < 2; bwd++)
-    for (size_t m = 0; m < N_MODELS; m++)
+    for (size_t i = 0; i < N_SPECS; i++)
         for (int d = 0; d < 3; d++) {
-            const struct model *md = &models[m];
+            const struct spec sp = spec_at(i);
+            const struct model *md = sp.md;
             uint32_t dt = dtype_order[d];
             if (!(g_model_dtypes & DT_BIT(dt)))
                 continue;
@@ -1011,10 +1186,13 @@ static void register_models(void)
                 struct item *it = new_item();
                 it->impl = im;
                 model_case(&it->cs, md, dt);
-                it->cs.backward = bwd;
-                snprintf(it->model, sizeof it->model, "%s%s", md->name, bwd ? ".bwd" : "");
-                snprintf(it->label, sizeof it->label, "%s %s%s", md->what, dtype_tag(&it->cs),
-                         bwd ? " backward" : "");
+                it->cs.backward = sp.backward;
+                it->cs.fuse = sp.fuse;
+                snprintf(it->model, sizeof it->model, "%s%s", md->name, case_suffix(&it->cs));
+                char what[64];
+                spec_what(what, sizeof what, &sp);
+                snprintf(it->label, sizeof it->label, "%s %s%s", what, dtype_tag(&it->cs),
+                         sp.backward ? " backward" : "");
                 char name[96];
                 model_row_name(name, sizeof name, md, &it->cs, im);
                 nkb_fn fn = im == IMPL_MEMCPY ? bm_memcpy : im >= IMPL_ONEDNN ? bm_ext : bm_ours;
@@ -1107,18 +1285,20 @@ static void print_table(void)
     printf("%-26s %-8s %-36s %-7s %8s %7s %10s %9s\n", "model", "dtype", "shape", "best", "GB/s", "memcpy",
            "vs oneDNN", "vs ATen");
     int any_na = 0, any_note = 0;
-    for (int bwd = 0; bwd < 2; bwd++)
-    for (size_t m = 0; m < N_MODELS; m++)
+    for (size_t i = 0; i < N_SPECS; i++)
         for (int d = 0; d < 3; d++) {
-            const struct model *md = &models[m];
+            const struct spec sp = spec_at(i);
+            const struct model *md = sp.md;
             uint32_t dt = dtype_order[d];
             if (!(g_model_dtypes & DT_BIT(dt)))
                 continue;
             nkb_case cs;
             model_case(&cs, md, dt);
-            cs.backward = bwd;
-            char shape[48];
-            snprintf(shape, sizeof shape, "%s%s", md->name, bwd ? ".bwd" : "");
+            cs.backward = sp.backward;
+            cs.fuse = sp.fuse;
+            char shape[48], what[64];
+            snprintf(shape, sizeof shape, "%s%s", md->name, case_suffix(&cs));
+            spec_what(what, sizeof what, &sp);
             long best = -1;
             double best_bps = 0;
             int best_impl = -1;
@@ -1137,7 +1317,7 @@ static void print_table(void)
                 }
             }
             if (best < 0) {
-                printf("%-26s %-8s %-36s %-7s\n", shape, dtype_tag(&cs), md->what, "(not run)");
+                printf("%-26s %-8s %-36s %-7s\n", shape, dtype_tag(&cs), what, "(not run)");
                 continue;
             }
             double ratio = 0;
@@ -1147,7 +1327,7 @@ static void print_table(void)
             ratio_cell(at, sizeof at, best, "vs_aten", IMPL_ATEN, md, &cs);
             any_na |= !strcmp(dn, "n/a") || !strcmp(at, "n/a") || !strcmp(dn, "FAILED");
             any_note |= strchr(dn, '*') || strchr(at, '*');
-            printf("%-26s %-8s %-36s %-7s %8.2f %7.2f %10s %9s\n", shape, dtype_tag(&cs), md->what,
+            printf("%-26s %-8s %-36s %-7s %8.2f %7.2f %10s %9s\n", shape, dtype_tag(&cs), what,
                    impl_names[best_impl], best_bps / 1e9, ratio, dn, at);
         }
     if (any_na) {

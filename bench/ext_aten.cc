@@ -12,6 +12,11 @@
 // parameters of x's type (what a model converted with .to(dtype) holds) and
 // says so in why; where it refuses the input type itself the case is n/a
 // with ATen's own message.
+// A fused case (residual add before LayerNorm / RMSNorm) is the composite a
+// PyTorch model runs: at::add(x, skip), for NKB_FUSE_ADDSUM then .add_ of
+// the skip_bias (in the parameters' type), and the normalization above of
+// that sum, on the case's weight and bias. ATen 1.13 has no at::rms_norm,
+// so the RMSNorm composite is the add then the reference formulation.
 // Kept in one small translation unit: the ATen headers are slow to compile.
 #include "ext.h"
 
@@ -37,6 +42,8 @@ struct nkb_ext {
     at::Tensor x, w, b, rm, rv, w_x, y; /* w_x: RMSNorm's weight in x's type */
     at::Tensor dy, mean, rstd, xr, wr;  /* backward: saved statistics; InstanceNorm's
                                            x and weight as BatchNorm's (1, N * C, S) */
+    at::Tensor skip, sum, sb;           /* fused: skip, x + skip (+ sb), sb the skip_bias */
+    at::Tensor wf, bf, sbf;             /* fused: weight, bias, skip_bias as given (fp32) */
 };
 
 namespace {
@@ -94,36 +101,45 @@ void params(nkb_ext *e, at::ScalarType pt, at::ScalarType xt)
 {
     at::TensorOptions o = at::TensorOptions().dtype(pt);
     int64_t c = e->cs.c;
-    e->w = at::ones({c}, o);
-    e->b = at::zeros({c}, o);
+    e->w = e->wf.defined() ? e->wf.to(pt) : at::ones({c}, o);
+    e->b = e->bf.defined() ? e->bf.to(pt) : at::zeros({c}, o);
     e->rm = at::zeros({c}, o);
     e->rv = at::ones({c}, o);
     e->w_x = e->w.to(xt);
+    if (e->sbf.defined())
+        e->sb = e->sbf.to(pt);
 }
 
 void forward(nkb_ext *e)
 {
     const nkb_case &cs = e->cs;
+    at::Tensor x = e->x;
+    if (cs.fuse != NKB_FUSE_NONE) {
+        e->sum = at::add(e->x, e->skip);
+        if (e->sb.defined())
+            e->sum.add_(e->sb);
+        x = e->sum;
+    }
     switch (cs.op) {
     case NKB_OP_BN_TRAIN:
     case NKB_OP_BN_INFER:
-        e->y = at::batch_norm(e->x, e->w, e->b, e->rm, e->rv, cs.op == NKB_OP_BN_TRAIN, 0.1, cs.eps,
+        e->y = at::batch_norm(x, e->w, e->b, e->rm, e->rv, cs.op == NKB_OP_BN_TRAIN, 0.1, cs.eps,
                               false);
         break;
     case NKB_OP_IN:
-        e->y = at::instance_norm(e->x, e->w, e->b, {}, {}, true, 0.1, cs.eps, false);
+        e->y = at::instance_norm(x, e->w, e->b, {}, {}, true, 0.1, cs.eps, false);
         break;
     case NKB_OP_GN:
-        e->y = at::group_norm(e->x, cs.groups, e->w, e->b, cs.eps, false);
+        e->y = at::group_norm(x, cs.groups, e->w, e->b, cs.eps, false);
         break;
     case NKB_OP_LN:
-        e->y = at::layer_norm(e->x, {cs.c}, e->w, e->b, cs.eps, false);
+        e->y = at::layer_norm(x, {cs.c}, e->w, e->b, cs.eps, false);
         break;
     case NKB_OP_RMS: {
         // LlamaRMSNorm: fp32 inside, the weight applied in x's type
-        at::Tensor h = e->x.to(at::kFloat);
+        at::Tensor h = x.to(at::kFloat);
         h = h * at::rsqrt(h.pow(2).mean(-1, true) + cs.eps);
-        e->y = e->w_x * h.to(e->x.scalar_type());
+        e->y = e->w_x * h.to(x.scalar_type());
         break;
     }
     }
@@ -213,7 +229,8 @@ extern "C" {
 
 const char *nkb_aten_version(void) { return TORCH_VERSION; }
 
-nkb_ext *nkb_aten_create(const nkb_case *cs, const void *x, char *why, size_t why_len)
+nkb_ext *nkb_aten_create(const nkb_case *cs, const void *x, const nkb_fuse_inputs *fuse, char *why,
+                         size_t why_len)
 {
     try {
         at::set_num_threads(1);
@@ -232,6 +249,19 @@ nkb_ext *nkb_aten_create(const nkb_case *cs, const void *x, char *why, size_t wh
                 at::MemoryFormat::ChannelsLast);
         } else {
             e->x = at::from_blob(xp, {n, c, s, 1}, xo).clone();
+        }
+        if (cs->fuse != NKB_FUSE_NONE) {
+            if (!fuse || cs->backward || (cs->op != NKB_OP_LN && cs->op != NKB_OP_RMS)) {
+                say(why, why_len,
+                    "fused case without skip and parameters, or not LayerNorm / RMSNorm forward");
+                return nullptr;
+            }
+            at::TensorOptions fo = at::TensorOptions().dtype(at::kFloat);
+            e->skip = at::from_blob(const_cast<void *>(fuse->skip), {n * s, c}, xo).clone();
+            e->wf = at::from_blob(const_cast<float *>(fuse->weight), {c}, fo).clone();
+            e->bf = at::from_blob(const_cast<float *>(fuse->bias), {c}, fo).clone();
+            if (cs->fuse == NKB_FUSE_ADDSUM && fuse->skip_bias)
+                e->sbf = at::from_blob(const_cast<float *>(fuse->skip_bias), {c}, fo).clone();
         }
         const at::ScalarType pt = scalar_type_of(cs->param_dtype);
         params(e.get(), pt, xt);
@@ -282,6 +312,21 @@ void nkb_aten_run(nkb_ext *e)
         backward(e);
     else
         forward(e);
+}
+
+// The fused case's outputs of the last run (contiguous: ATen allocates them)
+const void *nkb_aten_y(const nkb_ext *e)
+{
+    if (e->cs.fuse == NKB_FUSE_NONE || !e->y.defined() || !e->y.is_contiguous())
+        return nullptr;
+    return e->y.data_ptr();
+}
+
+const void *nkb_aten_sum(const nkb_ext *e)
+{
+    if (e->cs.fuse != NKB_FUSE_ADDSUM || !e->sum.defined() || !e->sum.is_contiguous())
+        return nullptr;
+    return e->sum.data_ptr();
 }
 
 void nkb_aten_destroy(nkb_ext *e) { delete e; }

@@ -11,6 +11,10 @@
 // oneDNN has the primitive on this CPU: the primitive descriptor says so);
 // scale, shift, mean and variance are f32, the only type oneDNN 2.x takes
 // for them, whatever the case's param_dtype.
+// A fused case (residual add before LayerNorm) is two primitives, as a
+// framework maps it: binary add of x and skip into the sum s (with the
+// skip_bias as a binary add post-op broadcast over the rows, f32), then
+// layer normalization of s into y with the case's weight and bias.
 #include "ext.h"
 
 #include <oneapi/dnnl/dnnl.hpp>
@@ -31,6 +35,11 @@ struct nkb_ext {
     dnnl::stream strm;
     dnnl::primitive prim;
     std::unordered_map<int, dnnl::memory> args;
+    // fused case: the binary add that runs before prim, and its arguments
+    bool pre = false;
+    dnnl::primitive pre_prim;
+    std::unordered_map<int, dnnl::memory> pre_args;
+    nkb_fuse fuse = NKB_FUSE_NONE;
 };
 
 namespace {
@@ -149,8 +158,8 @@ const char *nkb_onednn_version(void)
     return buf;
 }
 
-nkb_ext *nkb_onednn_create(const nkb_case *cs, const void *x, const nkb_bwd_inputs *bwd, char *why,
-                           size_t why_len)
+nkb_ext *nkb_onednn_create(const nkb_case *cs, const void *x, const nkb_bwd_inputs *bwd,
+                           const nkb_fuse_inputs *fuse, char *why, size_t why_len)
 {
 #if DNNL_CPU_RUNTIME == DNNL_RUNTIME_OMP
     omp_set_num_threads(1); // single thread, as every row of the suite
@@ -166,6 +175,10 @@ nkb_ext *nkb_onednn_create(const nkb_case *cs, const void *x, const nkb_bwd_inpu
         }
         if (cs->backward && !bwd) {
             say(why, why_len, "backward case without dy and parameters");
+            return nullptr;
+        }
+        if (cs->fuse != NKB_FUSE_NONE && (!fuse || cs->backward || cs->op != NKB_OP_LN)) {
+            say(why, why_len, "fused case without skip and parameters, or not LayerNorm forward");
             return nullptr;
         }
         if (cs->act == NK_ACT_RELU && cs->op == NKB_OP_BN_INFER) {
@@ -248,6 +261,37 @@ nkb_ext *nkb_onednn_create(const nkb_case *cs, const void *x, const nkb_bwd_inpu
         e->args[DNNL_ARG_DST] = dst;
         e->args[DNNL_ARG_SCALE] = filled(vec_md, e->eng, 1.0f);
         e->args[DNNL_ARG_SHIFT] = filled(vec_md, e->eng, 0.0f);
+        if (cs->fuse != NKB_FUSE_NONE) {
+            // s = x + skip (+ skip_bias, a post-op of one row broadcast over
+            // the n * s rows), the layer normalization's source
+            dnnl::memory skip(data_md, e->eng), sum(data_md, e->eng);
+            std::memcpy(skip.get_data_handle(), fuse->skip, data_md.get_size());
+            std::memset(sum.get_data_handle(), 0, data_md.get_size());
+            const bool with_bias = cs->fuse == NKB_FUSE_ADDSUM && fuse->skip_bias;
+            dnnl::memory::desc row_md({1, c}, dt::f32, tag::ab);
+            dnnl::primitive_attr attr;
+            if (with_bias) {
+                dnnl::post_ops po;
+                po.append_binary(dnnl::algorithm::binary_add, row_md);
+                attr.set_post_ops(po);
+            }
+            dnnl::binary::primitive_desc apd;
+            if (!make_pd(apd, dnnl::binary::desc(dnnl::algorithm::binary_add, data_md, data_md, data_md),
+                         attr, e->eng)) {
+                unimplemented(with_bias ? "binary add with a bias post-op" : "binary add");
+                return nullptr;
+            }
+            e->pre = true;
+            e->pre_prim = dnnl::binary(apd);
+            e->pre_args = {{DNNL_ARG_SRC_0, src}, {DNNL_ARG_SRC_1, skip}, {DNNL_ARG_DST, sum}};
+            if (with_bias)
+                e->pre_args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] =
+                    tiled(row_md, e->eng, fuse->skip_bias, c);
+            e->args[DNNL_ARG_SRC] = sum;
+            e->args[DNNL_ARG_SCALE] = tiled(vec_md, e->eng, fuse->weight, c);
+            e->args[DNNL_ARG_SHIFT] = tiled(vec_md, e->eng, fuse->bias, c);
+            e->fuse = cs->fuse;
+        }
         if (cs->op == NKB_OP_LN) {
             dnnl::layer_normalization_forward::desc d(dnnl::prop_kind::forward_inference, data_md,
                                                       eps, flags);
@@ -257,6 +301,10 @@ nkb_ext *nkb_onednn_create(const nkb_case *cs, const void *x, const nkb_bwd_inpu
                 return nullptr;
             }
             e->prim = dnnl::layer_normalization_forward(pd);
+            if (e->pre) {
+                // the outputs are compared with normkit's after create()
+                nkb_onednn_run(e.get());
+            }
         } else {
             bool train = cs->op != NKB_OP_BN_INFER;
             if (!train)
@@ -285,6 +333,8 @@ nkb_ext *nkb_onednn_create(const nkb_case *cs, const void *x, const nkb_bwd_inpu
 
 void nkb_onednn_run(nkb_ext *e)
 {
+    if (e->pre)
+        e->pre_prim.execute(e->strm, e->pre_args);
     e->prim.execute(e->strm, e->args);
     e->strm.wait();
 }
@@ -293,6 +343,16 @@ const void *nkb_onednn_dx(const nkb_ext *e)
 {
     auto it = e->args.find(DNNL_ARG_DIFF_SRC);
     return it == e->args.end() ? nullptr : it->second.get_data_handle();
+}
+
+const void *nkb_onednn_y(const nkb_ext *e)
+{
+    return e->pre ? e->args.at(DNNL_ARG_DST).get_data_handle() : nullptr;
+}
+
+const void *nkb_onednn_sum(const nkb_ext *e)
+{
+    return e->pre && e->fuse == NKB_FUSE_ADDSUM ? e->pre_args.at(DNNL_ARG_DST).get_data_handle() : nullptr;
 }
 
 void nkb_onednn_destroy(nkb_ext *e) { delete e; }
