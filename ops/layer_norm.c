@@ -201,6 +201,8 @@ nk_status nk_layer_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, co
 {
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, "nk_layer_norm_ex", ctx, desc, x, y, eps, true);
+    if (!st && cl.layout == NK_CHANNELS_FIRST)
+        return nk_ln_channels_first(&cl, weight, bias, eps, save_mean, save_invstd, false);
     if (st || (st = ln_layout(&cl)))
         return st;
     nk_params pp;
@@ -227,6 +229,8 @@ nk_status nk_rms_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, cons
 {
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, "nk_rms_norm_ex", ctx, desc, x, y, eps, true);
+    if (!st && cl.layout == NK_CHANNELS_FIRST)
+        return nk_ln_channels_first(&cl, weight, NULL, eps, NULL, save_rstd, true);
     if (st || (st = ln_layout(&cl)))
         return st;
     nk_params pp;
