@@ -26,6 +26,10 @@
  *             transposed tensor within the fp32 tolerance
  *   golden    PyTorch's ConvNeXt LayerNorm (F.layer_norm over C of the NHWC
  *             permutation, tests/gen_golden_cf.py) on every ISA
+ *   module    PyTorch / ONNX LayerNorm and RMSNorm modules with data_format
+ *             NK_CHANNELS_FIRST: the functional call's bits and statistics,
+ *             the golden values, the shapes and configurations refused;
+ *             channels-last and the default keep the trailing dims
  */
 #include <math.h>
 #include <stdio.h>
@@ -852,6 +856,114 @@ static void test_golden(void **state)
     assert_int_equal(nk_set_isa(saved), NK_OK);
 }
 
+/* ------------------------------------------------------------ module */
+
+/* PyTorch / ONNX LayerNorm and RMSNorm with data_format NK_CHANNELS_FIRST:
+ * over dim 1 of (N, C, *), the functional call's bits; PyTorch's golden
+ * ConvNeXt values through the module; the configurations it refuses. */
+static void test_module(void **state)
+{
+    (void)state;
+    const gold_cf *g = &gold_cf_cases[0]; /* convnext-stem: (1, 96, 7, 7) */
+    const size_t total = (size_t)g->n * (size_t)g->c * (size_t)g->spatial;
+    const size_t NS = (size_t)g->n * (size_t)g->spatial;
+    float *y = malloc(total * sizeof *y), *yf = malloc(total * sizeof *yf);
+    float *mean = malloc(NS * sizeof *mean), *inv = malloc(NS * sizeof *inv);
+    float *fm = malloc(NS * sizeof *fm), *fi = malloc(NS * sizeof *fi);
+    assert_true(y && yf && mean && inv && fm && fi);
+    const int64_t dims[4] = {g->n, g->c, 7, 7};
+    static const nk_framework fws[] = {NK_FW_PYTORCH, NK_FW_ONNX};
+    for (size_t fi_ = 0; fi_ < COUNT(fws); fi_++)
+        for (int rms = 0; rms < 2; rms++) {
+            nk_module_config cfg;
+            nk_module_config_init(&cfg);
+            cfg.data_format = NK_CHANNELS_FIRST;
+            cfg.eps = g->eps;
+            cfg.options.activation = NK_ACT_GELU_ERF;
+            if (fws[fi_] == NK_FW_ONNX)
+                cfg.axis = 1;
+            nk_module *m = NULL;
+            assert_int_equal(nk_module_create(fws[fi_], rms ? NK_LAYER_RMS_NORM : NK_LAYER_LAYER_NORM,
+                                              2, g->c, &cfg, &m),
+                             NK_OK);
+            memcpy(nk_module_weight(m), g->w, (size_t)g->c * sizeof(float));
+            if (!rms)
+                memcpy(nk_module_bias(m), g->b, (size_t)g->c * sizeof(float));
+            nk_module_outputs o = {sizeof o, 0, mean, inv, NULL, NULL};
+            assert_int_equal(nk_module_forward_ex(m, g->x, 4, dims, y, &o), NK_OK);
+            nk_tensor_desc d = NK_TENSOR_DESC_INIT;
+            d.layout = NK_CHANNELS_FIRST;
+            d.n = g->n;
+            d.c = g->c;
+            d.spatial = g->spatial;
+            d.activation = NK_ACT_GELU_ERF;
+            if (rms)
+                assert_int_equal(nk_rms_norm_ex(NULL, &d, g->x, yf, g->w, g->eps, fi), NK_OK);
+            else
+                assert_int_equal(nk_layer_norm_ex(NULL, &d, g->x, yf, g->w, g->b, g->eps, fm, fi),
+                                 NK_OK);
+            assert_memory_equal(y, yf, total * sizeof *y);
+            assert_memory_equal(inv, fi, NS * sizeof *inv);
+            if (!rms)
+                assert_memory_equal(mean, fm, NS * sizeof *mean);
+            /* without the activation: PyTorch's values */
+            if (!rms) {
+                nk_module_config c2 = cfg;
+                c2.options.activation = NK_ACT_NONE;
+                nk_module *m2 = NULL;
+                assert_int_equal(nk_module_create(fws[fi_], NK_LAYER_LAYER_NORM, 2, g->c, &c2, &m2),
+                                 NK_OK);
+                memcpy(nk_module_weight(m2), g->w, (size_t)g->c * sizeof(float));
+                memcpy(nk_module_bias(m2), g->b, (size_t)g->c * sizeof(float));
+                assert_int_equal(nk_module_forward(m2, g->x, 4, dims, y), NK_OK);
+                for (size_t i = 0; i < total; i++)
+                    assert_true(fabs((double)y[i] - g->y[i]) <= 1e-5 * (1.0 + fabs((double)g->y[i])));
+                /* (N, C) input: one position per sample */
+                assert_int_equal(nk_module_forward(m2, g->x, 2, (int64_t[]){49, 96}, y), NK_OK);
+                /* dim 1 must be C */
+                assert_int_equal(nk_module_forward(m2, g->x, 4, (int64_t[]){1, 49, 96, 1}, y),
+                                 NK_ERR_BAD_SHAPE);
+                assert_int_equal(nk_module_forward(m2, g->x, 1, (int64_t[]){96}, y),
+                                 NK_ERR_BAD_SHAPE);
+                nk_module_destroy(m2);
+            }
+            nk_module_destroy(m);
+        }
+    /* refused: more than one normalized dim, an ONNX axis other than 1 */
+    nk_module_config cfg;
+    nk_module_config_init(&cfg);
+    cfg.data_format = NK_CHANNELS_FIRST;
+    cfg.normalized_ndim = 2;
+    cfg.normalized_shape[0] = 4;
+    cfg.normalized_shape[1] = 4;
+    nk_module *m = NULL;
+    assert_int_equal(nk_module_create(NK_FW_PYTORCH, NK_LAYER_LAYER_NORM, 0, 16, &cfg, &m),
+                     NK_ERR_BAD_PARAM);
+    nk_module_config_init(&cfg);
+    cfg.data_format = NK_CHANNELS_FIRST;
+    cfg.axis = 2; /* -1 is NK_DEFAULT */
+    assert_int_equal(nk_module_create(NK_FW_ONNX, NK_LAYER_LAYER_NORM, 0, 16, &cfg, &m),
+                     NK_ERR_BAD_PARAM);
+    /* channels-last, and the default: the trailing dim, as before */
+    for (int k = 0; k < 2; k++) {
+        nk_module_config_init(&cfg);
+        if (k)
+            cfg.data_format = NK_CHANNELS_LAST;
+        assert_int_equal(nk_module_create(NK_FW_PYTORCH, NK_LAYER_LAYER_NORM, 0, 7, &cfg, &m), NK_OK);
+        assert_int_equal(nk_module_forward(m, g->x, 4, (int64_t[]){1, 96, 7, 7}, y), NK_OK);
+        assert_int_equal(nk_layer_norm(g->x, 96 * 7, 7, NULL, NULL, 1e-5, yf, NULL, NULL, NULL), NK_OK);
+        for (size_t i = 0; i < total; i++)
+            assert_true(fabs((double)y[i] - yf[i]) <= 1e-6 * (1.0 + fabs((double)yf[i])));
+        nk_module_destroy(m);
+    }
+    free(y);
+    free(yf);
+    free(mean);
+    free(inv);
+    free(fm);
+    free(fi);
+}
+
 static int setup(void **state)
 {
     (void)state;
@@ -872,6 +984,7 @@ int main(void)
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_vs_channels_last),
         cmocka_unit_test(test_golden),
+        cmocka_unit_test(test_module),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
