@@ -4,7 +4,8 @@
  * every (n, s) of an (N, C, S) tensor, computed through column moments
  * (ops/layer_norm_cf.c).
  *
- *   kernels   every table this build and CPU have (each ISA, each dtype):
+ *   kernels   every table this build and CPU have (each ISA, each dtype, and
+ *             the AVX-512 kernels built against SIMDe where there is AVX2):
  *             sumsq_cols against a float64 oracle and the scalar kernel
  *             (accumulation into acc, guard entries, the fp64 fallback of
  *             overflowing fp32 sums bit for bit); norm_cols_affine against
@@ -134,13 +135,20 @@ typedef struct ktbl {
     const nk_kernels *k, *ref;
 } ktbl;
 
-static ktbl ktabs[4 * 3];
+static ktbl ktabs[5 * 3];
 static int nktabs;
+
+#if defined(NKT_HAVE_EMU) && NKT_HAVE_EMU
+/* the AVX-512 kernels built against SIMDe (tests/meson.build): fp32, bf16 */
+void nk_kernels_init_avx512_emu(nk_kernels *k);
+void nk_kernels_init_avx512_emu_bf16(nk_kernels *k);
+static nk_kernels emu_tabs[3];
+#endif
 
 static void load_ktabs(void)
 {
     nktabs = 0;
-    for (unsigned dt = 0; dt < 3; dt++)
+    for (unsigned dt = 0; dt < 3; dt++) {
         for (int i = 0; i <= NK_ISA_NEON; i++) {
             const nk_kernels *t = nk_kernels_for_dtype((nk_isa)i, dt);
             if (!t)
@@ -151,6 +159,23 @@ static void load_ktabs(void)
             e->k = t;
             e->ref = nk_kernels_for_dtype(NK_ISA_SCALAR, dt);
         }
+#if defined(NKT_HAVE_EMU) && NKT_HAVE_EMU
+        /* compiled with -mavx2 -mfma -mf16c: an AVX2 CPU runs it */
+        if (nk_kernels_for(NK_ISA_AVX2) && dt != NK_DTYPE_F16) {
+            emu_tabs[dt] = *nk_kernels_for_dtype(NK_ISA_SCALAR, dt);
+            if (dt == NK_DTYPE_F32)
+                nk_kernels_init_avx512_emu(&emu_tabs[dt]);
+            else
+                nk_kernels_init_avx512_emu_bf16(&emu_tabs[dt]);
+            emu_tabs[dt].isa = NK_ISA_AVX512;
+            ktbl *e = &ktabs[nktabs++];
+            snprintf(e->name, sizeof e->name, "avx512-emu/%s", dt_names[dt]);
+            e->dt = dt;
+            e->k = &emu_tabs[dt];
+            e->ref = nk_kernels_for_dtype(NK_ISA_SCALAR, dt);
+        }
+#endif
+    }
 }
 
 static void test_kernel_entries(void **state)
