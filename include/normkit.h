@@ -342,7 +342,9 @@ typedef struct nk_context {
  * (N, C, S) is ConvNeXt's LayerNorm2d (data_format="channels_first"),
  * reduced over c at each (n, s) without a transpose (column statistics,
  * fp32 inside chunks of channels and fp64 across them). Their saved
- * statistics hold n * spatial values, index n * spatial + s, in both.
+ * statistics hold n * spatial values, index n * spatial + s, in both. The
+ * backward passes (nk_layer_norm_backward_ex, nk_rms_norm_backward_ex)
+ * take channels-last only.
  */
 typedef struct nk_tensor_desc {
     uint32_t struct_size;
