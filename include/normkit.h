@@ -336,9 +336,15 @@ typedef struct nk_context {
  *                           Running statistics, saved statistics and
  *                           per-channel moments are fp32 (fp64) always.
  *
- * LayerNorm and RMSNorm normalize over c at every (n, position) of a
- * channels-last tensor: a (rows, cols) matrix is n = rows, c = cols,
- * spatial = 1, x_stride[0] = the row stride.
+ * LayerNorm and RMSNorm normalize over c at every (n, position), in
+ * either layout: channels-last, a (rows, cols) matrix is n = rows,
+ * c = cols, spatial = 1, x_stride[0] = the row stride; channels-first
+ * (N, C, S) is ConvNeXt's LayerNorm2d (data_format="channels_first"),
+ * reduced over c at each (n, s) without a transpose (column statistics,
+ * fp32 inside chunks of channels and fp64 across them). Their saved
+ * statistics hold n * spatial values, index n * spatial + s, in both. The
+ * backward passes (nk_layer_norm_backward_ex, nk_rms_norm_backward_ex)
+ * take channels-last only.
  */
 typedef struct nk_tensor_desc {
     uint32_t struct_size;
@@ -391,7 +397,8 @@ NK_API nk_status nk_group_norm_ex(const nk_context *ctx, const nk_tensor_desc *d
                                   const void *x, void *y, int64_t groups, const void *weight,
                                   const void *bias, double eps, float *save_mean,
                                   float *save_invstd);
-/* save_mean / save_invstd / save_rstd: one value per normalized row, n * spatial. */
+/* save_mean / save_invstd / save_rstd: one value per normalized row, n * spatial
+ * (channels-first: per (n, s), index n * spatial + s). */
 NK_API nk_status nk_layer_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc,
                                   const void *x, void *y, const void *weight, const void *bias,
                                   double eps, float *save_mean, float *save_invstd);
@@ -703,7 +710,16 @@ typedef struct nk_module_config {
     /* layout: MindSpore/Paddle data_format (dims given in that order, e.g.
      * NHWC); PyTorch BatchNorm/InstanceNorm/GroupNorm: the memory format
      * (NK_CHANNELS_LAST = torch.channels_last / channels_last_3d) with dims
-     * still given as PyTorch's sizes (N, C, *); Keras follows axis */
+     * still given as PyTorch's sizes (N, C, *); Keras follows axis.
+     * PyTorch / ONNX LayerNorm and RMSNorm: NK_CHANNELS_FIRST normalizes
+     * over dim 1 of an (N, C, *) input, num_features = C (ConvNeXt's
+     * LayerNorm(C, data_format="channels_first"), its reference code's
+     * F.layer_norm over C of the NHWC permutation): normalized_shape, if
+     * given, is the one dim [C], the ONNX axis 1 or NK_DEFAULT; the statistics
+     * (nk_module_outputs) are one per (n, position), N * prod(*) values,
+     * index n * prod(*) + position. NK_DEFAULT and NK_CHANNELS_LAST keep
+     * the trailing normalized dims. Paddle's LayerNorm takes data_format
+     * and ignores it, as Paddle does. */
     int data_format; /* NK_DEFAULT, NK_CHANNELS_FIRST or NK_CHANNELS_LAST */
     /* GroupNorm */
     int64_t num_groups;

@@ -98,6 +98,30 @@ typedef void (*nk_norm_affine_fn)(const void *x, void *y, size_t rows, size_t le
                                   const float *g, const float *b, const nk_epilogue *ep);
 
 /*
+ * Column sums of squares: acc[c] += sum over r < rows of x[r][c]^2 for
+ * c < cols, row r at x + r * stride; rows >= 1. fp32 sums inside chunks of
+ * NK_SUMSQ_COLS_CHUNK rows (each column's rows in order), added to acc in
+ * fp64 chunk by chunk. A chunk column whose fp32 sum is not finite (an fp32
+ * overflow of a square, or non-finite input) is summed again in fp64, rows
+ * in order, by nk_sumsq_col_f64, the same on every ISA.
+ */
+#define NK_SUMSQ_COLS_CHUNK 64
+typedef void (*nk_sumsq_cols_fn)(const void *x, size_t rows, size_t cols, size_t stride,
+                                 double *acc);
+
+/*
+ * Channels-first LayerNorm / RMSNorm normalize, per-column statistics and
+ * per-row affine (a sample of an (N, C, S) tensor is C rows of S columns):
+ *   y[r][c] = act(((x[r][c] - m[c]) * s[c]) * g[r] + b[r])
+ * m == NULL means 0 (RMSNorm), g == NULL means 1, b == NULL means 0. The
+ * expression of norm_affine with rows and columns swapped.
+ */
+typedef void (*nk_norm_cols_affine_fn)(const void *x, void *y, size_t rows, size_t cols,
+                                       size_t xstride, size_t ystride, const float *m,
+                                       const float *s, const float *g, const float *b,
+                                       const nk_epilogue *ep);
+
+/*
  * LayerNorm or RMSNorm (flags & NK_SHORT_RMS) of `rows` rows of len elements,
  * 1 <= len <= NK_SHORT_ROW, statistics and output in one call; row r at
  * x + r * xstride, its output at y + r * ystride (x == y with equal strides
@@ -336,6 +360,9 @@ typedef struct nk_kernels {
     nk_norm_affine_s_fn norm_affine_s;
     nk_quant_rows_fn quant_rows;
     nk_absmax_rows_fn absmax_rows;
+    /* channels-first LayerNorm / RMSNorm (ops/layer_norm_cf.c) */
+    nk_sumsq_cols_fn sumsq_cols;
+    nk_norm_cols_affine_fn norm_cols_affine;
 } nk_kernels;
 
 /* Per-ISA table fillers, one per element type (no suffix: fp32), called in
@@ -477,6 +504,20 @@ double nk_sumsq_f64_bf16(const uint16_t *x, size_t n);
 void nk_short_stats_f64_f32(const float *x, size_t len, float eps, int rms, float *m, float *s);
 void nk_short_stats_f64_f16(const uint16_t *x, size_t len, float eps, int rms, float *m, float *s);
 void nk_short_stats_f64_bf16(const uint16_t *x, size_t len, float eps, int rms, float *m, float *s);
+
+/* The fp64 sum of squares of n elements at x, x + step, ... of a dtype
+ * (xt of kernels/dtype.h): the fallback of every sumsq_cols kernel. Rows
+ * in order, so every ISA gets the same value. */
+#define NK_SUMSQ_COL_F64(xt, load)                                                                \
+    static inline double nk_sumsq_col_f64(const xt *x, size_t n, size_t step)                     \
+    {                                                                                             \
+        double s = 0.0;                                                                           \
+        for (size_t i = 0; i < n; i++) {                                                          \
+            const double v = (double)load(&x[i * step]);                                          \
+            s += v * v;                                                                           \
+        }                                                                                         \
+        return s;                                                                                 \
+    }
 
 /* Scalar activation, the reference for every vector epilogue. */
 float nk_act_ref(float v, const nk_epilogue *ep);

@@ -267,6 +267,13 @@ void nk_segs_normalize(const nk_kernels *k, const void *x, void *y, size_t len, 
                        size_t ystride, size_t lo, size_t hi, float m, float a, float b,
                        const nk_epilogue *ep);
 
+/* LayerNorm (rms false) or RMSNorm (rms true) of a validated channels-first
+ * call: over c at every (n, s), weight and bias (the call's param dtype)
+ * per channel, save_mean / save_inv of n * s entries, index n * s + s
+ * (ops/layer_norm_cf.c). */
+nk_status nk_ln_channels_first(nk_call *cl, const void *weight, const void *bias, double eps,
+                               float *save_mean, float *save_inv, bool rms);
+
 /* momentum after bumping num_batches_tracked when cumulative (BatchNorm rule). */
 double nk_effective_momentum(nk_running_stats *rs);
 

@@ -173,16 +173,6 @@ static void ln_run(nk_call *cl, const float *weight, const float *bias, const vo
     nk_clear_error();
 }
 
-static nk_status ln_layout(const nk_call *cl)
-{
-    if (cl->layout != NK_CHANNELS_LAST)
-        return nk_fail(NK_ERR_UNSUPPORTED,
-                       "%s: desc->layout must be NK_CHANNELS_LAST (1): LayerNorm and RMSNorm "
-                       "normalize over c, the innermost extent",
-                       cl->fn);
-    return NK_OK;
-}
-
 nk_status nk_layer_norm(const float *x, int64_t rows, int64_t cols, const float *weight,
                         const float *bias, double eps, float *y, float *save_mean,
                         float *save_invstd, const nk_options *opts)
@@ -201,7 +191,9 @@ nk_status nk_layer_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, co
 {
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, "nk_layer_norm_ex", ctx, desc, x, y, eps, true);
-    if (st || (st = ln_layout(&cl)))
+    if (!st && cl.layout == NK_CHANNELS_FIRST)
+        return nk_ln_channels_first(&cl, weight, bias, eps, save_mean, save_invstd, false);
+    if (st)
         return st;
     nk_params pp;
     if ((st = nk_call_params(&cl, weight, bias, true, &pp)))
@@ -227,7 +219,9 @@ nk_status nk_rms_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, cons
 {
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, "nk_rms_norm_ex", ctx, desc, x, y, eps, true);
-    if (st || (st = ln_layout(&cl)))
+    if (!st && cl.layout == NK_CHANNELS_FIRST)
+        return nk_ln_channels_first(&cl, weight, NULL, eps, NULL, save_rstd, true);
+    if (st)
         return st;
     nk_params pp;
     if ((st = nk_call_params(&cl, weight, NULL, true, &pp)))
@@ -608,8 +602,9 @@ static nk_status fz_entry(const char *fn, const nk_context *ctx, const nk_tensor
     bool active;
     if ((st = fz_check(&cl, fusion, &o, &active)))
         return st;
-    if (!active && (st = ln_layout(&cl)))
-        return st;
+    /* no fusion: the plain call, channels-first included */
+    if (!active && cl.layout == NK_CHANNELS_FIRST)
+        return nk_ln_channels_first(&cl, weight, bias, eps, save_mean, save_inv, rms);
     nk_params pp, pb = {0};
     const bool chunked = !active;
     if ((st = nk_call_params(&cl, weight, bias, chunked, &pp)))

@@ -163,11 +163,11 @@ static const module_row table[][LAYER_COUNT] = {
             .eps = 1e-5, .ranks = &from_2d, .args = A(NUM_GROUPS) | A(DATA_FORMAT)},
         [NK_LAYER_LAYER_NORM] = {
             .name = "PyTorch", .convention = MOM_NEW_WEIGHT, .unbiased = 1, .training = 1, .dims_nc = 1,
-            .eps = 1e-5, .args = A(NORMALIZED_SHAPE) | A(BIAS)},
+            .eps = 1e-5, .args = A(NORMALIZED_SHAPE) | A(BIAS) | A(DATA_FORMAT)},
         [NK_LAYER_RMS_NORM] = {
             .name = "PyTorch", .convention = MOM_NEW_WEIGHT, .unbiased = 1, .training = 1, .dims_nc = 1,
             .eps = FLT_EPSILON, /* eps=None: torch.finfo(float32).eps */
-            .weight_only = 1, .args = A(NORMALIZED_SHAPE) | A(EPS_NONE)},
+            .weight_only = 1, .args = A(NORMALIZED_SHAPE) | A(EPS_NONE) | A(DATA_FORMAT)},
     },
     [NK_FW_MINDSPORE] = {
         [NK_LAYER_BATCH_NORM] = {
@@ -220,10 +220,10 @@ static const module_row table[][LAYER_COUNT] = {
             .eps = 1e-5, .ranks = &from_2d, .args = A(AXIS) | A(NUM_GROUPS)},
         [NK_LAYER_LAYER_NORM] = {
             .name = "ONNX", .convention = MOM_OLD_WEIGHT, .axis = AXIS_NORM, .affine = AFFINE_ALWAYS,
-            .eps = 1e-5, .args = A(AXIS) | A(NORMALIZED_SHAPE)},
+            .eps = 1e-5, .args = A(AXIS) | A(NORMALIZED_SHAPE) | A(DATA_FORMAT)},
         [NK_LAYER_RMS_NORM] = {
             .name = "ONNX", .convention = MOM_OLD_WEIGHT, .axis = AXIS_NORM, .affine = AFFINE_ALWAYS,
-            .eps = 1e-5, .weight_only = 1, .args = A(AXIS) | A(NORMALIZED_SHAPE)},
+            .eps = 1e-5, .weight_only = 1, .args = A(AXIS) | A(NORMALIZED_SHAPE) | A(DATA_FORMAT)},
         /* com.microsoft SkipLayerNormalization / SkipSimplifiedLayerNormalization: over
          * the last axis (no axis attribute); epsilon defaults to 1e-12 in both schemas;
          * beta is an optional input (bias=False leaves it out) */
@@ -339,6 +339,9 @@ struct nk_module {
     int64_t norm_shape[NK_MAX_NORM_DIMS];
     /* LayerNorm / RMSNorm: first reduced and first parameter dim, < 0 from the end */
     int norm_axis, params_axis;
+    /* LayerNorm / RMSNorm with data_format NK_CHANNELS_FIRST: over dim 1 of
+     * (N, C, *) (ConvNeXt's channels_first) */
+    int ln_channels_first;
     nk_options opts;
     unsigned dtype; /* x and y: nk_module_set_dtype */
     nk_context ctx; /* nk_module_set_context: the pool the calls run on */
@@ -586,6 +589,24 @@ nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank, in
                            fn, r->name, (long long)num_features, (long long)groups);
     }
 
+    /* PyTorch / ONNX LayerNorm and RMSNorm: data_format NK_CHANNELS_FIRST
+     * normalizes over dim 1 of (N, C, *), one dim of num_features (ConvNeXt's
+     * data_format="channels_first"); the axis, where the framework has one,
+     * may only say the same. Paddle's LayerNorm takes data_format and, as
+     * Paddle, ignores it. */
+    const int ln_cf = (fw == NK_FW_PYTORCH || fw == NK_FW_ONNX) &&
+                      (layer == NK_LAYER_LAYER_NORM || layer == NK_LAYER_RMS_NORM) &&
+                      cfg.data_format == NK_CHANNELS_FIRST;
+    if (ln_cf && nd != 1)
+        return nk_fail(NK_ERR_BAD_PARAM,
+                       "%s: %s %s: data_format NK_CHANNELS_FIRST normalizes over dim 1 alone: "
+                       "normalized_shape must have one dim, got %d",
+                       fn, r->name, lname, nd);
+    if (ln_cf && r->axis == AXIS_NORM && !DEF(cfg.axis) && cfg.axis != 1)
+        return nk_fail(NK_ERR_BAD_PARAM,
+                       "%s: %s %s: data_format NK_CHANNELS_FIRST normalizes over axis 1, got axis %d",
+                       fn, r->name, lname, cfg.axis);
+
     const int has_bias = affine && !r->weight_only && cfg.bias != 0;
 
     /* P floats per parameter array: the bytes must fit size_t and ptrdiff_t
@@ -628,6 +649,7 @@ nk_status nk_module_create(nk_framework fw, nk_layer layer, int spatial_rank, in
     } else if (r->axis == AXIS_NORM) {
         m->norm_axis = m->params_axis = cfg.axis;
     }
+    m->ln_channels_first = ln_cf;
     m->opts = cfg.options;
 
     float *p = m->storage;
@@ -958,9 +980,39 @@ static nk_status forward_gn(nk_module *m, const void *x, int ndim, const int64_t
 
 static int norm_axis(int a, int ndim) { return a < 0 ? a + ndim : a; }
 
+/* data_format NK_CHANNELS_FIRST: over dim 1 of (N, C, *), statistics per
+ * (n, position) */
+static nk_status forward_ln_cf(nk_module *m, const void *x, int ndim, const int64_t *dims,
+                               void *y, const nk_module_outputs *o)
+{
+    int64_t total = 0, S = 0;
+    nk_status st = dims_product(dims, 0, ndim, &total);
+    if (st)
+        return st;
+    if (ndim < 2 || dims[1] != m->C) {
+        char got[200];
+        format_dims(got, sizeof got, ndim, dims);
+        return nk_fail(NK_ERR_BAD_SHAPE,
+                       "channels_first: expected input with shape [N, %lld, *], but got input of size%s",
+                       (long long)m->C, got);
+    }
+    (void)total;
+    if ((st = dims_product(dims, 2, ndim, &S)))
+        return st;
+    const nk_shape s = {dims[0], m->C, S, NK_CHANNELS_FIRST};
+    const nk_tensor_desc d = module_desc(m, &s);
+    if (m->layer == NK_LAYER_RMS_NORM)
+        st = nk_rms_norm_ex(&m->ctx, &d, x, y, m->weight, m->eps, o->invstd);
+    else
+        st = nk_layer_norm_ex(&m->ctx, &d, x, y, m->weight, m->bias, m->eps, o->mean, o->invstd);
+    return module_error(m, st);
+}
+
 static nk_status forward_ln(nk_module *m, const void *x, int ndim, const int64_t *dims, void *y,
                             const nk_module_outputs *o)
 {
+    if (m->ln_channels_first)
+        return forward_ln_cf(m, x, ndim, dims, y, o);
     const int rs = norm_axis(m->norm_axis, ndim);   /* first reduced dim */
     const int ps = norm_axis(m->params_axis, ndim); /* first parameter dim */
     if (rs < 0 || rs >= ndim || ps < 0 || ps >= ndim)

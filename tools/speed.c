@@ -21,7 +21,8 @@
 
 #include "normkit.h"
 
-enum { IN, BN_TRAIN, BN_INFER, GN, LN, RMS };
+/* LN_CF, RMS_CF: channels-first (n, c, s), through the _ex entry points */
+enum { IN, BN_TRAIN, BN_INFER, GN, LN, RMS, LN_CF, RMS_CF };
 
 typedef struct shape_case {
     const char *name;
@@ -59,6 +60,11 @@ static const shape_case cases[] = {
     {"RMSNorm 8192x16", RMS, 8192, 16, 1, 0, 0},
     {"LayerNorm 1x4096", LN, 1, 4096, 1, 0, 0},
     {"RMSNorm 1x4096", RMS, 1, 4096, 1, 0, 0},
+    /* ConvNeXt's LayerNorm2d (channels_first), and the same bytes as rows */
+    {"LayerNorm2d channels-first 1x96x56x56", LN_CF, 1, 96, 56 * 56, NK_CHANNELS_FIRST, 0},
+    {"LayerNorm2d channels-first 1x768x7x7", LN_CF, 1, 768, 49, NK_CHANNELS_FIRST, 0},
+    {"RMSNorm channels-first 1x96x56x56", RMS_CF, 1, 96, 56 * 56, NK_CHANNELS_FIRST, 0},
+    {"LayerNorm 3136x96", LN, 3136, 96, 1, 0, 0},
     {"InstanceNorm2d 1x256x7x7", IN, 1, 256, 49, NK_CHANNELS_FIRST, 0},
     {"InstanceNorm2d 1x64x14x14", IN, 1, 64, 196, NK_CHANNELS_FIRST, 0},
     {"BatchNorm2d infer 1x512x7x7", BN_INFER, 1, 512, 49, NK_CHANNELS_FIRST, 0},
@@ -113,6 +119,10 @@ static nk_status run_ex(const shape_case *sc, const bufs *B)
     case LN:
         d.layout = NK_CHANNELS_LAST;
         return nk_layer_norm_ex(&g_ctx, &d, B->x, B->y, B->w, B->b, 1e-5, NULL, NULL);
+    case LN_CF:
+        return nk_layer_norm_ex(&g_ctx, &d, B->x, B->y, B->w, B->b, 1e-6, NULL, NULL);
+    case RMS_CF:
+        return nk_rms_norm_ex(&g_ctx, &d, B->x, B->y, B->w, 1e-6, NULL);
     default:
         d.layout = NK_CHANNELS_LAST;
         return nk_rms_norm_ex(&g_ctx, &d, B->x, B->y, B->w, 1e-6, NULL);
@@ -149,7 +159,7 @@ static void run_op(const shape_case *sc, const bufs *B)
 {
     nk_shape sh = {sc->n, sc->c, sc->s, (nk_layout)sc->layout};
     nk_status st = NK_OK;
-    if (g_pool || g_dtype != NK_DTYPE_F32) {
+    if (g_pool || g_dtype != NK_DTYPE_F32 || sc->op >= LN_CF) {
         st = run_ex(sc, B);
         if (st != NK_OK) {
             fprintf(stderr, "%s: %s\n", sc->name, nk_last_error());

@@ -85,6 +85,22 @@ static void sumsq_rows_ref(const void *xv, size_t rows, size_t len, size_t strid
     }
 }
 
+NK_SUMSQ_COL_F64(xt, nk_xload)
+
+static void sumsq_cols_ref(const void *xv, size_t rows, size_t cols, size_t stride, double *acc)
+{
+    const xt *x = xv;
+    for (size_t c = 0; c < cols; c++)
+        for (size_t r0 = 0; r0 < rows; r0 += NK_SUMSQ_COLS_CHUNK) {
+            const size_t n = rows - r0 < NK_SUMSQ_COLS_CHUNK ? rows - r0 : NK_SUMSQ_COLS_CHUNK;
+            const xt *p = x + r0 * stride + c;
+            float s = 0.0f;
+            for (size_t r = 0; r < n; r++)
+                s += nk_xload(&p[r * stride]) * nk_xload(&p[r * stride]);
+            acc[c] += isfinite(s) ? (double)s : nk_sumsq_col_f64(p, n, stride);
+        }
+}
+
 void NK_DT_F64(nk_moments_f64)(const xt *x, size_t n, size_t step, nk_moments *out)
 {
     double s = 0.0;
@@ -118,4 +134,5 @@ void NK_DT_NAME(nk_kernels_init_ref_moments)(nk_kernels *k)
     k->moments_rows = moments_rows_ref;
     k->moments_cols = moments_cols_ref;
     k->sumsq_rows = sumsq_rows_ref;
+    k->sumsq_cols = sumsq_cols_ref;
 }

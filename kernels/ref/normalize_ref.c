@@ -88,6 +88,23 @@ static void norm_affine_ref(const void *xv, void *yv, size_t rows, size_t len, s
     }
 }
 
+static void norm_cols_affine_ref(const void *xv, void *yv, size_t rows, size_t cols,
+                                 size_t xstride, size_t ystride, const float *m, const float *s,
+                                 const float *g, const float *b, const nk_epilogue *ep)
+{
+    const xt *x = xv;
+    xt *y = yv;
+    for (size_t r = 0; r < rows; r++) {
+        const xt *xr = x + r * xstride;
+        xt *yr = y + r * ystride;
+        const float gr = g ? g[r] : 1.0f, br = b ? b[r] : 0.0f;
+        for (size_t c = 0; c < cols; c++) {
+            float v = (nk_xload(&xr[c]) - (m ? m[c] : 0.0f)) * s[c];
+            nk_xstore(&yr[c], nk_act_ref(fmaf(v, gr, br), ep));
+        }
+    }
+}
+
 static void widen_ref(const void *xv, size_t n, float *out)
 {
     const xt *x = xv;
@@ -136,6 +153,7 @@ void NK_DT_NAME(nk_kernels_init_ref)(nk_kernels *k)
 #endif
     k->norm_cols = norm_cols_ref;
     k->norm_affine = norm_affine_ref;
+    k->norm_cols_affine = norm_cols_affine_ref;
     k->widen = widen_ref;
     NK_DT_NAME(nk_kernels_init_ref_short)(k);
     NK_DT_NAME(nk_kernels_init_ref_backward)(k);

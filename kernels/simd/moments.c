@@ -396,8 +396,75 @@ static void NK_FN(moments_cols)(const void *xv, size_t rows, size_t cols, size_t
     }
 }
 
+/* ---- sumsq_cols: lanes are columns, chunks of NK_SUMSQ_COLS_CHUNK rows ----
+ *
+ * Each lane sums its column's squares over a chunk's rows in order (one fma
+ * per row), the chunk's fp32 sums go to acc in fp64. Blocks of up to
+ * SSQ_V vectors of columns keep one add chain per vector in flight.
+ */
+
+#define SSQ_V 4
+
+NK_SUMSQ_COL_F64(xt, nk_xload)
+
+/* V full vectors of columns (V <= SSQ_V), or one vector of `tail` lanes
+ * when tail != 0, over all rows. */
+NK_INLINE void ssq_block(const xt *p, size_t rows, size_t stride, const int V, size_t tail,
+                         double *acc)
+{
+    for (size_t r0 = 0; r0 < rows; r0 += NK_SUMSQ_COLS_CHUNK) {
+        const size_t nr = rows - r0 < NK_SUMSQ_COLS_CHUNK ? rows - r0 : NK_SUMSQ_COLS_CHUNK;
+        const xt *q = p + r0 * stride;
+        vf t[SSQ_V];
+        for (int v = 0; v < V; v++)
+            t[v] = vf_zero();
+        for (size_t r = 0; r < nr; r++) {
+            vf x[SSQ_V];
+            if (tail)
+                x[0] = vx_load_n(q + r * stride, tail);
+            else
+                vx_loadu_vecs(q + r * stride, x, V);
+            for (int v = 0; v < V; v++)
+                t[v] = vf_fma(x[v], x[v], t[v]);
+        }
+        float s[SSQ_V * NK_VL] = {0};
+        unsigned bad = 0;
+        for (int v = 0; v < V; v++) {
+            vf_storeu(s + v * NK_VL, t[v]);
+            bad |= vf_nonfinite(t[v]);
+        }
+        const size_t n = tail ? tail : (size_t)V * NK_VL;
+        if (bad) /* those columns of the chunk again in fp64 (rare) */
+            for (size_t c = 0; c < n; c++)
+                acc[c] += isfinite(s[c]) ? (double)s[c] : nk_sumsq_col_f64(q + c, nr, stride);
+        else
+            for (size_t c = 0; c < n; c++)
+                acc[c] += (double)s[c];
+    }
+}
+
+static void NK_FN(sumsq_cols)(const void *xv, size_t rows, size_t cols, size_t stride,
+                              double *acc)
+{
+    const xt *x = xv;
+    size_t j = 0;
+    for (; j + SSQ_V * NK_VL <= cols; j += SSQ_V * NK_VL)
+        ssq_block(x + j, rows, stride, SSQ_V, 0, acc + j);
+    if (j + 2 * NK_VL <= cols) {
+        ssq_block(x + j, rows, stride, 2, 0, acc + j);
+        j += 2 * NK_VL;
+    }
+    if (j + NK_VL <= cols) {
+        ssq_block(x + j, rows, stride, 1, 0, acc + j);
+        j += NK_VL;
+    }
+    if (j < cols)
+        ssq_block(x + j, rows, stride, 1, cols - j, acc + j);
+}
+
 void NK_FN(kernels_init_moments)(nk_kernels *k)
 {
+    k->sumsq_cols = NK_FN(sumsq_cols);
     k->moments_rows = NK_FN(moments_rows);
     k->moments_cols = NK_FN(moments_cols);
     k->sumsq_rows = NK_FN(sumsq_rows);

@@ -452,6 +452,99 @@ static void NK_FN(norm_affine)(const void *x, void *y, size_t rows, size_t len, 
         nk_stream_fence();
 }
 
+/* ---- norm_cols_affine: per-column m, s; per-row gamma, beta ----
+ *
+ * Blocks of up to 4 vectors of columns keep their m and s in registers
+ * across all rows; each row broadcasts its gamma and beta. Absent m, gamma
+ * and beta are 0, 1 and 0: x - 0 and fma(v, 1, 0) are the scalar kernel's
+ * values of the same expression, so they need no loops of their own.
+ */
+
+NK_INLINE vf caff1(vf x, vf m, vf s, vf g, vf b, const int act, vf alpha)
+{
+    return act_apply(vf_fma(vf_mul(vf_sub(x, m), s), g, b), act, alpha);
+}
+
+NK_INLINE void caff_block(const xt *x, xt *y, size_t rows, size_t xstride, size_t ystride,
+                          const float *m, const float *s, const float *g, const float *b,
+                          const int V, size_t tail, const int act, vf alpha, int stream)
+{
+    vf vm[4], vs[4];
+    for (int v = 0; v < V; v++) {
+        const size_t o = (size_t)v * NK_VL;
+        vm[v] = !m ? vf_zero() : tail ? vf_load_n(m, tail) : vf_loadu(m + o);
+        vs[v] = tail ? vf_load_n(s, tail) : vf_loadu(s + o);
+    }
+    for (size_t r = 0; r < rows; r++) {
+        const xt *xr = x + r * xstride;
+        xt *yr = y + r * ystride;
+        const vf g1 = vf_set1(g ? g[r] : 1.0f), b1 = vf_set1(b ? b[r] : 0.0f);
+        if (tail) {
+            vx_store_n(yr, caff1(vx_load_n(xr, tail), vm[0], vs[0], g1, b1, act, alpha), tail);
+            continue;
+        }
+        int v = 0;
+        for (; v + 2 <= V; v += 2) {
+            const size_t o = (size_t)v * NK_VL;
+            vf v0, v1;
+            vx_loadu2(xr + o, &v0, &v1);
+            v0 = caff1(v0, vm[v], vs[v], g1, b1, act, alpha);
+            v1 = caff1(v1, vm[v + 1], vs[v + 1], g1, b1, act, alpha);
+            if (stream)
+                vx_stream2(yr + o, v0, v1);
+            else
+                vx_storeu2(yr + o, v0, v1);
+        }
+        if (v < V) {
+            const size_t o = (size_t)v * NK_VL;
+            vf o1 = caff1(vx_loadu(xr + o), vm[v], vs[v], g1, b1, act, alpha);
+            if (stream)
+                vx_stream(yr + o, o1);
+            else
+                vx_storeu(yr + o, o1);
+        }
+    }
+}
+
+NK_INLINE void caff_body(const xt *x, xt *y, size_t rows, size_t cols, size_t xstride,
+                         size_t ystride, const float *m, const float *s, const float *g,
+                         const float *b, const int act, const nk_epilogue *ep)
+{
+    const vf alpha = vf_set1(ep->alpha);
+    /* streaming only when every row's full vectors are aligned */
+    const int stream = NK_STREAM(ep) && nk_aligned(y) && ystride % NK_VL == 0;
+    size_t j = 0;
+#define BLOCK(V, tail)                                                                            \
+    caff_block(x + j, y + j, rows, xstride, ystride, m ? m + j : NULL, s + j, g, b, V, tail, act, \
+               alpha, stream)
+    for (; j + 4 * NK_VL <= cols; j += 4 * NK_VL)
+        BLOCK(4, 0);
+    if (j + 2 * NK_VL <= cols) {
+        BLOCK(2, 0);
+        j += 2 * NK_VL;
+    }
+    if (j + NK_VL <= cols) {
+        BLOCK(1, 0);
+        j += NK_VL;
+    }
+    if (j < cols)
+        BLOCK(1, cols - j);
+#undef BLOCK
+}
+
+static void NK_FN(norm_cols_affine)(const void *x, void *y, size_t rows, size_t cols,
+                                    size_t xstride, size_t ystride, const float *m,
+                                    const float *s, const float *g, const float *b,
+                                    const nk_epilogue *ep)
+{
+#define CAFF(ACT)                                                                                 \
+    caff_body((const xt *)x, (xt *)y, rows, cols, xstride, ystride, m, s, g, b, ACT, ep)
+    NK_ACT_SWITCH(CAFF)
+#undef CAFF
+    if (NK_STREAM(ep))
+        nk_stream_fence();
+}
+
 /* ---- inv_scale: the same IEEE operations as the scalar kernel ---- */
 
 /* fp32 parameters only: compiled in the fp32 unit, shared by every table */
@@ -493,6 +586,7 @@ void NK_INIT(nk_kernels *k)
     k->norm_rows = NK_FN(norm_rows);
     k->norm_cols = NK_FN(norm_cols);
     k->norm_affine = NK_FN(norm_affine);
+    k->norm_cols_affine = NK_FN(norm_cols_affine);
     k->widen = NK_FN(widen);
 #if NK_DT == NK_DTYPE_F32
 #  if NK_IEEE_VDIV

@@ -214,6 +214,16 @@ static int well_formed(nkf_in *in, const made *md, int64_t *dims)
             (c->axis != NK_DEFAULT && md->fw == NK_FW_ONNX))
             return 0;
         int nd = c->normalized_ndim == NK_DEFAULT ? 1 : c->normalized_ndim;
+        if ((md->fw == NK_FW_PYTORCH || md->fw == NK_FW_ONNX) &&
+            c->data_format == NK_CHANNELS_FIRST) {
+            /* over dim 1 of (N, C, *): ConvNeXt's channels_first */
+            int k = 0, ns = nkf_u8(in) % 3;
+            dims[k++] = nkf_u8(in) % 4;
+            dims[k++] = C;
+            for (int i = 0; i < ns; i++)
+                dims[k++] = nkf_u8(in) % 6;
+            return k;
+        }
         if (nd > 1 && (md->fw == NK_FW_ONNX ||
                        (md->fw == NK_FW_MINDSPORE && md->layer == NK_LAYER_LAYER_NORM)))
             return 0;
