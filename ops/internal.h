@@ -267,6 +267,13 @@ void nk_segs_normalize(const nk_kernels *k, const void *x, void *y, size_t len, 
                        size_t ystride, size_t lo, size_t hi, float m, float a, float b,
                        const nk_epilogue *ep);
 
+/* LayerNorm's (rms false) or RMSNorm's (rms true) per-row statistics from
+ * the moments of n rows: m[i] the mean (0 for RMSNorm), s[i] 1 / sqrt(var +
+ * eps) (1 / rms); copied to save_mean / save_inv where not NULL (RMSNorm
+ * leaves save_mean). */
+void nk_ln_stats(const nk_moments *mo, size_t n, bool rms, double eps, float *m, float *s,
+                 float *save_mean, float *save_inv);
+
 /* LayerNorm (rms false) or RMSNorm (rms true) of a validated channels-first
  * call: over c at every (n, s), weight and bias (the call's param dtype)
  * per channel, save_mean / save_inv of n * s entries, index n * s + s

@@ -61,26 +61,31 @@ static void ln_moments(void *op, size_t b, size_t p, nk_moments *part)
     }
 }
 
+void nk_ln_stats(const nk_moments *mo, size_t n, bool rms, double eps, float *m, float *s,
+                 float *save_mean, float *save_inv)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (rms) {
+            s[i] = (float)(1.0 / sqrt(mo[i].m2 / mo[i].count + eps));
+            m[i] = 0.0f;
+        } else {
+            s[i] = (float)nk_rstd(mo[i].m2 / mo[i].count, eps);
+            m[i] = (float)mo[i].mean;
+            if (save_mean)
+                save_mean[i] = m[i];
+        }
+        if (save_inv)
+            save_inv[i] = s[i];
+    }
+}
+
 static void ln_finalize(void *op, size_t b, const nk_moments *mo, void *par)
 {
     const ln_op *o = op;
     ln_par *pp = par;
-    size_t r0 = o->pieces > 1 ? b : b * o->rb, g = ln_groups(op, b);
-    for (size_t i = 0; i < g; i++) {
-        float s;
-        if (o->rms) {
-            s = (float)(1.0 / sqrt(mo[i].m2 / mo[i].count + o->eps));
-            pp->m[i] = 0.0f;
-        } else {
-            s = (float)nk_rstd(mo[i].m2 / mo[i].count, o->eps);
-            pp->m[i] = (float)mo[i].mean;
-            if (o->save_mean)
-                o->save_mean[r0 + i] = pp->m[i];
-        }
-        pp->s[i] = s;
-        if (o->save_inv)
-            o->save_inv[r0 + i] = s;
-    }
+    const size_t r0 = o->pieces > 1 ? b : b * o->rb;
+    nk_ln_stats(mo, ln_groups(op, b), o->rms, o->eps, pp->m, pp->s,
+                o->save_mean ? o->save_mean + r0 : NULL, o->save_inv ? o->save_inv + r0 : NULL);
 }
 
 static void ln_normalize(void *op, size_t b, size_t p, const void *par)
@@ -382,22 +387,12 @@ static void fz_short(const fz_op *o, size_t r0, size_t r1, float *s, bool direct
     }
 }
 
-/* m and s of rows [r0, r0 + n) from their statistics (ln_finalize's rule). */
+/* m and s of rows [r0, r0 + n) from their statistics. */
 static void fz_finalize(const fz_op *o, size_t r0, size_t n, const nk_moments *mo, ln_par *pp)
 {
-    for (size_t i = 0; i < n; i++) {
-        if (o->ln.rms) {
-            pp->s[i] = (float)(1.0 / sqrt(mo[i].m2 / mo[i].count + o->ln.eps));
-            pp->m[i] = 0.0f;
-        } else {
-            pp->s[i] = (float)nk_rstd(mo[i].m2 / mo[i].count, o->ln.eps);
-            pp->m[i] = (float)mo[i].mean;
-            if (o->ln.save_mean)
-                o->ln.save_mean[r0 + i] = pp->m[i];
-        }
-        if (o->ln.save_inv)
-            o->ln.save_inv[r0 + i] = pp->s[i];
-    }
+    nk_ln_stats(mo, n, o->ln.rms, o->ln.eps, pp->m, pp->s,
+                o->ln.save_mean ? o->ln.save_mean + r0 : NULL,
+                o->ln.save_inv ? o->ln.save_inv + r0 : NULL);
 }
 
 /* NK_QUANT_ROW: row_scale = absmax / 127 of rows staged and normalized in s. */

@@ -84,21 +84,8 @@ static void cf_finalize(void *op, size_t b, const nk_moments *mo, void *par)
     cf_par *pp = par;
     size_t n, s0;
     const size_t w = cf_block(o, b, &n, &s0), at = n * o->cl->s + s0;
-    for (size_t i = 0; i < w; i++) {
-        float s;
-        if (o->rms) {
-            s = (float)(1.0 / sqrt(mo[i].m2 / mo[i].count + o->eps));
-            pp->m[i] = 0.0f;
-        } else {
-            s = (float)nk_rstd(mo[i].m2 / mo[i].count, o->eps);
-            pp->m[i] = (float)mo[i].mean;
-            if (o->save_mean)
-                o->save_mean[at + i] = pp->m[i];
-        }
-        pp->s[i] = s;
-        if (o->save_inv)
-            o->save_inv[at + i] = s;
-    }
+    nk_ln_stats(mo, w, o->rms, o->eps, pp->m, pp->s, o->save_mean ? o->save_mean + at : NULL,
+                o->save_inv ? o->save_inv + at : NULL);
 }
 
 static void cf_normalize(void *op, size_t b, size_t p, const void *par)
