@@ -33,6 +33,17 @@ static size_t ln_groups(void *op, size_t b)
     return o->rows - b * o->rb < o->rb ? o->rows - b * o->rb : o->rb;
 }
 
+/* Sums of squares of rows x of len elements (dtype of k, row stride xs)
+ * into ss[0, rows): the kernel's, redone in fp64 where it overflowed. */
+static void ln_sumsq_rows(const nk_kernels *k, const void *x, size_t rows, size_t len, size_t xs,
+                          double *ss)
+{
+    k->sumsq_rows(x, rows, len, xs, ss);
+    for (size_t i = 0; i < rows; i++)
+        if (!isfinite(ss[i]))
+            ss[i] = nk_sumsq_f64(k->dtype, nk_xat(k, x, i * xs), len);
+}
+
 /* Rows [r0, r1), columns [lo, hi) of each: moments merged into part[r - r0]. */
 static void ln_moments(void *op, size_t b, size_t p, nk_moments *part)
 {
@@ -48,12 +59,9 @@ static void ln_moments(void *op, size_t b, size_t p, nk_moments *part)
         nk_moments *out = part + (r - r0);
         if (o->rms) {
             double ss[64];
-            cl->k->sumsq_rows(x, e - r, len, xs, ss);
-            for (size_t i = 0; i < e - r; i++) {
-                if (!isfinite(ss[i]))
-                    ss[i] = nk_sumsq_f64(cl->k->dtype, nk_xat(cl->k, x, i * xs), len);
+            ln_sumsq_rows(cl->k, x, e - r, len, xs, ss);
+            for (size_t i = 0; i < e - r; i++)
                 out[i] = (nk_moments){(double)len, 0.0, ss[i]};
-            }
         } else {
             nk_rows_moments(cl->k, x, e - r, len, xs, out);
         }
@@ -178,6 +186,21 @@ static void ln_run(nk_call *cl, const float *weight, const float *bias, const vo
     nk_clear_error();
 }
 
+/* LayerNorm / RMSNorm (no bias) of a validated call, either layout. */
+static nk_status ln_plain(nk_call *cl, const void *weight, const void *bias, double eps,
+                          float *save_mean, float *save_inv, bool rms)
+{
+    if (cl->layout == NK_CHANNELS_FIRST)
+        return nk_ln_channels_first(cl, weight, bias, eps, save_mean, save_inv, rms);
+    nk_params pp;
+    nk_status st = nk_call_params(cl, weight, bias, true, &pp);
+    if (st)
+        return st;
+    ln_run(cl, pp.w, pp.b, pp.w16, pp.b16, eps, save_mean, save_inv, rms);
+    nk_params_free(&pp);
+    return NK_OK;
+}
+
 nk_status nk_layer_norm(const float *x, int64_t rows, int64_t cols, const float *weight,
                         const float *bias, double eps, float *y, float *save_mean,
                         float *save_invstd, const nk_options *opts)
@@ -196,16 +219,7 @@ nk_status nk_layer_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, co
 {
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, "nk_layer_norm_ex", ctx, desc, x, y, eps, true);
-    if (!st && cl.layout == NK_CHANNELS_FIRST)
-        return nk_ln_channels_first(&cl, weight, bias, eps, save_mean, save_invstd, false);
-    if (st)
-        return st;
-    nk_params pp;
-    if ((st = nk_call_params(&cl, weight, bias, true, &pp)))
-        return st;
-    ln_run(&cl, pp.w, pp.b, pp.w16, pp.b16, eps, save_mean, save_invstd, false);
-    nk_params_free(&pp);
-    return NK_OK;
+    return st ? st : ln_plain(&cl, weight, bias, eps, save_mean, save_invstd, false);
 }
 
 nk_status nk_rms_norm(const float *x, int64_t rows, int64_t cols, const float *weight, double eps,
@@ -224,16 +238,7 @@ nk_status nk_rms_norm_ex(const nk_context *ctx, const nk_tensor_desc *desc, cons
 {
     nk_call cl;
     nk_status st = nk_call_from_desc(&cl, "nk_rms_norm_ex", ctx, desc, x, y, eps, true);
-    if (!st && cl.layout == NK_CHANNELS_FIRST)
-        return nk_ln_channels_first(&cl, weight, NULL, eps, NULL, save_rstd, true);
-    if (st)
-        return st;
-    nk_params pp;
-    if ((st = nk_call_params(&cl, weight, NULL, true, &pp)))
-        return st;
-    ln_run(&cl, pp.w, NULL, pp.w16, NULL, eps, NULL, save_rstd, true);
-    nk_params_free(&pp);
-    return NK_OK;
+    return st ? st : ln_plain(&cl, weight, NULL, eps, NULL, save_rstd, true);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -297,10 +302,8 @@ static void fz_stats(const fz_op *o, const float *s, size_t rows, size_t w, nk_m
 {
     if (o->ln.rms) {
         double ss[64];
-        o->k32->sumsq_rows(s, rows, w, w, ss);
+        ln_sumsq_rows(o->k32, s, rows, w, w, ss);
         for (size_t i = 0; i < rows; i++) {
-            if (!isfinite(ss[i]))
-                ss[i] = nk_sumsq_f64(NK_DTYPE_F32, s + i * w, w);
             mo[i].count += (double)w;
             mo[i].m2 += ss[i];
         }
@@ -332,6 +335,9 @@ static void fz_store(const fz_op *o, size_t r0, size_t r1, size_t j, size_t w, c
         r = e;
     }
 }
+
+/* Width of the column chunk at j of a row of D floats. */
+static size_t fz_width(size_t D, size_t j) { return D - j < FZ_FLOATS ? D - j : FZ_FLOATS; }
 
 /* y is written straight from s by the normalize kernel (not quantized) */
 static bool fz_direct(const fz_op *o) { return !o->quant; }
@@ -440,7 +446,7 @@ static void fz_task(void *arg, size_t b)
     }
     /* one long row (rb == 1), in column chunks */
     for (size_t j = 0; j < D; j += FZ_FLOATS) {
-        const size_t w = D - j < FZ_FLOATS ? D - j : FZ_FLOATS;
+        const size_t w = fz_width(D, j);
         fz_stage(o, r0, r1, j, w, s, false);
         fz_stats(o, s, 1, w, mo);
     }
@@ -448,7 +454,7 @@ static void fz_task(void *arg, size_t b)
     if (o->quant == NK_QUANT_ROW) {
         float best = 0.0f, a;
         for (size_t j = 0; j < D; j += FZ_FLOATS) {
-            const size_t w = D - j < FZ_FLOATS ? D - j : FZ_FLOATS;
+            const size_t w = fz_width(D, j);
             fz_stage(o, r0, r1, j, w, s, false);
             fz_normalize(o, r0, r1, j, w, s, &pp, false);
             o->k32->absmax_rows(s, 1, w, &a);
@@ -457,7 +463,7 @@ static void fz_task(void *arg, size_t b)
         fz_row_scales(o, r0, 1, &best, qs);
     }
     for (size_t j = 0; j < D; j += FZ_FLOATS) {
-        const size_t w = D - j < FZ_FLOATS ? D - j : FZ_FLOATS;
+        const size_t w = fz_width(D, j);
         fz_stage(o, r0, r1, j, w, s, true);
         fz_normalize(o, r0, r1, j, w, s, &pp, direct);
         if (!direct)
@@ -597,18 +603,12 @@ static nk_status fz_entry(const char *fn, const nk_context *ctx, const nk_tensor
     bool active;
     if ((st = fz_check(&cl, fusion, &o, &active)))
         return st;
-    /* no fusion: the plain call, channels-first included */
-    if (!active && cl.layout == NK_CHANNELS_FIRST)
-        return nk_ln_channels_first(&cl, weight, bias, eps, save_mean, save_inv, rms);
+    /* no fusion: the plain call */
+    if (!active)
+        return ln_plain(&cl, weight, bias, eps, save_mean, save_inv, rms);
     nk_params pp, pb = {0};
-    const bool chunked = !active;
-    if ((st = nk_call_params(&cl, weight, bias, chunked, &pp)))
+    if ((st = nk_call_params(&cl, weight, bias, false, &pp)))
         return st;
-    if (!active) {
-        ln_run(&cl, pp.w, pp.b, pp.w16, pp.b16, eps, save_mean, save_inv, rms);
-        nk_params_free(&pp);
-        return NK_OK;
-    }
     if (fusion->skip_bias && (st = nk_call_params(&cl, fusion->skip_bias, NULL, false, &pb))) {
         nk_params_free(&pp);
         return st;

@@ -246,3 +246,12 @@ void nkt_assert_close(const float *y, const double *ref, size_t n, double atol, 
         }
     }
 }
+
+int nkt_isa_list(nk_isa *out)
+{
+    int n = 0;
+    for (int i = NK_ISA_SCALAR; i <= NK_ISA_NEON; i++)
+        if (nk_isa_supported((nk_isa)i))
+            out[n++] = (nk_isa)i;
+    return n;
+}

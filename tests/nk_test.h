@@ -51,6 +51,10 @@ void nkt_oracle_layer_norm(const float *x, int64_t rows, int64_t cols, const flo
 void nkt_oracle_rms_norm(const float *x, int64_t rows, int64_t cols, const float *w, double eps,
                          const nk_options *o, double *y);
 
+/* The ISAs this CPU runs, scalar first, into out (room for NK_ISA_NEON + 1);
+ * returns their number. Tests that select each ISA themselves loop over it. */
+int nkt_isa_list(nk_isa *out);
+
 /* max |y - ref| and max |y - ref| / max(|ref|, 1) over n elements */
 double nkt_max_abs_err(const float *y, const double *ref, size_t n);
 /* asserts |y - ref| <= atol + rtol * |ref| elementwise, NaN only where ref is NaN */

@@ -237,16 +237,6 @@ static const char *const op_names[NUM_OPS] = {"bn_train", "bn_infer", "bn_stats+
                                               "in_input_stats", "in_running_stats", "gn", "ln",
                                               "rms"};
 
-/* the ISAs this CPU runs */
-static int isa_list(nk_isa *out)
-{
-    int n = 0;
-    for (int i = NK_ISA_SCALAR; i <= NK_ISA_NEON; i++)
-        if (nk_isa_supported((nk_isa)i))
-            out[n++] = (nk_isa)i;
-    return n;
-}
-
 static void set_isa(nk_isa isa) { assert_int_equal(nk_set_isa(isa), NK_OK); }
 
 typedef struct spec {
@@ -863,7 +853,7 @@ static const int64_t ln_shapes[][3] = {
 static void sweep_op(int op, tally *t)
 {
     nk_isa isas[4];
-    const int nisa = isa_list(isas);
+    const int nisa = nkt_isa_list(isas);
     const nk_isa orig = nk_get_isa();
     const int *acts = quick ? acts_quick : acts_full;
     const size_t nacts = quick ? COUNT(acts_quick) : COUNT(acts_full);
@@ -940,7 +930,7 @@ static void sweep_data(const spec *specs, size_t nspecs, double mean, const doub
                        int both_pdt, const char *label, double min_exact, uint64_t seed0)
 {
     nk_isa isas[4];
-    const int nisa = isa_list(isas);
+    const int nisa = nkt_isa_list(isas);
     const nk_isa orig = nk_get_isa();
     tally t[2] = {{0}};
     for (int ii = 0; ii < nisa; ii++) {
@@ -1059,7 +1049,7 @@ static void test_near_max(void **state)
 {
     (void)state;
     nk_isa isas[4];
-    const int nisa = isa_list(isas);
+    const int nisa = nkt_isa_list(isas);
     const nk_isa orig = nk_get_isa();
     tally t[2] = {{0}};
     const int ops[] = {BN_TRAIN, BN_INFER, BN_MOMENTS, IN_STATS, GN, LN, RMS};
@@ -1119,7 +1109,7 @@ static void test_nonfinite(void **state)
 {
     (void)state;
     nk_isa isas[4];
-    const int nisa = isa_list(isas);
+    const int nisa = nkt_isa_list(isas);
     const nk_isa orig = nk_get_isa();
     long nan_out = 0, inf_out = 0;
     for (int ii = 0; ii < nisa; ii++) {
@@ -1168,7 +1158,7 @@ static void test_constant(void **state)
 {
     (void)state;
     nk_isa isas[4];
-    const int nisa = isa_list(isas);
+    const int nisa = nkt_isa_list(isas);
     const nk_isa orig = nk_get_isa();
     const int ops[] = {BN_TRAIN, BN_MOMENTS, IN_STATS, GN, LN};
     for (int ii = 0; ii < nisa; ii++) {

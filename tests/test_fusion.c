@@ -495,16 +495,6 @@ static void check_oracle(const prob *P, const char *what)
     free(ref);
 }
 
-/* the ISAs this CPU runs */
-static int isa_list(nk_isa *out)
-{
-    int n = 0;
-    for (int i = NK_ISA_SCALAR; i <= NK_ISA_NEON; i++)
-        if (nk_isa_supported((nk_isa)i))
-            out[n++] = (nk_isa)i;
-    return n;
-}
-
 static void set_isa(nk_isa isa) { assert_int_equal(nk_set_isa(isa), NK_OK); }
 
 static cfg base_cfg(int rms, unsigned dt, unsigned pdt, int64_t n, int64_t S, int64_t c)
@@ -545,7 +535,7 @@ static void test_residual(void **state)
     static const int64_t cols[] = {1, 3, 17, 64, 65, 768, 1000, 4096, 5000};
     static const int64_t rowsv[] = {1, 2, 7, 33};
     nk_isa isas[4];
-    const int ni = isa_list(isas);
+    const int ni = nkt_isa_list(isas);
     const nk_isa orig = nk_get_isa();
     unsigned idx = 0;
     for (int ii = 0; ii < ni; ii++) {
@@ -585,7 +575,7 @@ static void test_broadcast(void **state)
     (void)state;
     static const int64_t cols[] = {3, 17, 64, 768};
     nk_isa isas[4];
-    const int ni = isa_list(isas);
+    const int ni = nkt_isa_list(isas);
     const nk_isa orig = nk_get_isa();
     unsigned idx = 0;
     for (int ii = 0; ii < ni; ii++) {
@@ -626,7 +616,7 @@ static void test_strides(void **state)
 {
     (void)state;
     nk_isa isas[4];
-    const int ni = isa_list(isas);
+    const int ni = nkt_isa_list(isas);
     const nk_isa orig = nk_get_isa();
     unsigned idx = 0;
     for (int ii = 0; ii < ni; ii++) {
@@ -676,7 +666,7 @@ static void test_in_place(void **state)
 {
     (void)state;
     nk_isa isas[4];
-    const int ni = isa_list(isas);
+    const int ni = nkt_isa_list(isas);
     const nk_isa orig = nk_get_isa();
     for (int ii = 0; ii < ni; ii++) {
         set_isa(isas[ii]);
@@ -952,7 +942,7 @@ static void test_quant_tensor(void **state)
     };
     static const int64_t cols[] = {1, 17, 65, 768, 1000};
     nk_isa isas[4];
-    const int ni = isa_list(isas);
+    const int ni = nkt_isa_list(isas);
     const nk_isa orig = nk_get_isa();
     unsigned idx = 0;
     for (int ii = 0; ii < ni; ii++) {
@@ -1037,7 +1027,7 @@ static void test_quant_row(void **state)
     (void)state;
     static const int64_t cols[] = {1, 3, 17, 64, 65, 768, 1000};
     nk_isa isas[4];
-    const int ni = isa_list(isas);
+    const int ni = nkt_isa_list(isas);
     const nk_isa orig = nk_get_isa();
     unsigned idx = 0;
     for (int ii = 0; ii < ni; ii++) {
@@ -1136,7 +1126,7 @@ static void test_quant_from_fp32(void **state)
 {
     (void)state;
     nk_isa isas[4];
-    const int ni = isa_list(isas);
+    const int ni = nkt_isa_list(isas);
     const nk_isa orig = nk_get_isa();
     for (int ii = 0; ii < ni; ii++) {
         set_isa(isas[ii]);
@@ -1401,7 +1391,7 @@ static void test_plain(void **state)
     (void)state;
     static const int64_t cols[] = {1, 17, 65, 768, 1000};
     nk_isa isas[4];
-    const int ni = isa_list(isas);
+    const int ni = nkt_isa_list(isas);
     const nk_isa orig = nk_get_isa();
     unsigned idx = 0;
     for (int ii = 0; ii < ni; ii++) {

@@ -639,22 +639,6 @@ static void run_case(const cf_case *k, nkt_rng *rng)
     free(xf);
 }
 
-/* The ISAs to run: the dispatcher's alone when NORMKIT_ISA is set (the
- * per-ISA reruns), else every one this CPU runs. */
-static int isa_list(nk_isa *out)
-{
-    const char *env = getenv("NORMKIT_ISA");
-    if (env && *env) {
-        out[0] = nk_get_isa();
-        return 1;
-    }
-    int n = 0;
-    for (int i = 0; i <= NK_ISA_NEON; i++)
-        if (nk_isa_supported((nk_isa)i))
-            out[n++] = (nk_isa)i;
-    return n;
-}
-
 static void test_operator(void **state)
 {
     (void)state;
@@ -665,7 +649,7 @@ static void test_operator(void **state)
     };
     const nk_isa saved = nk_get_isa();
     nk_isa isas[4];
-    const int nisa = isa_list(isas);
+    const int nisa = nkt_isa_list(isas);
     ncalls = 0;
     for (int ii = 0; ii < nisa; ii++) {
         assert_int_equal(nk_set_isa(isas[ii]), NK_OK);
@@ -751,7 +735,7 @@ static void test_threads(void **state)
     c2.pool = p2;
     const nk_isa saved = nk_get_isa();
     nk_isa isas[4];
-    const int nisa = isa_list(isas);
+    const int nisa = nkt_isa_list(isas);
     for (int ii = 0; ii < nisa; ii++) {
         assert_int_equal(nk_set_isa(isas[ii]), NK_OK);
         nkt_rng rng;
@@ -807,7 +791,7 @@ static void test_vs_channels_last(void **state)
                                        {1, 64, 3136}, {3, 1, 7}};
     const nk_isa saved = nk_get_isa();
     nk_isa isas[4];
-    const int nisa = isa_list(isas);
+    const int nisa = nkt_isa_list(isas);
     for (int ii = 0; ii < nisa; ii++) {
         assert_int_equal(nk_set_isa(isas[ii]), NK_OK);
         nkt_rng rng;
@@ -932,7 +916,7 @@ static void test_golden(void **state)
     (void)state;
     const nk_isa saved = nk_get_isa();
     nk_isa isas[4];
-    const int nisa = isa_list(isas);
+    const int nisa = nkt_isa_list(isas);
     for (int ii = 0; ii < nisa; ii++) {
         assert_int_equal(nk_set_isa(isas[ii]), NK_OK);
         for (size_t gi = 0; gi < COUNT(gold_cf_cases); gi++) {

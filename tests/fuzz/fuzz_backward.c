@@ -298,13 +298,8 @@ static void rerun(args a, bufset *s, const nk_context *first, nk_threadpool *oth
     unsigned char *got[NBUF] = {0};
     for (int i = 0; i < NBUF; i++) {
         nkf_buf *b = buf_at(s, i);
-        if (!b->p || !is_output(&a, s, b))
-            continue;
-        got[i] = malloc(b->bytes ? b->bytes : 1);
-        if (!got[i])
-            nkf_die("out of memory");
-        memcpy(got[i], b->p, b->bytes);
-        memcpy(b->p, b->copy, b->bytes);
+        if (b->p && is_output(&a, s, b))
+            got[i] = nkf_rewind(b);
     }
     const nk_status st = call(&a);
     if (st != NK_OK)
@@ -320,15 +315,12 @@ static void rerun(args a, bufset *s, const nk_context *first, nk_threadpool *oth
         nkf_check_guard(b, fn);
         if (!got[i])
             continue;
-        if (memcmp(got[i], b->p, b->bytes)) {
-            size_t k = 0;
-            while (((const unsigned char *)b->p)[k] == got[i][k])
-                k++;
-            nkf_die("%s: output buffer %d differs at byte %zu between a serial call and a pool of "
+        const ptrdiff_t k = nkf_first_diff(b, got[i]);
+        if (k >= 0)
+            nkf_die("%s: output buffer %d differs at byte %td between a serial call and a pool of "
                     "%zu threads",
                     fn, i, k, (pooled ? first->pool : other)->num_threads(
                                   (pooled ? first->pool : other)->ctx));
-        }
         free(got[i]);
     }
 }
@@ -617,8 +609,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    nkf_in in = {data, size, 0};
-    for (int calls = 0; calls < 4 && nkf_left(&in); calls++)
-        fuzz_call(&in);
+    nkf_calls(data, size, fuzz_call);
     return 0;
 }

@@ -275,6 +275,29 @@ static inline int nkf_unchanged(const nkf_buf *b)
     return !b->p || !b->copy || !memcmp(b->copy, b->p, b->bytes);
 }
 
+/* For a rerun of a call: returns a copy of b's bytes now (what the first
+ * call left; free it) and puts back its bytes from the snapshot. */
+static inline unsigned char *nkf_rewind(nkf_buf *b)
+{
+    unsigned char *got = (unsigned char *)malloc(b->bytes ? b->bytes : 1);
+    if (!got)
+        nkf_die("out of memory");
+    memcpy(got, b->p, b->bytes);
+    memcpy(b->p, b->copy, b->bytes);
+    return got;
+}
+
+/* The first byte at which b differs from got (nkf_rewind's copy), -1 when
+ * none does. */
+static inline ptrdiff_t nkf_first_diff(const nkf_buf *b, const unsigned char *got)
+{
+    const unsigned char *p = (const unsigned char *)b->p;
+    for (size_t k = 0; k < b->bytes; k++)
+        if (p[k] != got[k])
+            return (ptrdiff_t)k;
+    return -1;
+}
+
 static inline void nkf_check_guard(const nkf_buf *b, const char *what)
 {
     if (!b->base)
@@ -543,6 +566,14 @@ static inline void nkf_dirty_error(void)
 {
     nk_moments m;
     nk_moments_compute(NULL, -1, &m);
+}
+
+/* The body of a target whose input is up to four calls of one decoder. */
+static inline void nkf_calls(const uint8_t *data, size_t size, void (*call)(nkf_in *in))
+{
+    nkf_in in = {data, size, 0};
+    for (int calls = 0; calls < 4 && nkf_left(&in); calls++)
+        call(&in);
 }
 
 #endif

@@ -415,8 +415,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    nkf_in in = {data, size, 0};
-    for (int calls = 0; calls < 4 && nkf_left(&in); calls++)
-        fuzz_call(&in);
+    nkf_calls(data, size, fuzz_call);
     return 0;
 }
