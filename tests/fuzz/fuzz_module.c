@@ -3,7 +3,7 @@
  * (a few fields changed from nk_module_config_init, or every byte garbage),
  * creates any framework x layer (out-of-range values included), then runs a
  * sequence of set_training / set_dtype / set_num_batches_tracked / forward /
- * parameter writes / accessor calls; forwards run in the module's dtype
+ * forward_skip / parameter writes / accessor calls; forwards run in the module's dtype
  * (fp32, fp16 or bf16 buffers of exactly the input's size).
  *
  * Forward inputs are either fuzzed (any rank, extents, NULLs) or well formed
@@ -18,7 +18,8 @@
  *     leaves y, weight, bias, running statistics and num_batches_tracked
  *     byte-identical and sets the message; success clears it and bumps
  *     num_batches_tracked by at most one; rank / extent / NULL errors the
- *     harness can see are rejected.
+ *     harness can see are rejected;
+ *   - forward_skip: see forward_skip below.
  */
 #include "fuzz_common.h"
 #include "kernels/cvt.h"
@@ -418,6 +419,137 @@ out:
     nkf_free(&db);
 }
 
+/* nk_module_forward_skip on any module: a (B, S, H) or (R, H) input with a
+ * skip of its own size, (1, S, H) or (S, H), or fuzzed extents; optional
+ * skip_bias, sum (own array, x, the skip or y), outputs. Checked: modules
+ * of other layers refuse; guards; x, skip and skip_bias unchanged (but for
+ * an accepted in-place sum); failure leaves y, sum, the outputs and the
+ * module untouched; a well-formed call with no refused aliasing succeeds,
+ * and its fp32 sum is (x + skip) + skip_bias rounded once. */
+static void forward_skip(nkf_in *in, nk_module *m, const made *md)
+{
+    static const char fn[] = "nk_module_forward_skip";
+    const int is_skip = md->layer == NK_LAYER_SKIP_LAYER_NORM || md->layer == NK_LAYER_SKIP_RMS_NORM;
+    const int64_t H = md->C;
+    int64_t dims[3], kd[3];
+    int ndim, kn;
+    const uint8_t shape = nkf_u8(in);
+    int wf = shape < 192, bc = 0;
+    if (shape & 1) {
+        ndim = 3;
+        dims[0] = nkf_u8(in) % 3, dims[1] = nkf_u8(in) % 4, dims[2] = H;
+    } else {
+        ndim = 2;
+        dims[0] = nkf_u8(in) % 5, dims[1] = H;
+    }
+    if (!wf) { /* fuzzed extents, any rank in [1, 3] */
+        ndim = 1 + nkf_u8(in) % 3;
+        for (int i = 0; i < ndim; i++)
+            dims[i] = nkf_u8(in) < 200 ? (int64_t)(nkf_u8(in) % 5) : nkf_extent(in);
+    }
+    const uint8_t ks = nkf_u8(in);
+    kn = ndim;
+    memcpy(kd, dims, sizeof kd);
+    if (ndim == 3 && (ks & 3) == 1)
+        kd[0] = 1, bc = dims[0] != 1; /* B = 1: the input's own shape */
+    else if (ndim == 3 && (ks & 3) == 2)
+        kn = 2, kd[0] = dims[1], kd[1] = dims[2], bc = 1;
+    else if ((ks & 3) == 3) {
+        kd[nkf_u8(in) % kn] = nkf_u8(in) < 128 ? (int64_t)(nkf_u8(in) % 5) : nkf_extent(in);
+        wf = 0;
+    }
+    uint64_t total = 1, ktotal = 1;
+    int fits = nkf_fits(dims, ndim, sizeof(float)) && nkf_fits(kd, kn, sizeof(float));
+    for (int i = 0; i < ndim && fits; i++)
+        fits = dims[i] >= 0 && nkf_mul(total, (uint64_t)dims[i], &total);
+    for (int i = 0; i < kn && fits; i++)
+        fits = kd[i] >= 0 && nkf_mul(ktotal, (uint64_t)kd[i], &ktotal);
+    if (!fits || total > 4096 || ktotal > 4096)
+        return; /* the extents' own checks are forward's */
+    const uint32_t dt = nk_module_dtype(m);
+    const size_t esz = dt == NK_DTYPE_F32 ? sizeof(float) : sizeof(uint16_t);
+    nkf_buf x = nkf_alloc((size_t)total * esz, (nkf_u8(in) % 4) * esz);
+    nkf_buf k = nkf_alloc((size_t)ktotal * esz, 0), y = nkf_alloc((size_t)total * esz, 0);
+    nkf_buf sum = {0}, kb = {0}, om = {0}, oi = {0};
+    nkf_fill(in, &x, dt);
+    nkf_fill(in, &k, dt);
+    memset(y.p, 0x7f, y.bytes);
+    const uint8_t opt = nkf_u8(in);
+    if ((opt & 1) && H > 0 && H <= 4096) { /* modules without parameters take any H */
+        kb = nkf_alloc((size_t)H * sizeof(float), 0);
+        nkf_fill(in, &kb, NK_DTYPE_F32);
+    }
+    /* where the sum goes; y (refused) only with the top bit */
+    enum { SUM_NONE, SUM_OWN, SUM_X, SUM_SKIP, SUM_Y } sk = (opt >> 1) % 4;
+    if (opt & 0x80)
+        sk = SUM_Y;
+    if (sk == SUM_OWN) {
+        sum = nkf_alloc((size_t)total * esz, 0);
+        memset(sum.p, 0x7f, sum.bytes);
+    }
+    const int rows = (int)(H > 0 ? total / (uint64_t)H : 0);
+    nk_module_outputs o = {sizeof o, 0, NULL, NULL, NULL, NULL};
+    if (opt & 0x40) {
+        om = nkf_alloc((size_t)rows * sizeof(float), 0);
+        oi = nkf_alloc((size_t)rows * sizeof(float), 0);
+        o.mean = (float *)om.p, o.invstd = (float *)oi.p;
+        if (opt & 0x20)
+            o.running_mean = (float *)om.p; /* refused: no running statistics */
+    }
+    void *sp = sk == SUM_OWN ? sum.p : sk == SUM_X ? x.p : sk == SUM_SKIP ? k.p
+             : sk == SUM_Y ? y.p : NULL;
+    nkf_buf *all[] = {&x, &k, &y, &sum, &kb, &om, &oi};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        nkf_snapshot(all[i]);
+    snap sn;
+    take(m, &sn);
+    if (nkf_u8(in) & 1)
+        nkf_dirty_error();
+    const nk_status st = nk_module_forward_skip(m, x.p, ndim, dims, k.p, kn, kd,
+                                                (const float *)kb.p, y.p, sp,
+                                                (opt & 0x40) ? &o : NULL);
+    NKF_TRACE("%s layer %d dtype %u ndim %d [%lld %lld %lld] skip_ndim %d bc %d bias %d sum %d "
+              "outputs %#x -> %d %s\n",
+              fn, md->layer, (unsigned)dt, ndim, (long long)dims[0], (long long)dims[1],
+              (long long)dims[2], kn, bc, kb.p != NULL, (int)sk, opt & 0x60, (int)st,
+              nk_last_error());
+    nkf_check_status(st, fn);
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        nkf_check_guard(all[i], fn);
+    const int refused_alias = total && (sk == SUM_Y || (sk == SUM_SKIP && bc));
+    const int must_fail = !is_skip || refused_alias || ((opt & 0x60) == 0x60);
+    if (must_fail && st == NK_OK)
+        nkf_die("%s accepted a %s call it must refuse (layer %d, sum %d, broadcast %d)", fn,
+                is_skip ? "skip" : "non-skip", md->layer, (int)sk, bc);
+    if (!must_fail && wf && st != NK_OK)
+        nkf_die("%s refused a well-formed call: %s", fn, nk_last_error());
+    if (!nkf_unchanged(&kb) || (!(st == NK_OK && sk == SUM_X) && !nkf_unchanged(&x)) ||
+        (!(st == NK_OK && sk == SUM_SKIP) && !nkf_unchanged(&k)))
+        nkf_die("%s changed an input", fn);
+    if (st != NK_OK) {
+        compare(m, &sn, "failed forward_skip");
+        for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+            if (!nkf_unchanged(all[i]))
+                nkf_die("failed %s (%s) wrote buffer %zu", fn, nk_last_error(), i);
+    } else if (sp && dt == NK_DTYPE_F32) {
+        const float *x0 = (const float *)x.copy, *k0 = (const float *)k.copy;
+        const float *b0 = (const float *)kb.copy;
+        const uint64_t per = bc ? ktotal : total;
+        for (uint64_t i = 0; i < total; i++) {
+            float v = x0[i] + k0[i % per];
+            if (b0)
+                v += b0[i % (uint64_t)H];
+            const float got = ((const float *)sp)[i];
+            if (memcmp(&got, &v, sizeof v) && !(isnan(got) && isnan(v)))
+                nkf_die("%s: sum[%llu] = %a, (x + skip) + bias = %a", fn, (unsigned long long)i,
+                        (double)got, (double)v);
+        }
+    }
+    drop(&sn);
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        nkf_free(all[i]);
+}
+
 /* Accessors on a live module: each array has param_size floats (ASan checks
  * the reads), values the checkpoint loader may write are any floats. */
 static void touch_params(nkf_in *in, nk_module *m)
@@ -580,6 +712,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         case 3:
             touch_params(&in, m);
+            break;
+        case 2:
+            if (op & 0x80) {
+                forward_skip(&in, m, &md);
+                break;
+            }
+            forward(&in, m, &md);
             break;
         default:
             forward(&in, m, &md);
